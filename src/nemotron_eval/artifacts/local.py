@@ -1,0 +1,154 @@
+"""The local folder registry: `ROOT/NAME/vN/metadata.json` per version, `ROOT/NAME/aliases.json` per name.
+
+A version references a checkpoint folder by absolute path with a content digest (sha256 over relative
+paths and file contents) and a stat fingerprint (sizes + mtimes) that cheaply detects a checkpoint changed
+after registration. Checkpoints are never copied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval.artifacts.base import Resolved
+from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.io import sha256_tree, stat_fingerprint, write_json_atomic
+from nemotron_eval.spec import ModelSpec, parse_spec
+
+METADATA = "metadata.json"
+ALIASES = "aliases.json"
+
+
+class LocalRegistry:
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- reading -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / ALIASES).exists())
+
+    def versions(self, name: str) -> list[str]:
+        folder = self.root / name
+        found = [p.name for p in folder.glob("v*") if re.fullmatch(r"v\d+", p.name) and (p / METADATA).exists()]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def aliases(self, name: str) -> dict[str, str]:
+        path = self.root / name / ALIASES
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def metadata(self, name: str, version: str) -> dict[str, Any]:
+        return json.loads((self.root / name / version / METADATA).read_text())
+
+    def resolve(self, spec: ModelSpec) -> Resolved:
+        names = self.names()
+        if spec.name not in names:
+            have = ", ".join(names) or "none; register one with `nemotron artifacts add NAME PATH`"
+            raise UserError(
+                f"artifact {spec.spec!r}: no artifact named {spec.name!r} in the local registry {self.root}"
+                f"{did_you_mean(spec.name, names)}; artifacts: {have}"
+            )
+        aliases = self.aliases(spec.name)
+        versions = self.versions(spec.name)
+        version = spec.alias if spec.is_version else aliases.get(spec.alias)
+        if version not in versions:
+            valid = ", ".join([*versions, *aliases]) or "(none)"
+            raise UserError(
+                f"artifact {spec.spec!r}: {spec.name} has no version or alias {spec.alias!r} in {self.root}"
+                f"{did_you_mean(spec.alias, [*versions, *aliases])}; valid: {valid}"
+            )
+        meta = self.metadata(spec.name, version)
+        path = Path(meta["path"])
+        if not path.exists():
+            raise UserError(f"artifact {spec.name}:{version}: its checkpoint {path} no longer exists; register the new location")
+        if stat_fingerprint(path) != meta.get("fingerprint"):
+            raise UserError(
+                f"artifact {spec.name}:{version}: checkpoint {path} changed since it was registered "
+                f"(digest {meta['digest'][:12]}); register it again with `nemotron artifacts add {spec.name} {path}`"
+            )
+        return Resolved(
+            spec=spec.spec,
+            registry=self.kind,
+            name=spec.name,
+            version=version,
+            digest=meta["digest"],
+            path=str(path),
+            qualified_name=f"{self.root.resolve()}/{spec.name}:{version}",
+        )
+
+    def materialize(self, resolved: Resolved) -> Resolved:
+        return resolved
+
+    # -- writing -------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[Path]:
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield folder
+
+    def add(
+        self,
+        name: str,
+        path: Path,
+        *,
+        aliases: list[str] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Register `path` as the next version of `name` and move `aliases` (default: latest) to it."""
+        parse_spec(f"{name}:latest", where="artifact name")
+        path = Path(path).expanduser().resolve()
+        if not path.exists():
+            raise UserError(f"artifacts add {name}: checkpoint path {path} does not exist")
+        if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            raise UserError(f"artifacts add {name}: checkpoint folder {path} holds no file")
+        aliases = aliases or ["latest"]
+        for alias in aliases:
+            if re.fullmatch(r"v?\d+", alias) or "_" in alias or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", alias):
+                raise UserError(f"artifacts add {name}: alias {alias!r} is not valid; use letters, digits, '.', '-' (not vN, not '_')")
+        fingerprint = stat_fingerprint(path)
+        digest = sha256_tree(path)
+        with self._locked(name) as folder:
+            existing = self.versions(name)
+            version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
+            files = [p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()]
+            meta = {
+                "name": name,
+                "version": version,
+                "path": str(path),
+                "digest": digest,
+                "fingerprint": fingerprint,
+                "files": len(files),
+                "bytes": sum(p.stat().st_size for p in files),
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "lineage": lineage or {},
+            }
+            write_json_atomic(folder / version / METADATA, meta)
+            table = self.aliases(name)
+            table.update({alias: version for alias in aliases})
+            write_json_atomic(folder / ALIASES, dict(sorted(table.items())))
+        return {**meta, "aliases": sorted(aliases)}
+
+    def listing(self, name: str | None = None) -> list[dict[str, Any]]:
+        names = [name] if name else self.names()
+        if name and name not in self.names():
+            raise UserError(f"artifacts ls: no artifact named {name!r} in {self.root}{did_you_mean(name, self.names())}")
+        rows = []
+        for n in names:
+            by_version: dict[str, list[str]] = {}
+            for alias, version in self.aliases(n).items():
+                by_version.setdefault(version, []).append(alias)
+            for v in self.versions(n):
+                meta = self.metadata(n, v)
+                rows.append({**meta, "aliases": sorted(by_version.get(v, []))})
+        return rows

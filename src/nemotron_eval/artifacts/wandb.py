@@ -1,0 +1,81 @@
+"""W&B artifacts as the registry: `wandb.Api().artifact("entity/project/name:alias")`.
+
+As in NVIDIA's recipe, a model artifact usually *references* a checkpoint on shared storage: its path is
+taken from the artifact's metadata (`absolute_path`, `path` or `checkpoint_path`); otherwise the artifact's
+files are downloaded and the download folder is the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval.artifacts.base import Resolved
+from nemotron_eval.errors import UserError
+from nemotron_eval.spec import ModelSpec
+
+PATH_KEYS = ("absolute_path", "path", "checkpoint_path")
+
+
+def _default_api() -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise UserError("[artifacts] backend = 'wandb' needs the wandb package: pip install wandb") from None
+    return wandb.Api()
+
+
+class WandbRegistry:
+    kind = "wandb"
+
+    def __init__(
+        self,
+        entity: str | None,
+        project: str | None,
+        api_factory: Callable[[], Any] = _default_api,
+        download_root: Path | None = None,
+    ) -> None:
+        self.entity = entity
+        self.project = project
+        self._api_factory = api_factory
+        self._api: Any = None
+        self.download_root = download_root or Path("artifacts") / "wandb"
+
+    def _artifact(self, ref: str) -> Any:
+        if self._api is None:
+            self._api = self._api_factory()
+        try:
+            return self._api.artifact(ref)
+        except Exception as e:  # wandb raises CommError/ValueError; its first line says what is missing
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"artifact {ref!r}: not found in W&B: {first}") from None
+
+    def ref(self, spec: ModelSpec) -> str:
+        if not self.project:
+            raise UserError("W&B artifacts need a project: set [wandb] project in env.toml or run.wandb.project")
+        prefix = f"{self.entity}/{self.project}" if self.entity else self.project
+        return f"{prefix}/{spec.name}:{spec.alias}"
+
+    def resolve(self, spec: ModelSpec) -> Resolved:
+        ref = self.ref(spec)
+        art = self._artifact(ref)
+        metadata = dict(getattr(art, "metadata", None) or {})
+        path = next((str(metadata[k]) for k in PATH_KEYS if metadata.get(k)), "")
+        return Resolved(
+            spec=spec.spec,
+            registry=self.kind,
+            name=spec.name,
+            version=str(art.version),
+            digest=str(art.digest),
+            path=path,  # "" until materialize() downloads it
+            qualified_name=str(getattr(art, "qualified_name", ref)),
+        )
+
+    def materialize(self, resolved: Resolved) -> Resolved:
+        if resolved.path:
+            return resolved
+        art = self._artifact(resolved.qualified_name or f"{self.project}/{resolved.name}:{resolved.version}")
+        target = self.download_root / f"{resolved.name}-{resolved.version}"
+        path = art.download(root=str(target))
+        return Resolved(**{**resolved.as_dict(), "path": str(Path(path).resolve())})

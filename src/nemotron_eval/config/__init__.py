@@ -1,0 +1,1 @@
+"""Config compilation: compose (Hydra defaults + env.toml + overrides), resolve artifacts, compile eval.yaml."""

@@ -1,0 +1,82 @@
+"""Small file helpers: atomic writes and content digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def dump_yaml(data: Any) -> str:
+    """Deterministic YAML: key order kept, block style, no aliases."""
+
+    class _NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return yaml.dump(data, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def write_yaml_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, dump_yaml(data))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def sha256_tree(folder: Path) -> str:
+    """Content digest of a folder: relative paths and file contents, in sorted order."""
+    folder = Path(folder)
+    if folder.is_file():
+        return sha256_file(folder)
+    h = hashlib.sha256()
+    for p in _files(folder):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(sha256_file(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def stat_fingerprint(folder: Path) -> str:
+    """Cheap change detector for a folder: relative paths, sizes and mtimes (no reading)."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in [folder] if folder.is_file() else _files(folder):
+        st = p.stat()
+        h.update(f"{p.relative_to(folder) if p != folder else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()

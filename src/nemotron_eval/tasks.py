@@ -27,10 +27,10 @@ TASKS: dict[str, Task] = {
 BY_HARNESS: dict[str, Task] = {t.harness: t for t in TASKS.values()}
 
 
-def by_short(name: str) -> Task:
+def by_short(name: str, where: str = "task") -> Task:
     if name not in TASKS:
         raise UserError(
-            f"unknown task {name!r}{did_you_mean(name, TASKS)}; valid: {', '.join(TASKS)}"
+            f"{where}: unknown task {name!r}{did_you_mean(name, TASKS)}; valid: {', '.join(TASKS)}"
         )
     return TASKS[name]
 

@@ -126,6 +126,7 @@ def _apply_profile(cfg: dict[str, Any], env: EnvFile, profile: str | None) -> No
         ]
         run_env.update(values)
         run_env["mounts"] = mounts
+    run_env.setdefault("mounts", [])
     run["env"] = run_env
     wandb = env.settings("wandb")
     if wandb:
@@ -200,7 +201,7 @@ def _filter_tasks(cfg: dict[str, Any], keep: list[str] | None) -> None:
     for name in keep:
         t = task_registry.TASKS.get(name) or task_registry.BY_HARNESS.get(name)
         if t is None:
-            task_registry.by_short(name)  # raises with the valid names and the closest one
+            task_registry.by_short(name, where="Snakemake config 'tasks'")  # raises with the valid names and the closest one
         assert t is not None
         wanted.add(t.harness)
     cfg["evaluation"]["tasks"] = [e for e in listed if e["name"] in wanted]

@@ -1,0 +1,54 @@
+"""Shared fixtures: a copy of the workflow in a temp folder, and a way to run snakemake there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's env.toml, W&B login or telemetry."""
+    monkeypatch.delenv("NEMOTRON_ENV_FILE", raising=False)
+    monkeypatch.setenv("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Path:
+    """The workflow (Snakefile, rules, configs, profiles) copied into an empty working directory."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("Snakefile", "rules", "configs", "profiles"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    return work
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def snakemake(cwd: Path, *args: str, profile: str = "profiles/local", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run([str(BIN / "snakemake"), "--profile", profile, *args], cwd, env)
+
+
+def nemotron(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run([str(BIN / "nemotron"), *args], cwd, env)
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one `nemotron: error:` line of a failed run (asserting there is exactly one)."""
+    lines = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines() if l.startswith("nemotron: error:")]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return lines[0]

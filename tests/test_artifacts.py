@@ -58,7 +58,7 @@ def test_local_registry_versions_aliases_and_digests(tmp_path: Path) -> None:
     assert reg.resolve(parse_spec("demo:best")).path == str(b)
     assert reg.resolve(parse_spec("demo:1")).version == "v1"
     assert reg.resolve(parse_spec("demo:v1")).digest == v1["digest"]
-    reg.add("demo", a, aliases=["latest"])  # the alias moves; best stays
+    reg.add("demo", checkpoint(tmp_path / "c", "three"), aliases=["latest"])  # the alias moves; best stays
     assert reg.resolve(parse_spec("demo:latest")).version == "v3"
     assert reg.resolve(parse_spec("demo:best")).version == "v2"
     assert [(r["version"], r["aliases"]) for r in reg.listing("demo")] == [("v1", []), ("v2", ["best"]), ("v3", ["latest"])]
@@ -91,7 +91,7 @@ def test_cli_add_prints_the_version_and_ls_lists(tmp_path: Path) -> None:
     ck = checkpoint(tmp_path / "ck")
     first = nemotron(tmp_path, "artifacts", "add", "demo", str(ck), "--alias", "latest")
     assert first.returncode == 0 and first.stdout == "v1\n", first.stderr
-    second = nemotron(tmp_path, "artifacts", "add", "demo", str(ck))
+    second = nemotron(tmp_path, "artifacts", "add", "demo", str(checkpoint(tmp_path / "ck2", "other")))
     assert second.stdout == "v2\n"
     listing = nemotron(tmp_path, "artifacts", "ls")
     lines = listing.stdout.splitlines()
@@ -162,3 +162,13 @@ def test_wandb_registry_downloads_when_metadata_has_no_path(tmp_path: Path) -> N
         reg.resolve(ModelSpec("sft", "best"))
     with pytest.raises(UserError, match="need a project"):
         WandbRegistry(None, None, api_factory=lambda: api).resolve(ModelSpec("sft", "v2"))
+
+
+def test_registering_the_same_content_again_reuses_the_version(tmp_path: Path) -> None:
+    reg = LocalRegistry(tmp_path / "artifacts")
+    ck = checkpoint(tmp_path / "ck")
+    assert reg.add("demo", ck)["version"] == "v1"
+    os.utime(ck / "model.safetensors", ns=(5, 5))  # touched, same bytes
+    again = reg.add("demo", ck, aliases=["latest", "prod"])
+    assert again["version"] == "v1" and again["reused"]
+    assert reg.resolve(parse_spec("demo:prod")).version == "v1"  # and the new fingerprint is accepted

@@ -80,3 +80,7 @@ def stat_fingerprint(folder: Path) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(folder) if p != folder else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

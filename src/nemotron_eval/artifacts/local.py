@@ -120,6 +120,14 @@ class LocalRegistry:
         digest = sha256_tree(path)
         with self._locked(name) as folder:
             existing = self.versions(name)
+            same = [v for v in existing if (m := self.metadata(name, v))["path"] == str(path) and m["digest"] == digest]
+            if same:  # the same content at the same place: no new version, only the aliases move
+                meta = {**self.metadata(name, same[-1]), "fingerprint": fingerprint}  # touched, same bytes
+                write_json_atomic(folder / same[-1] / METADATA, meta)
+                table = self.aliases(name)
+                table.update({alias: same[-1] for alias in aliases})
+                write_json_atomic(folder / ALIASES, dict(sorted(table.items())))
+                return {**meta, "aliases": sorted(aliases), "reused": True}
             version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
             files = [p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()]
             meta = {

@@ -1,13 +1,18 @@
 # Evaluate LLM checkpoints on standard benchmarks with NeMo Evaluator.
-#   snakemake --profile profiles/local build/smollm2_latest/eval.yaml      # compile one model's config
-#   snakemake --profile profiles/local -n                                   # what would run, and why
+#   snakemake --profile profiles/local                                   # the default model, every task
+#   snakemake --profile profiles/local results/smollm2_latest/hellaswag.json
+#   snakemake --profile profiles/local build/demo_latest/eval.yaml       # just the compiled config
+#   snakemake --profile profiles/local -n                                # what would run, and why
 # Targets are files; {model} is an artifact spec with ':' written '_' (rl_latest is rl:latest).
 
 include: "rules/common.smk"
+include: "rules/model.smk"
 include: "rules/compile.smk"
+include: "rules/data.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     input:
-        f"build/{DEFAULT_MODEL}/eval.yaml",
+        f"results/{DEFAULT_MODEL}/summary.json",
     default_target: True

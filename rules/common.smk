@@ -1,17 +1,22 @@
+import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
 
 from nemotron_eval import smk
-from nemotron_eval.config.compose import ComposeRequest, compose, config_files
-from nemotron_eval.config.compile import resolve_model
+from nemotron_eval import tasks as task_registry
+from nemotron_eval.config.compile import explicit_checkpoint, resolve_model
+from nemotron_eval.config.compose import ComposeRequest, compose, config_files, env_references, resolved_value
 from nemotron_eval.config.envtoml import load_env_file
+from nemotron_eval.data import stage
 from nemotron_eval.spec import parse_spec, parse_wildcard
 
 min_version("9.27")
 
 smk.validate_config(config)
 
+PYTHON = sys.executable  # jobs run with the interpreter (and venv) snakemake runs with
 CONFIGS = Path(workflow.basedir) / "configs"
 REQUEST = ComposeRequest(
     eval_config=config["eval_config"],
@@ -23,10 +28,14 @@ REQUEST = ComposeRequest(
 # Compose once at start-up: every config error is reported here, before anything is written.
 MERGED = smk.or_exit(compose, REQUEST)
 DEFAULT_MODEL = smk.or_exit(parse_spec, MERGED["run"]["model"]).wildcard
+TASKS = [task_registry.BY_HARNESS[t["name"]].short for t in MERGED["evaluation"]["tasks"]]
+DATA_MIRROR = str(smk.or_exit(stage.resolve_mirror, resolved_value(MERGED, "data.mirror")) or "")
+EMBEDDED_MODEL = "smollm2"  # registered by the register_default_model rule when first asked for
 
 
 wildcard_constraints:
     model=r"[^/]+",
+    task="|".join(task_registry.TASKS),
 
 
 def compose_inputs(wildcards):
@@ -43,10 +52,41 @@ def compose_params(wildcards):
         "env_profile": REQUEST.env_profile,
         "profile": profile,
         "wandb": env.settings("wandb"),
+        "environment": {name: os.environ.get(name) for name in env_references(MERGED)},
     }
+
+
+def embedded_registration(wildcards):
+    """For the embedded model, the register_default_model checkpoint: resolution waits until it is registered."""
+    spec = smk.or_exit(parse_wildcard, wildcards.model)
+    uses_registry = explicit_checkpoint(MERGED) is None and load_env_file().settings("artifacts").get("backend", "local") == "local"
+    if spec.name == EMBEDDED_MODEL and uses_registry:
+        return [checkpoints.register_default_model.get().output.receipt]
+    return []
+
+
+def resolve_inputs(wildcards):
+    return [f"build/{wildcards.model}/merged.yaml", *embedded_registration(wildcards)]
 
 
 def resolve_params(wildcards):
     """The checkpoint the spec points to now (aliases move): a new version reruns this model's chain."""
+    embedded_registration(wildcards)
     spec = smk.or_exit(parse_wildcard, wildcards.model)
     return smk.or_exit(resolve_model, MERGED, spec).as_dict()
+
+
+def mirror_inputs(wildcards):
+    """The mirror files a task's staging reads: a changed source file restages it."""
+    if not DATA_MIRROR:
+        return []
+    return [str(Path(DATA_MIRROR) / f.path) for f in stage.spec(wildcards.task).mirror_files]
+
+
+def task_data(wildcards):
+    if wildcards.task not in TASKS:
+        smk.fail(
+            f"task {wildcards.task!r} is not in the evaluation config's tasks ({', '.join(TASKS)}); "
+            "add it to evaluation.tasks or drop it from the target"
+        )
+    return f"data/{wildcards.task}"

@@ -18,7 +18,7 @@ rule compose_config:
 
 rule resolve_artifacts:
     input:
-        "build/{model}/merged.yaml",
+        resolve_inputs,
     output:
         "build/{model}/resolved.yaml",
     params:

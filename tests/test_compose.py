@@ -27,7 +27,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_default_config_has_the_recipe_sections_and_defaults() -> None:
     cfg = compose(req("default"))
-    assert list(cfg) == ["run", "execution", "deployment", "evaluation", "export"]
+    assert list(cfg) == ["run", "execution", "deployment", "evaluation", "export", "data"]
     assert cfg["run"]["model"] == "rl:latest"
     ex = cfg["execution"]
     assert (ex["type"], ex["num_nodes"], ex["gres"]) == ("slurm", 1, "gpu:8")

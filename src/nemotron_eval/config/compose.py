@@ -20,10 +20,10 @@ from nemotron_eval import tasks as task_registry
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.errors import UserError, did_you_mean
 
-SECTIONS = ("run", "execution", "deployment", "evaluation", "export", "target")
+SECTIONS = ("run", "execution", "deployment", "evaluation", "export", "data", "target")
 DEPLOYMENT_TYPES = ("generic", "vllm", "none", "local")
 ART_RE = re.compile(r"\$\{art:([^,}]+)(?:,([^}]+))?\}")
-RUN_REF_RE = re.compile(r"\$\{(run\.[^}]*)\}")
+ENV_REF_RE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass
@@ -236,6 +236,29 @@ def _replace_art(node: Any, value_of: Any) -> Any:
     elif isinstance(node, str) and "${art:" in node:
         return ART_RE.sub(lambda m: str(value_of(m[1].strip(), (m[2] or "path").strip())), node)
     return node
+
+
+def env_references(node: Any) -> list[str]:
+    """Environment variables the config reads through ${oc.env:NAME}: their values are rerun triggers."""
+    found: set[str] = set()
+
+    def walk(n: Any) -> None:
+        if isinstance(n, dict):
+            for v in n.values():
+                walk(v)
+        elif isinstance(n, list):
+            for v in n:
+                walk(v)
+        elif isinstance(n, str):
+            found.update(ENV_REF_RE.findall(n))
+
+    walk(node)
+    return sorted(found)
+
+
+def resolved_value(cfg: dict[str, Any], key: str) -> Any:
+    """One value of the merged config, its interpolations resolved (it must not refer to `${art:...}`)."""
+    return OmegaConf.select(OmegaConf.create(cfg), key)
 
 
 def validate(cfg: dict[str, Any], where: Path) -> None:

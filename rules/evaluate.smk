@@ -1,0 +1,52 @@
+# One deployment per checkpoint per run: serve_model is a service in the same group as the model's
+# evaluate_task jobs; all of them run together and talk to the same server, which Snakemake stops when the
+# last task is done.
+
+
+rule serve_model:
+    input:
+        eval="build/{model}/eval.yaml",
+    output:
+        service("run/{model}/endpoint.json"),
+    log:
+        "logs/serve_model/{model}.log",
+    group:
+        "evaluate"
+    threads: 1
+    shell:
+        # exec: Snakemake stops a service by signalling its shell; the deployment must get that signal
+        "exec {PYTHON} -m nemotron_eval.deploy.serve --eval {input.eval} --model {wildcards.model} "
+        "--endpoint-file {output} --log {log}"
+
+
+rule evaluate_task:
+    input:
+        eval="build/{model}/eval.yaml",
+        job="build/{model}/job.yaml",
+        data=task_data,
+        endpoint="run/{model}/endpoint.json",
+    output:
+        "results/{model}/{task}.json",
+    log:
+        "logs/evaluate_task/{model}/{task}.log",
+    group:
+        "evaluate"
+    threads: 1
+    shell:
+        "{PYTHON} -m nemotron_eval.steps evaluate --task {wildcards.task} --eval {input.eval} --job {input.job} "
+        "--data {input.data} --endpoint {input.endpoint} --deployment-log logs/serve_model/{wildcards.model}.log "
+        "--out {output} --log {log}"
+
+
+rule summarize_model:
+    input:
+        lambda wildcards: expand("results/{model}/{task}.json", model=wildcards.model, task=TASKS),
+    output:
+        json="results/{model}/summary.json",
+        md="results/{model}/summary.md",
+    log:
+        "logs/summarize_model/{model}.log",
+    localrule: True
+    run:
+        with wf.logged(log[0]):
+            wf.summarize(list(input), Path(output.json), Path(output.md))

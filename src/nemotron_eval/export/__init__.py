@@ -1,0 +1,1 @@
+"""Exporting results to tracking services: `wandb` (results/{model}/wandb.json is its receipt)."""

@@ -10,6 +10,7 @@ include: "rules/model.smk"
 include: "rules/compile.smk"
 include: "rules/data.smk"
 include: "rules/evaluate.smk"
+include: "rules/export.smk"
 
 
 rule all:

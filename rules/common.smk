@@ -6,7 +6,8 @@ from snakemake.utils import min_version
 
 from nemotron_eval import smk
 from nemotron_eval import tasks as task_registry
-from nemotron_eval.config.compile import explicit_checkpoint, resolve_model
+from nemotron_eval.artifacts import Resolved
+from nemotron_eval.config.compile import compile_eval, explicit_checkpoint, resolve_model, task_fingerprint
 from nemotron_eval.config.compose import ComposeRequest, compose, config_files, env_references, resolved_value
 from nemotron_eval.config.envtoml import load_env_file
 from nemotron_eval.data import stage
@@ -69,11 +70,27 @@ def resolve_inputs(wildcards):
     return [f"build/{wildcards.model}/merged.yaml", *embedded_registration(wildcards)]
 
 
+_RESOLVED = {}
+
+
 def resolve_params(wildcards):
     """The checkpoint the spec points to now (aliases move): a new version reruns this model's chain."""
     embedded_registration(wildcards)
-    spec = smk.or_exit(parse_wildcard, wildcards.model)
-    return smk.or_exit(resolve_model, MERGED, spec).as_dict()
+    if wildcards.model not in _RESOLVED:
+        spec = smk.or_exit(parse_wildcard, wildcards.model)
+        _RESOLVED[wildcards.model] = smk.or_exit(resolve_model, MERGED, spec).as_dict()
+    return _RESOLVED[wildcards.model]
+
+
+def task_config(wildcards):
+    """What this task's scores depend on (model content, deployment, params, data), as a digest: evaluate_task
+    reruns when it changes, and only then (eval.yaml is an ancient() input, so export or cluster settings
+    do not rerun evaluations)."""
+    record = resolve_params(wildcards)
+    spec = parse_wildcard(wildcards.model)
+    eval_cfg = smk.or_exit(compile_eval, MERGED, spec, Resolved(**record))
+    harness_task = task_registry.TASKS[wildcards.task].harness
+    return task_fingerprint(eval_cfg, harness_task, record["digest"])
 
 
 def mirror_inputs(wildcards):

@@ -5,7 +5,7 @@
 
 rule serve_model:
     input:
-        eval="build/{model}/eval.yaml",
+        eval=ancient("build/{model}/eval.yaml"),
     output:
         service("run/{model}/endpoint.json"),
     log:
@@ -21,12 +21,15 @@ rule serve_model:
 
 rule evaluate_task:
     input:
-        eval="build/{model}/eval.yaml",
-        job="build/{model}/job.yaml",
+        eval=ancient("build/{model}/eval.yaml"),
+        job=ancient("build/{model}/job.yaml"),
         data=task_data,
         endpoint="run/{model}/endpoint.json",
+        registration=ancient(embedded_registration),
     output:
         "results/{model}/{task}.json",
+    params:
+        task_config=task_config,
     log:
         "logs/evaluate_task/{model}/{task}.log",
     group:

@@ -50,6 +50,7 @@ def build_result(
     started_at: dt.datetime,
     finished_at: dt.datetime,
     raw: str,
+    task_config_sha256: str,
 ) -> dict[str, Any]:
     """One task's result: scores with their stderr, and where every input came from."""
     return {
@@ -60,6 +61,7 @@ def build_result(
         "n_samples": parsed["n_samples"],
         "model": {k: model.get(k) for k in ("spec", "name", "version", "digest", "path", "registry", "qualified_name")},
         "config_sha256": config_sha256,
+        "task_config_sha256": task_config_sha256,
         "data": {k: data.get(k) for k in ("source", "digest", "fallbacks")},
         "deployment": {"type": deployment.get("type"), "id": deployment.get("deployment_id"), "model_id": deployment.get("model_id")},
         "params": params,

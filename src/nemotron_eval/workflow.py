@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,6 +140,7 @@ def task_params(eval_cfg: dict[str, Any], harness_task: str, where: Path) -> dic
 def evaluate(task_short: str, eval_yaml: Path, job_yaml: Path, data_dir: Path, endpoint_file: Path, deployment_log: Path, out: Path) -> dict[str, Any]:
     """results/{model}/{task}.json: one task through NeMo Evaluator against the model's running deployment."""
     from nemotron_eval import results
+    from nemotron_eval.config.compile import task_fingerprint
     from nemotron_eval.data.stage import read_manifest
     from nemotron_eval.deploy.ready import EndpointNotReady, log_tail
     from nemotron_eval.deploy.serve import wait_for_service
@@ -164,8 +166,14 @@ def evaluate(task_short: str, eval_yaml: Path, job_yaml: Path, data_dir: Path, e
         endpoint = wait_for_service(endpoint_file, timeout)
     except EndpointNotReady as e:
         raise UserError(f"deployment for {model['spec']} is not available: {e}") from None
-    raw = out.parent / "harness" / f"{task.short}-{str(model['digest']).removeprefix('stat:')[:12]}-{config_sha256[:12]}"
+    # One harness folder per (model content, task, task config): a rerun after an interruption answers from
+    # its request cache; a changed model or config never reuses stale answers.
+    task_sha256 = task_fingerprint(cfg, task.harness, model["digest"])
+    raw = out.parent / "harness" / f"{task.short}-{task_sha256[:16]}"
     log.info("%s: deployment %s at %s; harness output in %s", task.short, endpoint["deployment_id"], endpoint["completions_url"], raw)
+    # The harness's adapter proxy probes from port 3825 up, check-then-bind: concurrent tasks race for the
+    # same port. Give each run its own free port instead.
+    os.environ["ADAPTER_PORT"] = str(_free_port())
     started = results.now()
     try:
         with _heartbeat(task.short, raw / "harness.log"):
@@ -180,12 +188,20 @@ def evaluate(task_short: str, eval_yaml: Path, job_yaml: Path, data_dir: Path, e
     result = results.build_result(
         task=task, parsed=parsed, model=model, config_sha256=config_sha256,
         data={**manifest, "path": str(data_dir)}, deployment=endpoint, params=params,
-        started_at=started, finished_at=finished, raw=str(raw),
+        started_at=started, finished_at=finished, raw=str(raw), task_config_sha256=task_sha256,
     )
     results.write_result(out, result)
     scores = ", ".join(f"{k} {v['value']:.4f}" for k, v in parsed["metrics"].items())
     log.info("%s: %s over %d samples in %.0f s -> %s", task.short, scores, parsed["n_samples"], result["duration_s"], out)
     return result
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextmanager

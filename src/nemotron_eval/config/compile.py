@@ -95,3 +95,27 @@ def _find_interpolation(node: Any, path: str = "") -> tuple[str, str] | None:
         if found:
             return found
     return None
+
+
+def compile_eval(merged: dict[str, Any], spec: ModelSpec, resolved: Resolved) -> dict[str, Any]:
+    """eval.yaml's content, computed in memory (the same steps as the resolve and compile rules)."""
+    return compile_job(resolve_artifacts(merged, spec, resolved))[1]
+
+
+def task_fingerprint(eval_cfg: dict[str, Any], harness_task: str, model_digest: str | None) -> str:
+    """sha256 of what one task's scores depend on: the model's content, the deployment, the harness params,
+    the task's own entry and the data settings. Export and cluster settings are left out, so changing them
+    reruns no evaluation."""
+    import hashlib
+    import json
+
+    evaluation = eval_cfg.get("evaluation") or {}
+    relevant = {
+        "model_digest": model_digest,
+        "deployment": eval_cfg.get("deployment"),
+        "target": eval_cfg.get("target"),
+        "data": eval_cfg.get("data"),
+        "nemo_evaluator_config": evaluation.get("nemo_evaluator_config"),
+        "task": [t for t in evaluation.get("tasks") or [] if t.get("name") == harness_task],
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()

@@ -11,6 +11,7 @@ from nemotron_eval.config.compile import compile_eval, explicit_checkpoint, reso
 from nemotron_eval.config.compose import ComposeRequest, compose, config_files, env_references, resolved_value
 from nemotron_eval.config.envtoml import load_env_file
 from nemotron_eval.data import stage
+from nemotron_eval.model import check_checkpoint
 from nemotron_eval.spec import parse_spec, parse_wildcard
 
 min_version("9.27")
@@ -87,6 +88,8 @@ def task_config(wildcards):
     reruns when it changes, and only then (eval.yaml is an ancient() input, so export or cluster settings
     do not rerun evaluations)."""
     record = resolve_params(wildcards)
+    if MERGED["deployment"]["type"] == "local":
+        smk.or_exit(check_checkpoint, record["path"])  # e.g. no tokenizer: say so before anything starts
     spec = parse_wildcard(wildcards.model)
     eval_cfg = smk.or_exit(compile_eval, MERGED, spec, Resolved(**record))
     harness_task = task_registry.TASKS[wildcards.task].harness

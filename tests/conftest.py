@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from nemotron_eval import model
+from nemotron_eval.model import convert_gguf, find_smollm2_gguf, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -52,3 +58,22 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     lines = [l for l in proc.stderr.splitlines() + proc.stdout.splitlines() if l.startswith("nemotron: error:")]
     assert len(lines) == 1, proc.stdout + proc.stderr
     return lines[0]
+
+
+def converted_smollm2(request: pytest.FixtureRequest) -> tuple[Path, dict[str, Any]]:
+    """SmolLM2 converted by `convert_gguf` (fp32), cached under the pytest cache by GGUF and model.py digests:
+    a change to the conversion code converts again (about 25 s). Without the cache plugin: a temp folder."""
+    gguf = find_smollm2_gguf()
+    key = hashlib.sha256(sha256_file(gguf).encode() + Path(model.__file__).read_bytes()).hexdigest()[:16]
+    if key not in _CONVERTED:
+        cache: pytest.Cache | None = getattr(request.config, "cache", None)
+        root = cache.mkdir(f"smollm2-{key}") if cache else request.getfixturevalue("tmp_path_factory").mktemp("smollm2")
+        checkpoint, info_file = root / "checkpoint", root / "info.json"
+        if not info_file.is_file():
+            info = convert_gguf(gguf, checkpoint, dtype="float32", overwrite=True)
+            info_file.write_text(json.dumps(info))
+        _CONVERTED[key] = checkpoint, json.loads(info_file.read_text())
+    return _CONVERTED[key]
+
+
+_CONVERTED: dict[str, tuple[Path, dict[str, Any]]] = {}

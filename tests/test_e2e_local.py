@@ -1,0 +1,74 @@
+"""End to end on the embedded default: the real SmolLM2 served on CPU, the real harness, the real benchmark
+data (../shared/benchmarks or $NEMOTRON_DATA_MIRROR), through the snakemake CLI with the local profile."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import SHARED_BENCHMARKS, error_line, snakemake
+
+MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(), reason=f"no benchmark mirror at {MIRROR} (set NEMOTRON_DATA_MIRROR)"),
+]
+TASKS = ("openbookqa", "winogrande")
+LIMIT = 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=5"]'
+KEYS = {"task", "harness_task", "metrics", "n_samples", "model", "config_sha256", "data", "deployment", "versions",
+        "started_at", "finished_at", "duration_s", "raw"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    from conftest import REPO
+    import shutil
+
+    work = tmp_path_factory.mktemp("e2e") / "work"
+    work.mkdir()
+    for name in ("Snakefile", "rules", "configs", "profiles"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    targets = [f"results/smollm2_latest/{t}.json" for t in TASKS]
+    proc = snakemake(work, *targets, "--config", LIMIT, env={"NEMOTRON_DATA_MIRROR": str(MIRROR)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, proc
+
+
+def test_results_have_scores_and_provenance(evaluated) -> None:
+    work, _ = evaluated
+    eval_sha = hashlib.sha256((work / "build/smollm2_latest/eval.yaml").read_bytes()).hexdigest()
+    results = [json.loads((work / f"results/smollm2_latest/{t}.json").read_text()) for t in TASKS]
+    for r, task in zip(results, TASKS):
+        assert KEYS <= set(r), KEYS - set(r)
+        assert r["task"] == task and r["n_samples"] == 5
+        assert r["metrics"]["acc"]["stderr"] is not None
+        assert all(0.0 <= m["value"] <= 1.0 for m in r["metrics"].values())
+        assert r["config_sha256"] == eval_sha
+        assert (r["model"]["spec"], r["model"]["version"], r["model"]["registry"]) == ("smollm2:latest", "v1", "local")
+        assert r["data"]["source"] == f"mirror:{MIRROR.resolve()}" and r["data"]["digest"].startswith("sha256:")
+        assert (work / r["raw"] / "results.yml").is_file()
+    assert results[0]["deployment"]["id"] == results[1]["deployment"]["id"]  # one deployment served both
+    receipt = json.loads((work / "models/smollm2.json").read_text())
+    assert receipt["lineage"]["gguf_sha256"] and receipt["version"] == "v1"
+
+
+def test_second_run_has_nothing_to_do(evaluated) -> None:
+    work, _ = evaluated
+    again = snakemake(work, *[f"results/smollm2_latest/{t}.json" for t in TASKS], "--config", LIMIT,
+                      env={"NEMOTRON_DATA_MIRROR": str(MIRROR)})
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_export_settings_change_reruns_no_evaluation(evaluated) -> None:
+    work, _ = evaluated
+    proc = snakemake(work, "-n", "--config", 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=5",'
+                     '"execution.auto_export.destinations=[wandb]"]', "--", *[f"results/smollm2_latest/{t}.json" for t in TASKS],
+                     env={"NEMOTRON_DATA_MIRROR": str(MIRROR)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "compile_eval" in out and "evaluate_task" not in out

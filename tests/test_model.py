@@ -1,0 +1,77 @@
+"""Checkpoint helpers: the bundled SmolLM2 GGUF, its conversion to a Hugging Face folder, checkpoint checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nemotron_eval import model
+from nemotron_eval.errors import UserError
+from nemotron_eval.model import check_checkpoint, convert_gguf, find_smollm2_gguf, sha256_file
+
+from conftest import converted_smollm2
+
+
+
+
+@pytest.fixture(scope="module")
+def smollm2(request: pytest.FixtureRequest) -> tuple[Path, dict[str, Any]]:
+    return converted_smollm2(request)
+
+
+def test_find_smollm2_gguf() -> None:
+    gguf = find_smollm2_gguf()
+    assert gguf.suffix == ".gguf" and gguf.stat().st_size > 50_000_000
+
+
+@pytest.mark.slow
+def test_convert_gguf_writes_a_complete_checkpoint(smollm2: tuple[Path, dict[str, Any]]) -> None:
+    checkpoint, info = smollm2
+    assert info["gguf_sha256"] == sha256_file(find_smollm2_gguf())
+    assert info["dtype"] == "float32" and info["architectures"] == ["LlamaForCausalLM"]
+    assert info["max_position_embeddings"] == 8192
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(checkpoint))
+    # written atomically: nothing but the checkpoint (and the test's info.json) is left beside it
+    assert sorted(os.listdir(checkpoint.parent)) == ["checkpoint", "info.json"]
+    check_checkpoint(checkpoint)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert checkpoint.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert (checkpoint / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_convert_gguf_refuses_bad_input(tmp_path: Path) -> None:
+    gguf = find_smollm2_gguf()
+    with pytest.raises(UserError, match="float16.*float32, bfloat16"):
+        convert_gguf(gguf, tmp_path / "out", dtype="float16")
+    with pytest.raises(UserError, match="missing.gguf: GGUF file not found"):
+        convert_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(UserError, match="exists: already exists"):
+        convert_gguf(gguf, tmp_path / "exists")
+
+
+def test_check_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=f"checkpoint {tmp_path / 'nope'}: not a folder"):
+        check_checkpoint(tmp_path / "nope")
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError) as raised:
+        check_checkpoint(folder)
+    message = str(raised.value)
+    assert str(folder) in message and "no config (config.json)" in message and "no tokenizer" in message
+    assert "\n" not in message
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="no tokenizer") as raised:
+        check_checkpoint(folder)
+    assert "config" not in str(raised.value)
+    (folder / "tokenizer.json").write_text("{}")
+    check_checkpoint(folder)

@@ -1,0 +1,341 @@
+"""The CPU OpenAI server, run as a subprocess on the real converted SmolLM2, checked against transformers in-process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from nemotron_eval.deploy.ready import (
+    EndpointNotReady,
+    log_tail,
+    start_server,
+    stop_server,
+    wait_for_endpoint,
+)
+from nemotron_eval.deploy.server import Job, plan_batches
+
+from conftest import converted_smollm2  # one cached conversion for every module
+
+PROMPTS = [
+    "Paris",
+    "The quick brown fox jumps over the lazy dog.",
+    "Question: Which gas do plants absorb from the air?\nAnswer: Carbon dioxide.\n\n" * 4,
+    "Über café naïve — 日本語 🚀!",
+]
+SERVER = [sys.executable, "-m", "nemotron_eval.deploy.server"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(request: pytest.FixtureRequest) -> Path:
+    return converted_smollm2(request)[0]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    run = tmp_path_factory.mktemp("serve")
+    process = start_server(checkpoint, endpoint_file=run / "endpoint.json", log_file=run / "server.log",
+                           served_model_name="smollm2", deployment_id="test-1", max_batch_size=8)
+    try:
+        info = wait_for_endpoint(run / "endpoint.json", pid=process.pid, log_file=run / "server.log", timeout_s=180)
+        yield {**info, "process": process, "log": run / "server.log"}
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(trust_env=False, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    class Reference:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+        def logprobs(self, prompt: str) -> tuple[list[int], list[float], int]:
+            """Prompt token ids, each token's log-prob given the ones before, and the greedy next token."""
+            ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(self.model(ids).logits.float(), dim=-1)[0]
+            scores = logprobs[:-1].gather(1, ids[0, 1:, None])[:, 0].tolist()
+            return ids[0].tolist(), scores, int(logprobs[-1].argmax())
+
+        def greedy(self, prompt: str, max_new_tokens: int) -> str:
+            ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+            with torch.inference_mode():
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                          do_sample=False)
+            return str(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+    return Reference()
+
+
+def complete(client: httpx.Client, server: dict[str, Any], **body: Any) -> dict[str, Any]:
+    response = client.post(server["completions_url"], json={"model": "smollm2", **body})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def score(client: httpx.Client, server: dict[str, Any], prompt: str | list[int], max_tokens: int = 1) -> dict[str, Any]:
+    """What lm-eval sends for a log-likelihood."""
+    return complete(client, server, prompt=prompt, temperature=0, max_tokens=max_tokens, logprobs=1, echo=True,
+                    seed=1234)
+
+
+def stats(client: httpx.Client, server: dict[str, Any]) -> dict[str, Any]:
+    return dict(client.get(server["url"] + "/health").json())
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+@pytest.mark.slow
+def test_endpoint_file_health_and_models(server: dict[str, Any], client: httpx.Client, checkpoint: Path) -> None:
+    assert server["pid"] == server["process"].pid
+    assert server["url"] == f"http://127.0.0.1:{server['port']}"
+    assert server["completions_url"] == server["url"] + "/v1/completions"
+    assert (server["model_id"], server["deployment_id"], server["dtype"]) == ("smollm2", "test-1", "float32")
+    assert server["checkpoint"] == str(checkpoint.resolve()) and server["started_at"]
+    for path in ("/health", "/v1/health"):
+        assert client.get(server["url"] + path).status_code == 200
+    models = client.get(server["url"] + "/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["smollm2"] and models["data"][0]["max_model_len"] == 8192
+
+
+@pytest.mark.slow
+def test_prompt_logprobs_equal_transformers(server: dict[str, Any], client: httpx.Client, reference: Any) -> None:
+    for prompt in PROMPTS:
+        ids, expected, next_token = reference.logprobs(prompt)
+        before = stats(client, server)["forward_passes"]
+        result = score(client, server, prompt)
+        assert stats(client, server)["forward_passes"] == before + 1  # echo + max_tokens=1: one pass
+        choice = result["choices"][0]
+        logprobs = choice["logprobs"]
+        assert len(logprobs["tokens"]) == len(ids) + 1  # the prompt, then the one generated token
+        assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+        assert logprobs["token_logprobs"][1:-1] == pytest.approx(expected, abs=1e-4)
+        assert logprobs["tokens"][:-1] == [reference.tokenizer.decode([i]) for i in ids]
+        assert logprobs["tokens"][-1] == reference.tokenizer.decode([next_token])
+        assert logprobs["text_offset"][: len(ids)] == [s for s, _ in reference.tokenizer(
+            prompt, return_offsets_mapping=True)["offset_mapping"]]
+        assert choice["text"] == prompt + reference.tokenizer.decode([next_token], skip_special_tokens=True)
+        for top, lp in zip(logprobs["top_logprobs"][1:], logprobs["token_logprobs"][1:]):
+            assert 1 <= len(top) <= 2 and max(top.values()) >= lp  # top-1, plus the actual token when it differs
+        assert result["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}
+        # the same prompt as token ids scores the same
+        by_ids = score(client, server, ids)["choices"][0]["logprobs"]["token_logprobs"]
+        assert by_ids[1:] == pytest.approx(logprobs["token_logprobs"][1:], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_max_tokens_0_scores_the_prompt_only(server: dict[str, Any], client: httpx.Client, reference: Any) -> None:
+    prompt = PROMPTS[1]
+    ids, expected, _ = reference.logprobs(prompt)
+    result = score(client, server, prompt, max_tokens=0)
+    choice = result["choices"][0]
+    assert choice["text"] == prompt and choice["finish_reason"] == "length"
+    assert len(choice["logprobs"]["tokens"]) == len(ids)
+    assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    assert result["usage"]["completion_tokens"] == 0
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_batched_and_equal_single(server: dict[str, Any], client: httpx.Client) -> None:
+    single = [score(client, server, p)["choices"][0]["logprobs"]["token_logprobs"] for p in PROMPTS]
+    before = stats(client, server)
+    with ThreadPoolExecutor(8) as pool:
+        batched = list(pool.map(lambda p: score(client, server, p), PROMPTS * 2))
+    after = stats(client, server)
+    assert after["requests"] - before["requests"] == 8
+    assert after["batches"] - before["batches"] < 8, "concurrent requests were not batched"
+    for expected, result in zip(single * 2, batched):
+        got = result["choices"][0]["logprobs"]["token_logprobs"]
+        assert got[0] is None and got[1:] == pytest.approx(expected[1:], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_list_of_prompts_gives_one_choice_each(server: dict[str, Any], client: httpx.Client) -> None:
+    result = score(client, server, PROMPTS[:2])  # type: ignore[arg-type]
+    assert [c["index"] for c in result["choices"]] == [0, 1]
+    assert [c["text"][: len(p)] for c, p in zip(result["choices"], PROMPTS)] == PROMPTS[:2]
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+@pytest.mark.slow
+def test_greedy_generation_equals_transformers_generate(server: dict[str, Any], client: httpx.Client,
+                                                        reference: Any) -> None:
+    prompts = ["The capital of France is", "Question: What is 12 plus 7?\nAnswer:"]
+    expected = [reference.greedy(p, 10) for p in prompts]
+    with ThreadPoolExecutor(2) as pool:  # concurrently: decoded as one left-padded batch
+        results = list(pool.map(lambda p: complete(client, server, prompt=p, max_tokens=10, temperature=0), prompts))
+    for want, result in zip(expected, results):
+        assert result["choices"][0]["text"] == want
+        assert result["usage"]["completion_tokens"] <= 10
+    text = expected[0]
+    stop = text.strip()[3:6]  # a stop string in the middle of the greedy continuation
+    cut = complete(client, server, prompt=prompts[0], max_tokens=10, temperature=0, stop=["@@@", stop])
+    assert cut["choices"][0]["text"] == text[: text.index(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.slow
+def test_sampling_is_seeded(server: dict[str, Any], client: httpx.Client) -> None:
+    body = {"prompt": "Once upon a time", "max_tokens": 6, "temperature": 1.0, "top_p": 0.9}
+    first = complete(client, server, **body, seed=7)["choices"][0]["text"]
+    assert complete(client, server, **body, seed=7)["choices"][0]["text"] == first
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+@pytest.mark.slow
+def test_prompt_beyond_the_context_window_is_refused(server: dict[str, Any], client: httpx.Client) -> None:
+    response = client.post(server["completions_url"], json={"prompt": "hello " * 8300, "max_tokens": 1})
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "context window of 8192 tokens" in message and "never truncated" in message
+    response = client.post(server["completions_url"], json={"prompt": "hello " * 8180, "max_tokens": 100})
+    assert response.status_code == 400 and "max_tokens" in response.json()["error"]["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("body", "words"), [
+    ({"prompt": "x", "logprobs": 99}, "'logprobs' must be an integer between 0 and 20"),
+    ({"prompt": []}, "'prompt' must be"),
+    ({"prompt": ""}, "'prompt' is empty"),
+    ({"prompt": "x", "stop": 3}, "'stop' must be"),
+    ({"prompt": "x", "stream": True}, "'stream' is not supported"),
+])
+def test_bad_requests_get_400(server: dict[str, Any], client: httpx.Client, body: dict[str, Any], words: str) -> None:
+    response = client.post(server["completions_url"], json=body)
+    assert response.status_code == 400 and words in response.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_port_in_use_exits_at_once_naming_the_port(checkpoint: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        proc = subprocess.run([*SERVER, "--checkpoint", str(checkpoint), "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - started < 10
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port}" in lines[0] and "in use" in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_checkpoint_without_tokenizer_fails_fast(checkpoint: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "no-tokenizer"
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (broken / name).symlink_to(checkpoint / name)
+    started = time.monotonic()
+    proc = subprocess.run([*SERVER, "--checkpoint", str(broken)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - started < 10
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(broken) in lines[0] and "no tokenizer" in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ readiness
+
+
+@pytest.mark.slow
+def test_wait_for_endpoint_fails_fast_when_the_server_dies(checkpoint: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "bad-config"
+    broken.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+        (broken / name).symlink_to(checkpoint / name)
+    (broken / "config.json").write_text("{this is not json")
+    process = start_server(broken, endpoint_file=tmp_path / "endpoint.json", log_file=tmp_path / "server.log")
+    started = time.monotonic()
+    try:
+        with pytest.raises(EndpointNotReady) as raised:
+            wait_for_endpoint(tmp_path / "endpoint.json", pid=process.pid, log_file=tmp_path / "server.log",
+                              timeout_s=300)
+    finally:
+        stop_server(process)
+    assert time.monotonic() - started < 60  # the process's exit, not the 300 s timeout
+    assert process.returncode != 0
+    message = str(raised.value)
+    assert f"pid {process.pid}" in message and "could not be loaded" in message
+
+
+def test_wait_for_endpoint_reports_the_log_tail_within_seconds(tmp_path: Path) -> None:
+    log = tmp_path / "dead.log"
+    with log.open("wb") as out:
+        script = "import sys\nfor i in range(50): print('line', i)\nprint('boom: bad thing'); sys.exit(3)"
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    with pytest.raises(EndpointNotReady, match="boom: bad thing") as raised:
+        wait_for_endpoint(tmp_path / "never.json", pid=process.pid, log_file=log, timeout_s=120)
+    assert time.monotonic() - started < 5
+    assert "line 49" in str(raised.value) and "line 10\n" not in str(raised.value)  # only the last 30 lines
+    assert process.wait() == 3  # not reaped behind the caller's back
+    with pytest.raises(EndpointNotReady, match="did not answer within 0.5 s"):
+        wait_for_endpoint(tmp_path / "never.json", log_file=log, timeout_s=0.5)
+
+
+def test_log_tail(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"{i}\n" for i in range(100)))
+    assert log_tail(log, 3) == "97\n98\n99"
+    assert "no log" in log_tail(tmp_path / "missing.log", 3)
+
+
+# ------------------------------------------------------------------------------------------------ units
+
+
+def test_plan_batches_groups_by_kind_length_and_budget() -> None:
+    def job(n: int, max_tokens: int = 1) -> Job:
+        return Job(ids=[0] * n, max_tokens=max_tokens, score_prompt=True, top_logprobs=1)
+
+    def lengths(batches: list[list[Job]]) -> list[list[int]]:
+        return [[len(j.ids) for j in b] for b in batches]
+
+    jobs = [job(50), job(10), job(5, max_tokens=8), job(40), job(30), job(12)]
+    assert lengths(plan_batches(jobs, max_batch_size=2, max_batch_tokens=1000)) == [[10, 12], [30, 40], [50], [5]]
+    assert lengths(plan_batches(jobs, max_batch_size=8, max_batch_tokens=100)) == [[10, 12, 30], [40, 50], [5]]
+    # padding beyond half the real tokens (and over 256) closes a batch
+    jobs = [job(1000), job(1100), job(100), job(3000)]
+    assert lengths(plan_batches(jobs, max_batch_size=8, max_batch_tokens=10**6)) == [[100], [1000, 1100], [3000]]
+
+
+def test_importing_the_server_does_not_import_torch() -> None:
+    code = "import sys, nemotron_eval.deploy.server, nemotron_eval.deploy.ready; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_bfloat16_is_selectable_and_close_to_float32(checkpoint: Path, reference: Any) -> None:
+    import torch
+
+    from nemotron_eval.deploy.server import Engine
+
+    engine = Engine(checkpoint, dtype="bfloat16")
+    assert engine.model.dtype == torch.bfloat16
+    ids, expected, _ = reference.logprobs(PROMPTS[2])
+    with torch.inference_mode():
+        results, passes = engine._forward_batch([Job(ids=ids, max_tokens=1, score_prompt=True, top_logprobs=1)])
+    got = results[0].prompt_logprobs[1:]
+    assert passes == 1 and len(got) == len(expected)
+    mean_error = sum(abs(a - b) for a, b in zip(got, expected)) / len(got)
+    assert mean_error < 0.1  # bf16: close, not exact

@@ -1,0 +1,376 @@
+"""Stage one benchmark's data as local JSON-lines files the harness reads with its own task YAML.
+
+How the data reaches the harness (decided here, used by `nemotron_eval.harness`)
+--------------------------------------------------------------------------------
+NeMo Evaluator runs lm-evaluation-harness tasks whose YAML names a hub dataset
+(`dataset_path: hellaswag`, ...). Of the two offline routes that work, this project uses
+**wrapper task YAMLs** (route B of the notes), not a pre-filled `datasets` cache (route A):
+`harness.write_task_yamls` writes, per task, a YAML that `include:`s the harness's own task file
+and overrides only where the rows come from (`dataset_path: json`, `dataset_name: null`,
+`dataset_kwargs.data_files` = the files staged here). Prompts, few-shot counts and samplers,
+filters and metrics stay the harness's. Route A was rejected because it depends on the private
+cache layout and fingerprints of one `datasets` version, and because a stale or hub-filled cache
+is read silently; with route B a missing file is a hard error, the data source is visible in
+the harness's command line, and nothing under HF_HOME is touched.
+Cost: the task is renamed (lm-eval does not let an `--include_path` task shadow a built-in name),
+so metric keys carry `staged_<name>`; MMLU needs 57 subject wrappers plus a group wrapper, all
+generated from the harness's own files.
+
+Staged layout (`out_dir`), the same whatever the source::
+
+    manifest.json                   source, digest, fallbacks, row counts, files
+    <config>/<split>.jsonl          one row a line, fields in the hub dataset's schema
+
+`<config>` is the hub dataset's config name: the 57 MMLU subjects (`abstract_algebra`, ...),
+`ARC-Challenge`, `winogrande_xl`, `default` (HellaSwag), `main` (OpenBookQA).
+Splits are the hub's names (`train`, `validation`, `test`, MMLU's `dev`).
+
+Sources: a local mirror of the original releases (`mirror=`, from the `data.mirror` config key
+or `NEMOTRON_DATA_MIRROR`), read with `readers`; or the Hugging Face hub (`mirror=None`): the
+parquet conversion (`refs/convert/parquet`) of the dataset id the harness's YAML names.
+Writing is atomic: a temporary folder beside `out_dir`, renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from nemotron_eval.data import readers
+from nemotron_eval.errors import UserError
+from nemotron_eval.tasks import by_short
+
+MIRROR_ENV = "NEMOTRON_DATA_MIRROR"
+MIRROR_KEY = "data.mirror"
+MANIFEST = "manifest.json"
+HUB_REVISION = "refs/convert/parquet"
+FORMAT_VERSION = 1
+
+# The 57 MMLU subjects: configs of hails/mmlu_no_train, tasks of the harness's mmlu_str group.
+MMLU_SUBJECTS: tuple[str, ...] = (
+    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
+    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
+    "college_medicine", "college_physics", "computer_security", "conceptual_physics",
+    "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic",
+    "global_facts", "high_school_biology", "high_school_chemistry",
+    "high_school_computer_science", "high_school_european_history", "high_school_geography",
+    "high_school_government_and_politics", "high_school_macroeconomics",
+    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
+    "high_school_psychology", "high_school_statistics", "high_school_us_history",
+    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
+    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
+    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
+    "philosophy", "prehistory", "professional_accounting", "professional_law",
+    "professional_medicine", "professional_psychology", "public_relations",
+    "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MirrorFile:
+    """One split of one config, read from one file of the mirror (relative to the mirror root)."""
+
+    config: str
+    split: str
+    path: str
+    reader: Callable[[Path], Iterable[readers.Row]]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    hub_id: str  # `dataset_path` of the harness's task YAML
+    configs: tuple[str, ...]
+    mirror_files: tuple[MirrorFile, ...]
+    fallbacks: tuple[str, ...] = field(default=())  # what the mirror lacks, said once per staging
+
+
+def _mmlu_files() -> tuple[MirrorFile, ...]:
+    return tuple(
+        MirrorFile(s, split, f"mmlu/{folder}/{s}_{folder}.csv", readers.read_mmlu_csv)
+        for s in MMLU_SUBJECTS
+        for split, folder in (("test", "test"), ("validation", "val"), ("dev", "dev"))
+    )
+
+
+SPECS: dict[str, DatasetSpec] = {
+    "mmlu": DatasetSpec("hails/mmlu_no_train", MMLU_SUBJECTS, _mmlu_files()),
+    "arc_challenge": DatasetSpec(
+        "allenai/ai2_arc",
+        ("ARC-Challenge",),
+        (
+            MirrorFile("ARC-Challenge", "train", "arc_challenge/ARC-Challenge-Train.jsonl",
+                       readers.read_arc_jsonl),
+            MirrorFile("ARC-Challenge", "validation", "arc_challenge/ARC-Challenge-Dev.jsonl",
+                       readers.read_arc_jsonl),
+            MirrorFile("ARC-Challenge", "test", "arc_challenge/arc_challenge.jsonl",
+                       readers.read_arc_converted),
+        ),
+        (
+            "ARC-Challenge test split read from the third-party converted arc_challenge.jsonl, "
+            "not the original release: ids are synthesized (ARC-Challenge-Test-<line>), choice "
+            "labels rebuilt as letters; per SOURCES.md 1142 of 1150 checkable rows match the "
+            "original test file",
+        ),
+    ),
+    "winogrande": DatasetSpec(
+        "winogrande",
+        ("winogrande_xl",),
+        (
+            MirrorFile("winogrande_xl", "train", "winogrande/train_l.jsonl",
+                       readers.read_winogrande_jsonl),
+            MirrorFile("winogrande_xl", "validation", "winogrande/dev.jsonl",
+                       readers.read_winogrande_jsonl),
+            MirrorFile("winogrande_xl", "test", "winogrande/test.jsonl",
+                       readers.read_winogrande_jsonl),
+        ),
+        (
+            "Winogrande train split (the few-shot pool) is train_l.jsonl (10234 rows), not "
+            "train_xl (40398 rows, absent from the mirror): 5-shot examples differ from a hub run",
+        ),
+    ),
+    "hellaswag": DatasetSpec(
+        "hellaswag",
+        ("default",),
+        (
+            MirrorFile("default", "validation", "hellaswag/hellaswag_val_full.txt.bz2",
+                       readers.read_hellaswag_txt),
+        ),
+        (
+            "HellaSwag has no train split on the mirror: the 10-shot examples are drawn from the "
+            "other validation items (never the item being asked), not from train",
+            "HellaSwag ctx_a/ctx_b are not on the mirror (only the joined, cleaned context): "
+            "ctx_b is taken as the unfinished text after the last sentence end, so the harness's "
+            "capitalization of ctx_b applies as upstream (heuristic); ind is the position in the "
+            "file, source_id and split_type are empty",
+        ),
+    ),
+    "openbookqa": DatasetSpec(
+        "openbookqa",
+        ("main",),
+        (
+            MirrorFile("main", "train", "openbookqa/Main/train.jsonl", readers.read_obqa_jsonl),
+            MirrorFile("main", "validation", "openbookqa/Main/dev.tsv", readers.read_obqa_tsv),
+            MirrorFile("main", "test", "openbookqa/Main/test.jsonl", readers.read_obqa_jsonl),
+        ),
+    ),
+}
+
+
+def spec(task_short: str) -> DatasetSpec:
+    return SPECS[by_short(task_short).short]
+
+
+def resolve_mirror(configured: str | os.PathLike[str] | None) -> Path | None:
+    """The mirror root: the `data.mirror` config value, else `$NEMOTRON_DATA_MIRROR`, else None."""
+    if configured not in (None, ""):
+        where, value = MIRROR_KEY, str(configured)
+    elif os.environ.get(MIRROR_ENV):
+        where, value = MIRROR_ENV, os.environ[MIRROR_ENV]
+    else:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{where}: mirror folder {value!r} does not exist or is not a folder")
+    return path.resolve()
+
+
+def stage_dataset(
+    task_short: str,
+    out_dir: Path,
+    *,
+    mirror: Path | None,
+    hub_revision: str = HUB_REVISION,
+    hub_cache_dir: Path | None = None,
+) -> Path:
+    """Stage `task_short`'s dataset into `out_dir` (replaced atomically) and return `out_dir`.
+
+    `mirror` is the root of a local mirror of the original releases; None reads the hub.
+    """
+    ds = spec(task_short)
+    out_dir = Path(out_dir)
+    with _atomic_dir(out_dir) as tmp:
+        if mirror is not None:
+            source, files, inputs = _from_mirror(ds, Path(mirror), tmp)
+            fallbacks = list(ds.fallbacks)
+        else:
+            source, files = _from_hub(ds, tmp, hub_revision, hub_cache_dir)
+            inputs, fallbacks = {}, []
+        configs: dict[str, dict[str, dict[str, Any]]] = {}
+        splits: dict[str, int] = {}
+        for (config, split), (rel, rows) in sorted(files.items()):
+            configs.setdefault(config, {})[split] = {"rows": rows, "file": rel}
+            splits[split] = splits.get(split, 0) + rows
+        manifest = {
+            "format": FORMAT_VERSION,
+            "task": task_short,
+            "dataset": ds.hub_id,
+            "source": source,
+            "digest": staged_digest(tmp),
+            "splits": splits,
+            "fallbacks": fallbacks,
+            "configs": configs,
+            "inputs": inputs,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return out_dir
+
+
+def read_manifest(staged_dir: Path) -> dict[str, Any]:
+    path = Path(staged_dir) / MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no staged dataset here (run the stage step first)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}); stage the dataset again") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise UserError(f"{path}: format {manifest.get('format')!r} is not {FORMAT_VERSION}")
+    return manifest
+
+
+def staged_digest(staged_dir: Path) -> str:
+    """sha256 over the staged data files (sorted relative paths and contents), not the manifest."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(staged_dir).rglob("*.jsonl") if p.is_file()):
+        rel = path.relative_to(staged_dir).as_posix()
+        h.update(f"{rel}\0{_sha256(path)}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+# --- sources ------------------------------------------------------------------------------
+
+Files = dict[tuple[str, str], tuple[str, int]]  # (config, split) -> (relative file, rows)
+
+
+def _from_mirror(ds: DatasetSpec, mirror: Path, out: Path) -> tuple[str, Files, dict[str, str]]:
+    if not mirror.is_dir():
+        raise UserError(
+            f"data mirror {str(mirror)!r} is not a folder (set {MIRROR_KEY} or {MIRROR_ENV})"
+        )
+    files: Files = {}
+    inputs: dict[str, str] = {}
+    for mf in ds.mirror_files:
+        path = mirror / mf.path
+        if not path.is_file():
+            raise UserError(
+                f"{path}: missing from the data mirror {str(mirror)!r} "
+                f"({MIRROR_KEY} / {MIRROR_ENV}); it holds the {mf.split} split of {ds.hub_id}"
+            )
+        inputs[mf.path] = _sha256(path)
+        files[(mf.config, mf.split)] = _write_rows(out, mf.config, mf.split, mf.reader(path))
+    return f"mirror:{mirror.resolve()}", files, inputs
+
+
+def _from_hub(
+    ds: DatasetSpec, out: Path, revision: str, cache_dir: Path | None
+) -> tuple[str, Files]:
+    snapshot = Path(_download(ds.hub_id, ds.configs, revision, cache_dir))
+    files: Files = {}
+    for config in ds.configs:
+        by_split: dict[str, list[Path]] = {}
+        for pq_file in sorted((snapshot / config).rglob("*.parquet")):
+            split = _hub_split(PurePosixPath(pq_file.relative_to(snapshot).as_posix()))
+            by_split.setdefault(split, []).append(pq_file)
+        if not by_split:
+            raise UserError(
+                f"hub dataset {ds.hub_id!r}@{revision}: no parquet files for config {config!r}; "
+                f"set {MIRROR_KEY} or {MIRROR_ENV} to a local mirror instead"
+            )
+        for split, paths in sorted(by_split.items()):
+            files[(config, split)] = _write_rows(out, config, split, _parquet_rows(paths))
+    return f"hub:{ds.hub_id}@{snapshot.name}", files
+
+
+def _download(repo_id: str, configs: tuple[str, ...], revision: str, cache_dir: Path | None) -> str:
+    """Local snapshot folder of the parquet files of `configs`; every failure is a UserError."""
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=revision,
+            allow_patterns=[f"{c}/*" for c in configs],
+            cache_dir=cache_dir,
+            # honoured at call time too (huggingface_hub reads the variable once, at import)
+            local_files_only=os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"),
+        )
+    except Exception as e:  # offline, DNS, HTTP, auth: all mean "use the mirror"
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UserError(
+            f"cannot fetch dataset {repo_id!r} (revision {revision}) from the Hugging Face hub: "
+            f"{type(e).__name__}: {reason}; set {MIRROR_KEY} in the config or {MIRROR_ENV} "
+            "to a local mirror of the original releases"
+        ) from e
+
+
+def _hub_split(rel: PurePosixPath) -> str:
+    """Split of `<config>/<split>/0000.parquet` or of `<config>/<name>-<split>.parquet`."""
+    if len(rel.parts) >= 3:
+        return rel.parts[1].removeprefix("partial-")
+    m = re.fullmatch(r".+?-([A-Za-z_]+)(?:-\d+-of-\d+)?\.parquet", rel.name)
+    if not m:
+        raise UserError(f"hub file {str(rel)!r}: cannot tell its split from the name")
+    return m.group(1)
+
+
+def _parquet_rows(paths: list[Path]) -> Iterator[readers.Row]:
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        yield from pq.read_table(path).to_pylist()
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def _write_rows(out: Path, config: str, split: str, rows: Iterable[readers.Row]) -> tuple[str, int]:
+    rel = f"{config}/{split}.jsonl"
+    path = out / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+    if n == 0:
+        raise UserError(f"{config}/{split}: the source has no rows")
+    return rel, n
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir`, else goes."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the staged data is for every job
+        yield tmp
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex}.old"
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

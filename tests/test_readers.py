@@ -1,0 +1,332 @@
+"""Readers of the original benchmark formats and staging (fixtures: tests/fixtures/benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nemotron_eval.data import readers, stage
+from nemotron_eval.data.stage import MMLU_SUBJECTS, read_manifest, resolve_mirror, stage_dataset
+from nemotron_eval.errors import UserError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
+TASKS = ("mmlu", "arc_challenge", "winogrande", "hellaswag", "openbookqa")
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture mirror, with the one MMLU subject copied to all 57 (staging needs them all)."""
+    root = tmp_path_factory.mktemp("mirror")
+    shutil.copytree(FIXTURES, root, dirs_exist_ok=True)
+    for folder in ("dev", "val", "test"):
+        src = FIXTURES / "mmlu" / folder / f"abstract_algebra_{folder}.csv"
+        for subject in MMLU_SUBJECTS:
+            shutil.copyfile(src, root / "mmlu" / folder / f"{subject}_{folder}.csv")
+    return root
+
+
+def _keys(rows: list[dict], task: str) -> None:
+    assert rows
+    for row in rows:
+        assert tuple(row) == readers.SCHEMAS[task]
+
+
+# --- readers --------------------------------------------------------------------------------
+
+
+def test_mmlu_csv() -> None:
+    rows = list(readers.read_mmlu_csv(FIXTURES / "mmlu/test/abstract_algebra_test.csv"))
+    _keys(rows, "mmlu")
+    assert len(rows) == 3
+    assert rows[0] == {
+        "question": "How many generators does the cyclic group Z_6 have?",
+        "subject": "abstract_algebra",
+        "choices": ["1", "2", "3", "6"],
+        "answer": 1,
+    }
+    assert rows[1]["question"].endswith("A) always abelian?")  # quoted, with a newline
+    dev = list(readers.read_mmlu_csv(FIXTURES / "mmlu/dev/abstract_algebra_dev.csv"))
+    assert dev[1]["choices"][0] == "True, True" and dev[1]["answer"] == 2
+
+
+def test_mmlu_csv_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "anatomy_test.csv"
+    bad.write_text("q,a,b,c,d,E\n")
+    with pytest.raises(UserError, match=r"anatomy_test\.csv:1: answer 'E'"):
+        list(readers.read_mmlu_csv(bad))
+    bad.write_text("q,a,b,c,A\n")
+    with pytest.raises(UserError, match="expected 6 columns"):
+        list(readers.read_mmlu_csv(bad))
+    with pytest.raises(UserError, match="<subject>_"):
+        list(readers.read_mmlu_csv(tmp_path / "anatomy.csv"))
+
+
+def test_arc_original_jsonl() -> None:
+    rows = list(readers.read_arc_jsonl(FIXTURES / "arc_challenge/ARC-Challenge-Train.jsonl"))
+    _keys(rows, "arc_challenge")
+    assert rows[0]["question"] == "Which tool measures the mass of a small rock?"
+    assert rows[0]["choices"]["label"] == ["A", "B", "C", "D"]
+    assert rows[1]["choices"]["label"] == ["1", "2", "3", "4"] and rows[1]["answerKey"] == "2"
+    assert len(rows[2]["choices"]["text"]) == 5
+
+
+def test_arc_converted_test_file() -> None:
+    rows = list(readers.read_arc_converted(FIXTURES / "arc_challenge/arc_challenge.jsonl"))
+    _keys(rows, "arc_challenge")
+    assert rows[0]["question"] == "What happens to a shadow as the Sun rises higher in the sky?"
+    assert rows[0]["answerKey"] == "A" and rows[0]["id"] == "ARC-Challenge-Test-0001"
+    assert rows[1]["choices"]["label"] == ["A", "B", "C", "D", "E"] and rows[1]["answerKey"] == "D"
+
+
+def test_arc_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "x.jsonl"
+    bad.write_text('{"id": "1", "question": {"stem": "q", "choices": []}, "answerKey": "A"}\n')
+    with pytest.raises(UserError, match=r"x\.jsonl:1: .*non-empty list"):
+        list(readers.read_arc_jsonl(bad))
+    bad.write_text('{"query": "Question: q", "choices": ["a", "b"], "gold": 2}\n')
+    with pytest.raises(UserError, match="'gold' 2"):
+        list(readers.read_arc_converted(bad))
+    bad.write_text("{not json\n")
+    with pytest.raises(UserError, match=r"x\.jsonl:1: not valid JSON"):
+        list(readers.read_arc_jsonl(bad))
+
+
+def test_winogrande() -> None:
+    rows = list(readers.read_winogrande_jsonl(FIXTURES / "winogrande/dev.jsonl"))
+    _keys(rows, "winogrande")
+    assert rows[0]["answer"] == "1" and rows[0]["option2"] == "Dan"
+    test = list(readers.read_winogrande_jsonl(FIXTURES / "winogrande/test.jsonl"))
+    assert [r["answer"] for r in test] == ["", ""]
+
+
+def test_hellaswag_txt() -> None:
+    rows = list(readers.read_hellaswag_txt(FIXTURES / "hellaswag/hellaswag_val_full.txt.bz2"))
+    _keys(rows, "hellaswag")
+    assert len(rows) == 3
+    first = rows[0]
+    assert first["activity_label"] == "Washing dishes"
+    assert (first["ctx_a"], first["ctx_b"]) == ("A woman stands at a sink full of plates.", "she")
+    assert first["ctx"] == first["ctx_a"] + " " + first["ctx_b"]
+    assert first["label"] == "1" and len(first["endings"]) == 4 and first["ind"] == 0
+    assert rows[1]["ctx_b"] == "" and rows[1]["ctx_a"] == rows[1]["ctx"]  # ends a sentence
+    assert rows[2]["ctx_b"] == "the kite"
+
+
+def test_hellaswag_plain_text_and_errors(tmp_path: Path) -> None:
+    plain = tmp_path / "h.txt"
+    plain.write_text("Label: a b. c\n0\nw\nx\ny\nz\n")
+    (row,) = readers.read_hellaswag_txt(plain)
+    assert row["ctx_b"] == "c"
+    plain.write_text("Label: a b. c\n7\nw\nx\ny\nz\n")
+    with pytest.raises(UserError, match=r"h\.txt:2: gold index '7'"):
+        list(readers.read_hellaswag_txt(plain))
+    plain.write_text("Label: a\n0\nw\n")
+    with pytest.raises(UserError, match="multiple of 6"):
+        list(readers.read_hellaswag_txt(plain))
+
+
+def test_openbookqa_jsonl_and_tsv() -> None:
+    rows = list(readers.read_obqa_jsonl(FIXTURES / "openbookqa/Main/test.jsonl"))
+    _keys(rows, "openbookqa")
+    assert rows[0]["question_stem"] == "Which of these conducts electricity best?"
+    tsv = list(readers.read_obqa_tsv(FIXTURES / "openbookqa/Main/dev.tsv"))
+    _keys(tsv, "openbookqa")
+    assert tsv[0] == {
+        "id": "FIX-D1",
+        "question_stem": "Plants make food using",
+        "choices": {"text": ["moonlight", "sunlight", "soil only", "rocks"],
+                    "label": ["A", "B", "C", "D"]},
+        "answerKey": "B",
+    }  # fmt: skip
+
+
+def test_openbookqa_tsv_ambiguous_choices(tmp_path: Path) -> None:
+    bad = tmp_path / "dev.tsv"
+    head = "ID\tQuestion Stem\tChoices\tComplete Question\tAnswer Key\n"
+    bad.write_text(head + "1\tq\t(A) a (B) b (C) c (D) d (D) e\tq\tA\n")
+    with pytest.raises(UserError, match=r"dev\.tsv:2: choices"):
+        list(readers.read_obqa_tsv(bad))
+
+
+# --- staging --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_stage_from_mirror(task: str, mirror: Path, tmp_path: Path) -> None:
+    out = stage_dataset(task, tmp_path / task, mirror=mirror)
+    manifest = read_manifest(out)
+    assert manifest["source"] == f"mirror:{mirror.resolve()}"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", manifest["digest"])
+    assert manifest["task"] == task
+    for config, splits in manifest["configs"].items():
+        for split, info in splits.items():
+            assert info["file"] == f"{config}/{split}.jsonl"
+            lines = (out / info["file"]).read_text().splitlines()
+            assert len(lines) == info["rows"]
+            assert tuple(json.loads(lines[0])) == readers.SCHEMAS[task]
+    assert sorted(os.listdir(tmp_path)) == [task]  # no temporary folders left
+
+
+def test_stage_row_counts_and_fallbacks(mirror: Path, tmp_path: Path) -> None:
+    counts = {
+        "mmlu": {"test": 3 * 57, "validation": 57, "dev": 2 * 57},
+        "arc_challenge": {"train": 3, "validation": 2, "test": 3},
+        "winogrande": {"train": 3, "validation": 3, "test": 2},
+        "hellaswag": {"validation": 3},
+        "openbookqa": {"train": 2, "validation": 2, "test": 3},
+    }
+    for task, expected in counts.items():
+        manifest = read_manifest(stage_dataset(task, tmp_path / task, mirror=mirror))
+        assert manifest["splits"] == expected, task
+    fallbacks = {t: read_manifest(tmp_path / t)["fallbacks"] for t in counts}
+    assert any("no train split" in f for f in fallbacks["hellaswag"])
+    assert any("train_l" in f for f in fallbacks["winogrande"])
+    assert any("converted" in f for f in fallbacks["arc_challenge"])
+    assert fallbacks["openbookqa"] == [] and fallbacks["mmlu"] == []
+    assert len(read_manifest(tmp_path / "mmlu")["configs"]) == 57
+
+
+def test_digest_is_stable_and_tracks_content(mirror: Path, tmp_path: Path) -> None:
+    a = read_manifest(stage_dataset("winogrande", tmp_path / "a", mirror=mirror))
+    b = read_manifest(stage_dataset("winogrande", tmp_path / "b", mirror=mirror))
+    assert a["digest"] == b["digest"]
+    assert (tmp_path / "a/winogrande_xl/validation.jsonl").read_bytes() == (
+        tmp_path / "b/winogrande_xl/validation.jsonl"
+    ).read_bytes()
+    changed = tmp_path / "mirror2"
+    shutil.copytree(mirror / "winogrande", changed / "winogrande")
+    with open(changed / "winogrande/dev.jsonl", "a") as f:
+        f.write(json.dumps({"sentence": "A _ b.", "option1": "x", "option2": "y", "answer": "1"}))
+        f.write("\n")
+    c = read_manifest(stage_dataset("winogrande", tmp_path / "c", mirror=changed))
+    assert c["digest"] != a["digest"] and c["splits"]["validation"] == 4
+
+
+def test_restage_replaces_atomically(mirror: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data" / "openbookqa"
+    stage_dataset("openbookqa", out, mirror=mirror)
+    (out / "stray.txt").write_text("from an older staging")
+    stage_dataset("openbookqa", out, mirror=mirror)
+    assert not (out / "stray.txt").exists()
+    assert sorted(os.listdir(out.parent)) == ["openbookqa"]
+
+
+def test_failed_staging_leaves_nothing(mirror: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(mirror / "openbookqa", broken / "openbookqa")
+    with open(broken / "openbookqa/Main/test.jsonl", "a") as f:
+        f.write("{truncated\n")
+    data = tmp_path / "data"
+    with pytest.raises(UserError, match=r"test\.jsonl:4: not valid JSON"):
+        stage_dataset("openbookqa", data / "openbookqa", mirror=broken)
+    assert os.listdir(data) == []
+    # An earlier good staging survives a failed one untouched.
+    stage_dataset("openbookqa", data / "openbookqa", mirror=mirror)
+    before = read_manifest(data / "openbookqa")
+    with pytest.raises(UserError):
+        stage_dataset("openbookqa", data / "openbookqa", mirror=broken)
+    assert read_manifest(data / "openbookqa") == before
+    assert os.listdir(data) == ["openbookqa"]
+
+
+def test_missing_mirror_file_names_it_and_the_setting(mirror: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    (partial / "hellaswag").mkdir(parents=True)
+    missing = r"hellaswag_val_full\.txt\.bz2: missing .*NEMOTRON_DATA_MIRROR"
+    with pytest.raises(UserError, match=missing):
+        stage_dataset("hellaswag", tmp_path / "out", mirror=partial)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task(tmp_path: Path, mirror: Path) -> None:
+    with pytest.raises(UserError, match="unknown task 'hellaswg'.*did you mean 'hellaswag'"):
+        stage_dataset("hellaswg", tmp_path / "x", mirror=mirror)
+
+
+def test_resolve_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NEMOTRON_DATA_MIRROR", raising=False)
+    assert resolve_mirror(None) is None
+    assert resolve_mirror(str(tmp_path)) == tmp_path.resolve()
+    monkeypatch.setenv("NEMOTRON_DATA_MIRROR", str(tmp_path))
+    assert resolve_mirror("") == tmp_path.resolve()
+    with pytest.raises(UserError, match="data.mirror: mirror folder '/nonexistent'"):
+        resolve_mirror("/nonexistent")
+    monkeypatch.setenv("NEMOTRON_DATA_MIRROR", "/nonexistent")
+    with pytest.raises(UserError, match="NEMOTRON_DATA_MIRROR: mirror folder"):
+        resolve_mirror(None)
+
+
+# --- the hub --------------------------------------------------------------------------------
+
+
+def test_hub_offline_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError) as err:
+        stage_dataset("hellaswag", tmp_path / "out", mirror=None, hub_cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert "'hellaswag'" in message and "Hugging Face hub" in message
+    assert "data.mirror" in message and "NEMOTRON_DATA_MIRROR" in message
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_hub_parquet_layouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parquet conversion branch's two layouts become the same staged files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    snap = tmp_path / "snapshots" / "0123abcd"
+    rows = list(readers.read_winogrande_jsonl(FIXTURES / "winogrande/dev.jsonl"))
+    (snap / "winogrande_xl" / "validation").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows[:2]), snap / "winogrande_xl/validation/0000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:]), snap / "winogrande_xl/validation/0001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), snap / "winogrande_xl/winogrande-train.parquet")
+    calls: list[tuple] = []
+
+    def fake_download(repo_id: str, configs: tuple, revision: str, cache_dir: Path | None) -> str:
+        calls.append((repo_id, configs, revision))
+        return str(snap)
+
+    monkeypatch.setattr(stage, "_download", fake_download)
+    manifest = read_manifest(stage_dataset("winogrande", tmp_path / "out", mirror=None))
+    assert calls == [("winogrande", ("winogrande_xl",), "refs/convert/parquet")]
+    assert manifest["source"] == "hub:winogrande@0123abcd"
+    assert manifest["splits"] == {"train": 3, "validation": 3}
+    assert manifest["fallbacks"] == []
+    staged = [json.loads(x) for x in (tmp_path / "out/winogrande_xl/validation.jsonl").open()]
+    assert staged == rows
+
+
+# --- the real mirror ------------------------------------------------------------------------
+
+REAL_MIRROR = Path(
+    os.environ.get("NEMOTRON_DATA_MIRROR") or Path(__file__).parents[2] / "shared" / "benchmarks"
+)
+# Row counts from SOURCES.md of the mirror.
+REAL_COUNTS = {
+    "mmlu": {"dev": 285, "validation": 1531, "test": 14042},
+    "arc_challenge": {"train": 1119, "validation": 299, "test": 1172},
+    "winogrande": {"train": 10234, "validation": 1267, "test": 1767},
+    "hellaswag": {"validation": 10042},
+    "openbookqa": {"train": 4957, "validation": 500, "test": 500},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_stage_real_mirror(task: str, tmp_path: Path) -> None:
+    if not REAL_MIRROR.is_dir():
+        pytest.skip(f"no benchmark mirror at {REAL_MIRROR} (set NEMOTRON_DATA_MIRROR)")
+    manifest = read_manifest(stage_dataset(task, tmp_path / task, mirror=REAL_MIRROR))
+    assert manifest["splits"] == REAL_COUNTS[task]
+    again = read_manifest(stage_dataset(task, tmp_path / "again", mirror=REAL_MIRROR))
+    assert again["digest"] == manifest["digest"]

@@ -1,0 +1,247 @@
+"""The serve step with a `generic` deployment run by container runner `none`: the command is a tiny local HTTP
+server standing in for NVIDIA's Ray deployment. Ready, failed at start-up, never ready, died while serving,
+stopped by SIGTERM (its whole process group with it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nemotron_eval.deploy.ready import EndpointNotReady, process_running
+from nemotron_eval.deploy.serve import first_node, group_alive, wait_for_service
+
+SERVER = '''
+import http.server, os, sys, threading
+port, pid_file = int(sys.argv[1]), sys.argv[2]
+open(pid_file, "w").write(str(os.getpid()))
+print("loading the model", flush=True)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/quit":
+            print("asked to quit", flush=True)
+            os._exit(7)
+        ok = self.path == "/v1/health"
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+        self.wfile.write(b"ok" if ok else b"no")
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def eval_yaml(tmp_path: Path, command: str, *, port: int, timeout_s: float = 30) -> Path:
+    cfg: dict[str, Any] = {
+        "deployment": {
+            "type": "generic", "multiple_instances": False, "image": "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano",
+            "checkpoint_path": str(tmp_path), "port": port, "served_model_name": "nemo-model",
+            "health_check_path": "/v1/health", "readiness_timeout_s": timeout_s, "command": command,
+            "endpoints": {"completions": "/v1/completions/", "health": "/v1/health"},
+        },
+        "execution": {"type": "local", "num_nodes": 1, "container_runner": "none",
+                      "env_vars": {"deployment": {"DEPLOY_MARKER": "from-config"}}},
+    }
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def server_command(tmp_path: Path, port: int) -> str:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    # `$$` as in NVIDIA's configs: the shell sees `$DEPLOY_MARKER`, set from execution.env_vars.deployment
+    return f"echo marker=$$DEPLOY_MARKER; exec {sys.executable} {script} {port} {tmp_path / 'server.pid'}"
+
+
+def start(tmp_path: Path, eval_file: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    endpoint, log = tmp_path / "run" / "endpoint.json", tmp_path / "logs" / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nemotron_eval.deploy.serve", "--eval", str(eval_file), "--model", "rl_latest",
+         "--endpoint-file", str(endpoint), "--log", str(log)],
+        stderr=subprocess.PIPE,
+    )
+    return proc, endpoint, log
+
+
+def wait_until(predicate: Any, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def stop_later() -> Any:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs.append
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_reaches_ready_serves_and_stops_with_its_process_group(tmp_path: Path, stop_later: Any) -> None:
+    port = free_port()
+    proc, endpoint, log = start(tmp_path, eval_yaml(tmp_path, server_command(tmp_path, port), port=port))
+    stop_later(proc)
+    wait_until(endpoint.exists, 10)
+    assert json.loads(endpoint.read_text())["state"] in ("starting", "ready")
+    info = wait_for_service(endpoint, timeout_s=30)
+    assert info["state"] == "ready" and info["type"] == "generic" and info["model_id"] == "nemo-model"
+    assert info["health_url"] == f"http://127.0.0.1:{port}/v1/health"
+    assert info["completions_url"] == f"http://127.0.0.1:{port}/v1/completions/"
+    assert info["deployment_id"].startswith("rl_latest-")
+    assert "marker=from-config" in log.read_text()
+    server_pid = int((tmp_path / "server.pid").read_text())
+    assert process_running(server_pid) and group_alive(info["pid"])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert not process_running(server_pid) and not group_alive(info["pid"])
+
+
+def test_a_command_that_exits_at_once_fails_within_seconds_with_its_log(tmp_path: Path, stop_later: Any) -> None:
+    port = free_port()
+    command = "echo 'Traceback: CUDA driver not found' >&2; exit 3"
+    proc, endpoint, log = start(tmp_path, eval_yaml(tmp_path, command, port=port, timeout_s=600))
+    stop_later(proc)
+    started = time.monotonic()
+    with pytest.raises(EndpointNotReady, match=r"(?s)exited with status 3 before .*CUDA driver not found"):
+        wait_for_service(endpoint, timeout_s=60)
+    assert time.monotonic() - started < 5
+    assert proc.wait(timeout=10) == 1
+    assert json.loads(endpoint.read_text())["state"] == "failed"
+
+
+def test_a_command_that_never_answers_times_out_with_its_log(tmp_path: Path, stop_later: Any) -> None:
+    port = free_port()
+    command = f"echo 'still compiling kernels'; echo $$$$ > {tmp_path / 'sleeper.pid'}; exec sleep 120"
+    proc, endpoint, _ = start(tmp_path, eval_yaml(tmp_path, command, port=port, timeout_s=2))
+    stop_later(proc)
+    started = time.monotonic()
+    with pytest.raises(EndpointNotReady, match=r"(?s)did not answer at http://127.0.0.1:\d+/v1/health within 2 s.*still compiling kernels"):
+        wait_for_service(endpoint, timeout_s=60)
+    assert time.monotonic() - started < 10
+    assert proc.wait(timeout=20) == 1
+    assert not process_running(int((tmp_path / "sleeper.pid").read_text()))  # the process group was stopped
+
+
+def test_a_deployment_that_dies_while_serving_marks_the_endpoint_failed(tmp_path: Path, stop_later: Any) -> None:
+    import urllib.request
+
+    port = free_port()
+    proc, endpoint, _ = start(tmp_path, eval_yaml(tmp_path, server_command(tmp_path, port), port=port))
+    stop_later(proc)
+    info = wait_for_service(endpoint, timeout_s=30)
+    with pytest.raises(OSError):
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{info['url']}/quit", timeout=5)
+    assert proc.wait(timeout=10) == 1
+    failed = json.loads(endpoint.read_text())
+    assert failed["state"] == "failed" and "exited with status 7 while serving" in failed["error"] and "asked to quit" in failed["error"]
+    with pytest.raises(EndpointNotReady, match="while serving"):
+        wait_for_service(endpoint, timeout_s=5)
+
+
+def test_a_missing_squashed_image_is_named(tmp_path: Path) -> None:
+    cfg = yaml.safe_load(eval_yaml(tmp_path, "true", port=1).read_text())
+    cfg["execution"].update({"type": "slurm", "container_runner": "pyxis"})
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    proc, endpoint, _ = start(tmp_path, tmp_path / "eval.yaml")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert b"nvcr.io+nvidia+nemo+25.11.nemotron_3_nano.sqsh is missing" in err
+    assert json.loads(endpoint.read_text())["state"] == "failed"
+
+
+def test_none_publishes_the_existing_endpoint_until_stopped(tmp_path: Path) -> None:
+    cfg = {"deployment": {"type": "none", "url": "https://llm.example.com/v1/completions", "served_model_name": "m",
+                          "api_key_name": "MY_KEY", "checkpoint_path": str(tmp_path)}}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    proc, endpoint, _ = start(tmp_path, tmp_path / "eval.yaml")
+    try:
+        wait_until(lambda: endpoint.exists() and json.loads(endpoint.read_text())["state"] == "ready")
+        info = json.loads(endpoint.read_text())
+        assert {k: info[k] for k in ("type", "url", "completions_url", "health_url", "model_id", "api_key_name")} == {
+            "type": "none", "url": "https://llm.example.com", "completions_url": "https://llm.example.com/v1/completions",
+            "health_url": "https://llm.example.com/health", "model_id": "m", "api_key_name": "MY_KEY"}
+        assert wait_for_service(endpoint, timeout_s=5)["deployment_id"] == info["deployment_id"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_first_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert first_node({}) == "127.0.0.1"
+    assert first_node({"SLURMD_NODENAME": "gpu07"}) == "gpu07"
+    scontrol = tmp_path / "scontrol"  # a stand-in: `scontrol show hostnames gpu[03-04]`
+    scontrol.write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu[03-04]" ] && printf "gpu03\\ngpu04\\n"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert first_node({"SLURM_JOB_NODELIST": "gpu[03-04]", "SLURMD_NODENAME": "gpu04"}) == "gpu03"
+
+
+def _slurm_problem() -> str | None:
+    import shutil
+
+    if shutil.which("sbatch") is None:
+        return "no Slurm here (start the local cluster with scripts/local-slurm up)"
+    try:
+        res = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 20 s (scripts/local-slurm up)"
+    return None if res.returncode == 0 and res.stdout.strip() else "sinfo does not answer (scripts/local-slurm up)"
+
+
+@pytest.mark.slurm
+def test_inside_a_slurm_job_step_the_deployment_is_a_nested_step(tmp_path: Path) -> None:
+    """As Snakemake runs it on Slurm: the serve step inside `srun -n1` of a batch job; the deployment's own
+    `srun --overlap` step answers at the first node; SIGTERM to the serve step cancels that step."""
+    problem = _slurm_problem()
+    if problem:
+        pytest.skip(problem)
+    port = free_port()
+    cfg_file = eval_yaml(tmp_path, server_command(tmp_path, port), port=port)
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg["deployment"]["multiple_instances"] = True
+    cfg["execution"].update({"type": "slurm", "deployment": {"n_tasks": 1}})
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    endpoint, log, report = tmp_path / "run" / "endpoint.json", tmp_path / "serve.log", tmp_path / "report.txt"
+    serve = f"{sys.executable} -m nemotron_eval.deploy.serve --eval {cfg_file} --model m"
+    script = tmp_path / "job.sh"
+    script.write_text(f"""#!/bin/bash
+srun -n1 {serve} --endpoint-file {endpoint} --log {log} &
+for i in $(seq 1 100); do grep -qs '"ready"\\|"failed"' {endpoint} && break; sleep 0.2; done
+squeue -h -s -j $SLURM_JOB_ID -o %i > {report}
+pkill -TERM -f "^{serve}"
+wait $!; echo "exit=$?" >> {report}
+""")
+    res = subprocess.run(["sbatch", "--wait", "-c", "2", f"--output={tmp_path / 'job.out'}", str(script)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr + (tmp_path / "job.out").read_text()
+    info = json.loads(endpoint.read_text())
+    assert info["state"] == "ready", info
+    lines = report.read_text().split()
+    assert {line.split(".")[-1] for line in lines if "." in line} >= {"0", "1", "batch"}  # serve step 0, deployment step 1
+    assert lines[-1] == "exit=0"
+    assert log.read_text().startswith("$ srun --overlap --mem=0 --nodes 1 --ntasks 1 --ntasks-per-node 1 --kill-on-bad-exit=1 bash -c")
+    assert not process_running(int((tmp_path / "server.pid").read_text()))

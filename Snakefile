@@ -9,6 +9,7 @@ include: "rules/common.smk"
 include: "rules/model.smk"
 include: "rules/compile.smk"
 include: "rules/data.smk"
+include: "rules/images.smk"
 include: "rules/evaluate.smk"
 include: "rules/export.smk"
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from nemotron_eval import smk
+from nemotron_eval import cluster, smk
 from nemotron_eval import tasks as task_registry
 from nemotron_eval.artifacts import Resolved
 from nemotron_eval.config.compile import compile_eval, explicit_checkpoint, resolve_model, task_fingerprint
@@ -33,6 +33,24 @@ DEFAULT_MODEL = smk.or_exit(parse_spec, MERGED["run"]["model"]).wildcard
 TASKS = [task_registry.BY_HARNESS[t["name"]].short for t in MERGED["evaluation"]["tasks"]]
 DATA_MIRROR = str(smk.or_exit(stage.resolve_mirror, resolved_value(MERGED, "data.mirror")) or "")
 EMBEDDED_MODEL = "smollm2"  # registered by the register_default_model rule when first asked for
+
+# Slurm: the deployment job's resources, the image to squash, and the checks that must fail before submitting.
+EXECUTION = smk.or_exit(smk.resolved_section, MERGED, "execution")
+DEPLOY_RESOURCES = smk.or_exit(cluster.deployment_resources, EXECUTION)
+SQUASH = smk.or_exit(smk.image_to_squash, MERGED)  # {sqsh name: image reference}, or {}
+SQUASH_RESOURCES = {
+    k: v
+    for k, v in {
+        "slurm_partition": resolved_value(MERGED, "run.env.build_partition") if "build_partition" in MERGED["run"]["env"] else None,
+        "runtime": cluster.walltime_minutes(MERGED["run"]["env"]["build_time"], "run.env.build_time") if "build_time" in MERGED["run"]["env"] else 60,
+    }.items()
+    if v
+}
+FORCE_SQUASH = __import__("time").time() if config.get("force_squash") else False
+if EXECUTION.get("type") == "slurm":
+    _enforce, _node_gres = cluster.slurm_facts(EXECUTION.get("partition"))
+    smk.or_exit(cluster.check_account, EXECUTION.get("account"), REQUEST.env_profile, _enforce)
+    smk.or_exit(cluster.check_gpus, EXECUTION.get("gres"), EXECUTION.get("partition"), _node_gres)
 
 
 wildcard_constraints:
@@ -96,11 +114,20 @@ def task_config(wildcards):
     return task_fingerprint(eval_cfg, harness_task, record["digest"])
 
 
+def task_mirror(wildcards):
+    """The mirror a task is staged from: the configured one, else the one it was staged from before (so that
+    forgetting NEMOTRON_DATA_MIRROR keeps the staged data), else '' (the hub)."""
+    if DATA_MIRROR:
+        return DATA_MIRROR
+    return smk.staged_from_mirror(Path("data") / wildcards.task) or ""
+
+
 def mirror_inputs(wildcards):
     """The mirror files a task's staging reads: a changed source file restages it."""
-    if not DATA_MIRROR:
+    mirror = task_mirror(wildcards)
+    if not mirror:
         return []
-    return [str(Path(DATA_MIRROR) / f.path) for f in stage.spec(wildcards.task).mirror_files]
+    return [str(Path(mirror) / f.path) for f in stage.spec(wildcards.task).mirror_files]
 
 
 def task_data(wildcards):

@@ -1,5 +1,6 @@
 # Benchmark data staged on the submit host (compute nodes never reach the network): from the local mirror
-# of the original releases (data.mirror, default $NEMOTRON_DATA_MIRROR) or the Hugging Face hub.
+# of the original releases (data.mirror, default $NEMOTRON_DATA_MIRROR) or the Hugging Face hub. The mirror's
+# files are the inputs: a changed file restages; unsetting the mirror keeps what was staged.
 
 
 rule stage_dataset:
@@ -8,7 +9,7 @@ rule stage_dataset:
     output:
         directory("data/{task}"),
     params:
-        mirror=DATA_MIRROR,
+        mirror=task_mirror,
     log:
         "logs/stage_dataset/{task}.log",
     localrule: True

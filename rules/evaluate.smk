@@ -6,6 +6,7 @@
 rule serve_model:
     input:
         eval=ancient("build/{model}/eval.yaml"),
+        images=[f"build/images/{name}.sqsh" for name in SQUASH],
     output:
         service("run/{model}/endpoint.json"),
     log:
@@ -13,6 +14,8 @@ rule serve_model:
     group:
         "evaluate"
     threads: 1
+    resources:
+        **DEPLOY_RESOURCES,
     shell:
         # exec: Snakemake stops a service by signalling its shell; the deployment must get that signal
         "exec {PYTHON} -m nemotron_eval.deploy.serve --eval {input.eval} --model {wildcards.model} "

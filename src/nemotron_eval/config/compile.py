@@ -76,6 +76,7 @@ def compile_job(resolved_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
         key = getattr(e, "full_key", "?")
         raise UserError(f"cannot resolve {key}: {str(e).strip().splitlines()[0]}") from None
     assert isinstance(job, dict)
+    name_squashed_image(job)
     eval_cfg = {k: v for k, v in job.items() if k != "run"}
     leftover = _find_interpolation(eval_cfg)
     if leftover:
@@ -103,9 +104,9 @@ def compile_eval(merged: dict[str, Any], spec: ModelSpec, resolved: Resolved) ->
 
 
 def task_fingerprint(eval_cfg: dict[str, Any], harness_task: str, model_digest: str | None) -> str:
-    """sha256 of what one task's scores depend on: the model's content, the deployment, the harness params,
-    the task's own entry and the data settings. Export and cluster settings are left out, so changing them
-    reruns no evaluation."""
+    """sha256 of what one task's scores depend on in the config: the model's content, the deployment, the
+    harness params and the task's own entry. Export, cluster and data-source settings are left out, so changing
+    them reruns no evaluation (the staged data is an input of its own, with its digest)."""
     import hashlib
     import json
 
@@ -114,8 +115,20 @@ def task_fingerprint(eval_cfg: dict[str, Any], harness_task: str, model_digest: 
         "model_digest": model_digest,
         "deployment": eval_cfg.get("deployment"),
         "target": eval_cfg.get("target"),
-        "data": eval_cfg.get("data"),
         "nemo_evaluator_config": evaluation.get("nemo_evaluator_config"),
         "task": [t for t in evaluation.get("tasks") or [] if t.get("name") == harness_task],
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+IMAGES_DIR = "build/images"
+
+
+def name_squashed_image(cfg: dict[str, Any]) -> None:
+    """On Slurm with pyxis/enroot the deployment runs the squashed image: name the .sqsh in the config."""
+    from nemotron_eval.images import needs_squash, sqsh_name
+
+    if needs_squash(cfg):
+        image = str(cfg["deployment"]["image"])
+        cfg["deployment"]["source_image"] = image
+        cfg["deployment"]["image"] = f"{IMAGES_DIR}/{sqsh_name(image)}"

@@ -1,0 +1,96 @@
+"""Slurm: what the deployment job asks for, and the checks that must fail before anything is submitted."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from typing import Any
+
+from nemotron_eval.errors import UserError
+
+RUNNERS = ("pyxis", "enroot", "apptainer", "none")
+
+
+def walltime_minutes(value: Any, where: str = "execution.walltime") -> int:
+    """Slurm time formats: MM, HH:MM:SS, D-HH:MM:SS, D-HH -> minutes (rounded up)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not m or value is None:
+        raise UserError(f"{where}: {value!r} is not a Slurm time (use MM, HH:MM:SS or D-HH:MM:SS)")
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if days is None and b is None:  # plain minutes
+        return int(a or 0)
+    if c is None and b is not None and days is None:  # MM:SS
+        return a + (1 if b else 0)
+    hours, minutes, seconds = a or 0, b or 0, c or 0
+    return (days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def gpus_per_node(gres: str | None) -> int:
+    """`gpu:8`, `gpu:h100:8` -> 8; None or no gpu -> 0."""
+    if not gres:
+        return 0
+    m = re.fullmatch(r"gpu(?::[A-Za-z0-9_-]+)?:(\d+)", str(gres).strip())
+    if not m:
+        raise UserError(f"execution.gres: {gres!r} is not a GPU request (use gpu:N or gpu:TYPE:N)")
+    return int(m[1])
+
+
+def deployment_resources(execution: dict[str, Any]) -> dict[str, Any]:
+    """Snakemake resources of the deployment's job (the group of serve_model and its evaluate_task jobs)."""
+    if execution.get("type") != "slurm":
+        return {}
+    runner = execution.get("container_runner", "none")
+    if runner not in RUNNERS:
+        raise UserError(f"execution.container_runner: {runner!r} is not valid; valid: {', '.join(RUNNERS)}")
+    res: dict[str, Any] = {
+        "nodes": int(execution.get("num_nodes") or 1),
+        "runtime": walltime_minutes(execution.get("walltime") or "04:00:00"),
+    }
+    if execution.get("gres"):
+        gpus_per_node(execution["gres"])
+        res["gres"] = str(execution["gres"])
+    for key, resource in (("partition", "slurm_partition"), ("account", "slurm_account")):
+        if execution.get(key):
+            res[resource] = str(execution[key])
+    if execution.get("mem_mb"):
+        res["mem_mb"] = int(execution["mem_mb"])
+    return res
+
+
+def check_account(account: str | None, profile: str | None, enforce: str | None) -> None:
+    """A cluster that enforces associations needs an account: say where to set it."""
+    if account or not enforce or not re.search(r"associations|limits|qos|safe", enforce):
+        return
+    where = f"env.toml profile {profile!r}" if profile else "the config (no env_profile given)"
+    raise UserError(
+        f"{where} has no 'account', and this cluster requires one (AccountingStorageEnforce={enforce}); "
+        "add account = \"...\" to the profile or override run.env.account=..."
+    )
+
+
+def check_gpus(gres: str | None, partition: str | None, node_gres: list[str]) -> None:
+    """A GPU request larger than any node would pend forever: refuse it with what the nodes have."""
+    wanted = gpus_per_node(gres)
+    if not wanted or not node_gres:
+        return
+    largest = max((sum(int(n) for n in re.findall(r"gpu(?::[A-Za-z0-9_-]+)?:(\d+)", g)) for g in node_gres), default=0)
+    if wanted > largest:
+        where = f"partition {partition!r}" if partition else "the cluster"
+        raise UserError(f"execution.gres={gres}: no node of {where} has more than gpu:{largest} (sinfo); request at most gpu:{largest} per node")
+
+
+def slurm_facts(partition: str | None) -> tuple[str | None, list[str]]:
+    """AccountingStorageEnforce and the GRES of each node, or (None, []) without a reachable Slurm."""
+    if not shutil.which("scontrol") or not shutil.which("sinfo"):
+        return None, []
+    try:
+        conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=15)
+        args = ["sinfo", "-h", "-N", "-o", "%G"] + (["-p", partition] if partition else [])
+        nodes = subprocess.run(args, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None, []
+    m = re.search(r"^AccountingStorageEnforce\s*=\s*(.*)$", conf.stdout, re.M)
+    enforce = m[1].strip() if m and m[1].strip() not in ("none", "0") else None
+    return enforce, [line.strip() for line in nodes.stdout.splitlines() if line.strip()]

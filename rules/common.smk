@@ -33,6 +33,8 @@ DEFAULT_MODEL = smk.or_exit(parse_spec, MERGED["run"]["model"]).wildcard
 TASKS = [task_registry.BY_HARNESS[t["name"]].short for t in MERGED["evaluation"]["tasks"]]
 DATA_MIRROR = str(smk.or_exit(stage.resolve_mirror, resolved_value(MERGED, "data.mirror")) or "")
 EMBEDDED_MODEL = "smollm2"  # registered by the register_default_model rule when first asked for
+EMBEDDED_FOLDER = "models/smollm2"
+EMBEDDED_RECEIPT = "models/smollm2.json"
 
 # Slurm: the deployment job's resources, the image to squash, and the checks that must fail before submitting.
 EXECUTION = smk.or_exit(smk.resolved_section, MERGED, "execution")
@@ -76,13 +78,15 @@ def compose_params(wildcards):
     }
 
 
-def embedded_registration(wildcards):
-    """For the embedded model, the register_default_model checkpoint: resolution waits until it is registered."""
+def is_embedded(wildcards):
+    """The embedded default model, registered by the register_default_model rule (not by hand)."""
     spec = smk.or_exit(parse_wildcard, wildcards.model)
     uses_registry = explicit_checkpoint(MERGED) is None and load_env_file().settings("artifacts").get("backend", "local") == "local"
-    if spec.name == EMBEDDED_MODEL and uses_registry:
-        return [checkpoints.register_default_model.get().output.receipt]
-    return []
+    return spec.name == EMBEDDED_MODEL and uses_registry
+
+
+def embedded_registration(wildcards):
+    return [EMBEDDED_RECEIPT] if is_embedded(wildcards) else []
 
 
 def resolve_inputs(wildcards):
@@ -93,20 +97,24 @@ _RESOLVED = {}
 
 
 def resolve_params(wildcards):
-    """The checkpoint the spec points to now (aliases move): a new version reruns this model's chain."""
-    embedded_registration(wildcards)
+    """The checkpoint the spec points to now (aliases move): a new version reruns this model's chain.
+    The embedded model is identified by its source (the GGUF): stable before and after its registration,
+    which happens in this DAG; resolve_artifacts then reads the registry when it runs."""
     if wildcards.model not in _RESOLVED:
         spec = smk.or_exit(parse_wildcard, wildcards.model)
-        _RESOLVED[wildcards.model] = smk.or_exit(resolve_model, MERGED, spec).as_dict()
+        if is_embedded(wildcards):
+            _RESOLVED[wildcards.model] = smk.or_exit(smk.embedded_record, spec, EMBEDDED_FOLDER)
+        else:
+            _RESOLVED[wildcards.model] = smk.or_exit(resolve_model, MERGED, spec).as_dict()
     return _RESOLVED[wildcards.model]
 
 
 def task_config(wildcards):
-    """What this task's scores depend on (model content, deployment, params, data), as a digest: evaluate_task
+    """What this task's scores depend on (model content, deployment, params), as a digest: evaluate_task
     reruns when it changes, and only then (eval.yaml is an ancient() input, so export or cluster settings
     do not rerun evaluations)."""
-    record = resolve_params(wildcards)
-    if MERGED["deployment"]["type"] == "local":
+    record = {k: v for k, v in resolve_params(wildcards).items() if k != "embedded"}
+    if MERGED["deployment"]["type"] == "local" and not is_embedded(wildcards):
         smk.or_exit(check_checkpoint, record["path"])  # e.g. no tokenizer: say so before anything starts
     spec = parse_wildcard(wildcards.model)
     eval_cfg = smk.or_exit(compile_eval, MERGED, spec, Resolved(**record))

@@ -20,6 +20,11 @@ pytestmark = [
 ]
 TASKS = ("openbookqa", "winogrande")
 LIMIT = 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=5"]'
+# Every run of this module has secrets in its environment: none may reach a file.
+SENTINELS = {"WANDB_API_KEY": "sentinel-wandb-5b1e0c", "HF_TOKEN": "sentinel-hf-9d27aa"}
+ENV = {"NEMOTRON_DATA_MIRROR": str(MIRROR), "WANDB_MODE": "offline", **SENTINELS}
+EXPORT = ('overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=5",'
+          '"execution.auto_export.destinations=[wandb]","export.wandb.entity=team","export.wandb.project=evals"]')
 KEYS = {"task", "harness_task", "metrics", "n_samples", "model", "config_sha256", "data", "deployment", "versions",
         "started_at", "finished_at", "duration_s", "raw"}
 
@@ -35,7 +40,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     targets = [f"results/smollm2_latest/{t}.json" for t in TASKS]
-    proc = snakemake(work, *targets, "--config", LIMIT, env={"NEMOTRON_DATA_MIRROR": str(MIRROR)})
+    proc = snakemake(work, *targets, "--config", LIMIT, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc
 
@@ -60,8 +65,7 @@ def test_results_have_scores_and_provenance(evaluated) -> None:
 
 def test_second_run_has_nothing_to_do(evaluated) -> None:
     work, _ = evaluated
-    again = snakemake(work, *[f"results/smollm2_latest/{t}.json" for t in TASKS], "--config", LIMIT,
-                      env={"NEMOTRON_DATA_MIRROR": str(MIRROR)})
+    again = snakemake(work, *[f"results/smollm2_latest/{t}.json" for t in TASKS], "--config", LIMIT, env=ENV)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -69,6 +73,24 @@ def test_export_settings_change_reruns_no_evaluation(evaluated) -> None:
     work, _ = evaluated
     proc = snakemake(work, "-n", "--config", 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=5",'
                      '"execution.auto_export.destinations=[wandb]"]', "--", *[f"results/smollm2_latest/{t}.json" for t in TASKS],
-                     env={"NEMOTRON_DATA_MIRROR": str(MIRROR)})
+                     env=ENV)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "compile_eval" in out and "evaluate_task" not in out
+
+
+def test_export_to_wandb_offline_and_no_secret_in_any_file(evaluated) -> None:
+    """The real wandb library, offline (no W&B server here); then every file of the working directory is
+    searched for the secrets' values (build/, results/, logs/, .snakemake/, wandb/, data/, models/)."""
+    work, _ = evaluated
+    proc = snakemake(work, "--config", EXPORT, f"tasks={json.dumps(list(TASKS))}", "--", "results/smollm2_latest/wandb.json", env=ENV)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "evaluate_task" not in out  # export settings rerun no evaluation
+    receipt = json.loads((work / "results/smollm2_latest/wandb.json").read_text())
+    assert receipt["mode"] == "offline"
+    leaks = []
+    for path in work.rglob("*"):
+        if path.is_file() and path.stat().st_size < 200_000_000:
+            data = path.read_bytes()
+            leaks += [f"{path.relative_to(work)}: {name}" for name, value in SENTINELS.items() if value.encode() in data]
+    assert not leaks, leaks

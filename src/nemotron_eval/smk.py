@@ -92,3 +92,22 @@ def staged_from_mirror(staged: Path) -> str | None:
         return None
     path = source.removeprefix("mirror:") if source.startswith("mirror:") else None
     return path if path and Path(path).is_dir() else None
+
+
+def embedded_record(spec: Any, folder: str) -> dict[str, Any]:
+    """The embedded model's identity before it is resolved: the GGUF it is converted from (cheap: name, size,
+    mtime), and the folder it is converted into."""
+    from nemotron_eval.io import stat_fingerprint
+    from nemotron_eval.model import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    return {
+        "spec": spec.spec,
+        "registry": "local",
+        "name": spec.name,
+        "version": None,
+        "digest": f"gguf:{stat_fingerprint(gguf)}",
+        "path": str(Path(folder).resolve()),
+        "qualified_name": None,
+        "embedded": gguf.name,
+    }

@@ -34,7 +34,11 @@ def compose_config(request: ComposeRequest, out: Path) -> None:
 def resolve_config(merged: Path, model: str, record: dict[str, Any], out: Path) -> None:
     """build/{model}/resolved.yaml; `record` is what the registry said at DAG-build time."""
     spec = parse_wildcard(model)
-    resolved = compile_mod.materialize(Resolved(**record))
+    if record.get("embedded"):  # registered earlier in this run: read the registry now
+        merged_cfg = yaml.safe_load(merged.read_text())
+        resolved = compile_mod.resolve_model(merged_cfg, spec)
+    else:
+        resolved = compile_mod.materialize(Resolved(**record))
     cfg = compile_mod.resolve_artifacts(yaml.safe_load(merged.read_text()), spec, resolved)
     write_yaml_atomic(out, cfg)
     log.info("resolved %s -> %s %s (digest %s) at %s", spec.spec, resolved.registry, resolved.version, resolved.digest, resolved.path)

@@ -261,6 +261,18 @@ def resolved_value(cfg: dict[str, Any], key: str) -> Any:
     return OmegaConf.select(OmegaConf.create(cfg), key)
 
 
+def _refuse_secret_values(cfg: dict[str, Any], where: Path) -> None:
+    """Secrets travel by name (api_key_name, the environment), never as values in a config file."""
+    from nemotron_eval.secrets import looks_secret
+
+    for name in env_references(cfg):
+        if looks_secret(name):
+            raise UserError(
+                f"{where}: ${{oc.env:{name}}} would write a secret into build/; pass it by name instead "
+                f"(e.g. deployment.api_key_name={name}); jobs read it from the environment"
+            )
+
+
 def validate(cfg: dict[str, Any], where: Path) -> None:
     _check_sections(cfg, where)
     for section in ("run", "deployment", "evaluation"):
@@ -291,6 +303,7 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
         _apply_override(cfg, item)
     _filter_tasks(cfg, req.tasks)
     validate(cfg, primary)
+    _refuse_secret_values(cfg, primary)
     cfg["run"]["compose"] = {
         "eval_config": str(primary),
         "env_file": str(env.path) if env.path else None,

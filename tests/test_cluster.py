@@ -51,3 +51,10 @@ def test_gpu_request_larger_than_any_node() -> None:
     check_gpus("gpu:8", "batch", ["gpu:8(S:0-1)", "gpu:4"])
     with pytest.raises(UserError, match=r"execution.gres=gpu:16: no node of partition 'batch' has more than gpu:8 \(sinfo\)"):
         check_gpus("gpu:16", "batch", ["gpu:8(S:0-1)", "gpu:4"])
+
+
+def test_squash_job_resources_come_from_the_env_profile() -> None:
+    from nemotron_eval.cluster import squash_resources
+
+    assert squash_resources({}) == {"runtime": 60}
+    assert squash_resources({"build_partition": "cpu", "build_time": "00:20:00"}) == {"runtime": 20, "slurm_partition": "cpu"}

@@ -59,6 +59,14 @@ def deployment_resources(execution: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def squash_resources(run_env: dict[str, Any]) -> dict[str, Any]:
+    """The squash job's resources: env.toml's build_partition and build_time (default one hour)."""
+    res: dict[str, Any] = {"runtime": walltime_minutes(run_env.get("build_time") or 60, "run.env.build_time")}
+    if run_env.get("build_partition"):
+        res["slurm_partition"] = str(run_env["build_partition"])
+    return res
+
+
 def check_account(account: str | None, profile: str | None, enforce: str | None) -> None:
     """A cluster that enforces associations needs an account: say where to set it."""
     if account or not enforce or not re.search(r"associations|limits|qos|safe", enforce):

@@ -202,6 +202,14 @@ def test_sampling_is_seeded(server: dict[str, Any], client: httpx.Client) -> Non
     assert complete(client, server, **body, seed=7)["choices"][0]["text"] == first
 
 
+@pytest.mark.slow
+def test_top_p_zero_is_greedy(server: dict[str, Any], client: httpx.Client) -> None:
+    """NeMo's recipe sends top_p=0.0 for MMLU (config.params.top_p): the empty nucleus means greedy."""
+    body = {"prompt": "The capital of France is", "max_tokens": 5}
+    greedy = complete(client, server, **body, temperature=0.0)["choices"][0]["text"]
+    assert complete(client, server, **body, temperature=1.0, top_p=0.0, seed=3)["choices"][0]["text"] == greedy
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 
 

@@ -433,8 +433,8 @@ def parse_request(engine: Engine, body: Any) -> tuple[list[Prompt], dict[str, An
         "seed": _int(body, "seed", None, -(2**63), 2**63 - 1),
         "stop": tuple(stops),
     }
-    if params["top_p"] == 0.0:
-        raise BadRequest("'top_p' must be greater than 0")
+    if params["top_p"] == 0.0:  # an empty nucleus: NeMo's recipe sends it for greedy MMLU (as its server takes it)
+        params["temperature"], params["top_p"] = 0.0, 1.0
     prompts = tokenize_prompts(engine, body.get("prompt"))
     limit = engine.context_length
     for p in prompts:

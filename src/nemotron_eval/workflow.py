@@ -56,7 +56,10 @@ def compile_config(resolved: Path, job_out: Path, eval_out: Path) -> None:
 def logged(path: str | Path) -> Iterator[None]:
     """Send this package's log lines to a rule's `log:` file (and stderr) while a rule runs."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handlers = [logging.FileHandler(path, mode="w"), logging.StreamHandler(sys.stderr)]
+    Path(path).write_text("")
+    # Append mode: the harness's logging set-up closes every handler it finds, and a FileHandler in "w" mode
+    # then drops records silently instead of reopening its file.
+    handlers = [logging.FileHandler(path, mode="a"), logging.StreamHandler(sys.stderr)]
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     for h in handlers:
         h.setFormatter(fmt)

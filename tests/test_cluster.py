@@ -36,7 +36,7 @@ def test_recipe_config_asks_for_its_execution_section(tmp_path, monkeypatch) -> 
 
 
 def test_unknown_container_runner() -> None:
-    with pytest.raises(UserError, match="execution.container_runner: 'docker' is not valid; valid: pyxis, enroot, apptainer, none"):
+    with pytest.raises(UserError, match="execution.container_runner='docker': unknown runner; valid: pyxis, enroot, apptainer, none"):
         deployment_resources({"type": "slurm", "container_runner": "docker"})
 
 

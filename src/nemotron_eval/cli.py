@@ -6,22 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from nemotron_eval.artifacts.local import LocalRegistry
+from nemotron_eval.artifacts import LocalRegistry, local_registry
 from nemotron_eval.config.envtoml import load_env_file
 from nemotron_eval.errors import UserError
 
 
 def _local_registry(root: str | None) -> LocalRegistry:
-    if root:
-        return LocalRegistry(Path(root))
-    env = load_env_file()
-    settings = env.settings("artifacts")
-    if settings.get("backend", "local") != "local":
-        raise UserError(f"{env.path}: [artifacts] backend is {settings['backend']!r}; `nemotron artifacts` manages the local registry only")
-    path = Path(settings.get("root", "artifacts")).expanduser()
-    if not path.is_absolute() and "root" in settings and env.path is not None:
-        path = env.path.parent / path
-    return LocalRegistry(path)
+    return LocalRegistry(Path(root)) if root else local_registry(load_env_file())
 
 
 def _add(args: argparse.Namespace) -> int:

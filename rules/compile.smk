@@ -1,34 +1,32 @@
-from nemotron_eval import workflow as wf
+# The compile chain: each rule writes one field of the model's plan; its param is the digest of what it writes,
+# so a file is rewritten exactly when its content would change.
 
 
 rule compose_config:
-    input:
-        compose_inputs,
     output:
         "build/{model}/merged.yaml",
     params:
-        request=compose_params,
+        sha256=lambda wildcards: model_plan(wildcards).digest("merged"),
     log:
         "logs/compose_config/{model}.log",
     localrule: True
     run:
-        with wf.logged(log[0]):
-            wf.compose_config(REQUEST, Path(output[0]))
+        wf.write_config(model_plan(wildcards), "merged", output[0], log[0])
 
 
 rule resolve_artifacts:
     input:
-        resolve_inputs,
+        "build/{model}/merged.yaml",
     output:
         "build/{model}/resolved.yaml",
     params:
-        artifact=resolve_params,
+        artifact=lambda wildcards: model_plan(wildcards).artifact.as_dict(),
+        sha256=lambda wildcards: model_plan(wildcards).digest("resolved"),
     log:
         "logs/resolve_artifacts/{model}.log",
     localrule: True
     run:
-        with wf.logged(log[0]):
-            wf.resolve_config(Path(input[0]), wildcards.model, params.artifact, Path(output[0]))
+        wf.resolve(model_plan(wildcards), output[0], log[0])
 
 
 rule compile_eval:
@@ -37,9 +35,24 @@ rule compile_eval:
     output:
         job="build/{model}/job.yaml",
         eval="build/{model}/eval.yaml",
+    params:
+        sha256=lambda wildcards: [model_plan(wildcards).digest("job"), model_plan(wildcards).digest("eval")],
     log:
         "logs/compile_eval/{model}.log",
     localrule: True
     run:
-        with wf.logged(log[0]):
-            wf.compile_config(Path(input[0]), Path(output.job), Path(output.eval))
+        wf.compile_configs(model_plan(wildcards), output.job, output.eval, log[0])
+
+
+rule submit_launcher:
+    # run.engine: launcher hands eval.yaml to NeMo Evaluator Launcher's run_eval() (its own executors) and
+    # records its invocation id beside job.yaml; run.launcher_dry_run prepares its scripts and submits nothing.
+    input:
+        eval="build/{model}/eval.yaml",
+    output:
+        "build/{model}/launcher.json",
+    log:
+        "logs/submit_launcher/{model}.log",
+    localrule: True
+    run:
+        wf.submit_to_launcher(input.eval, output[0], log[0], dry_run=PLAN.launcher_dry_run)

@@ -5,14 +5,11 @@
 
 rule stage_dataset:
     input:
-        mirror_inputs,
+        lambda wildcards: PLAN.mirror_files(wildcards.task),
     output:
         directory("data/{task}"),
-    params:
-        mirror=task_mirror,
     log:
         "logs/stage_dataset/{task}.log",
     localrule: True
-    shell:
-        "{PYTHON} -m nemotron_eval.steps stage --task {wildcards.task} --out {output} "
-        "--mirror '{params.mirror}' --log {log}"
+    run:
+        wf.stage(PLAN, wildcards.task, output[0], log[0])

@@ -7,7 +7,8 @@ rule serve_model:
     # eval.yaml is read by path, not declared: the group starts only once its task jobs' inputs (eval.yaml
     # among them) are built, and a rewrite that changes no task's settings must not restart evaluations.
     input:
-        images=[f"build/images/{name}.sqsh" for name in SQUASH],
+        images=[str(image.path) for image in PLAN.images.values()],
+        model=embedded_receipt,
     output:
         service("run/{model}/endpoint.json"),
     log:
@@ -16,37 +17,39 @@ rule serve_model:
         "evaluate"
     threads: 1
     resources:
-        **DEPLOY_RESOURCES,
+        **PLAN.deploy_resources,
+    # no conda/container: steps run in the project's environment (see rules/common.smk)
     shell:
-        # exec: Snakemake stops a service by signalling its shell; the deployment must get that signal
-        "exec {PYTHON} -m nemotron_eval.deploy.serve --eval build/{wildcards.model}/eval.yaml --model {wildcards.model} "
-        "--endpoint-file {output} --log {log}"
+        # exec: Snakemake stops a service by signalling its shell; the deployment step must get that signal
+        "exec nemotron-step serve --model {wildcards.model} --eval build/{wildcards.model}/eval.yaml "
+        "--endpoint-file {output:q} --log {log:q}"
 
 
 rule evaluate_task:
     input:
         unpack(compiled_config),
-        data=task_data,
+        unpack(staged_data),
         endpoint="run/{model}/endpoint.json",
-        registration=ancient(embedded_registration),
+        model=embedded_receipt,
     output:
         "results/{model}/{task}.json",
     params:
-        task_config=task_config,
+        fingerprint=lambda wildcards: smk.or_exit(PLAN.evaluation, wildcards.model, wildcards.task)["fingerprint"],
     log:
         "logs/evaluate_task/{model}/{task}.log",
     group:
         "evaluate"
     threads: 1
+    # no conda/container: steps run in the project's environment (see rules/common.smk)
     shell:
-        "{PYTHON} -m nemotron_eval.steps evaluate --task {wildcards.task} --eval {input.eval} --job {input.job} "
-        "--data {input.data} --endpoint {input.endpoint} --deployment-log logs/serve_model/{wildcards.model}.log "
-        "--out {output} --log {log}"
+        "nemotron-step evaluate --task {wildcards.task} --eval {input.eval:q} --job {input.job:q} "
+        "--endpoint {input.endpoint:q} --deployment-log logs/serve_model/{wildcards.model}.log "
+        "--data data/{wildcards.task} --out {output:q} --log {log:q}"
 
 
 rule summarize_model:
     input:
-        lambda wildcards: expand("results/{model}/{task}.json", model=wildcards.model, task=TASKS),
+        lambda wildcards: expand("results/{model}/{task}.json", model=wildcards.model, task=PLAN.task_names),
     output:
         json="results/{model}/summary.json",
         md="results/{model}/summary.md",
@@ -54,5 +57,4 @@ rule summarize_model:
         "logs/summarize_model/{model}.log",
     localrule: True
     run:
-        with wf.logged(log[0]):
-            wf.summarize(list(input), Path(output.json), Path(output.md))
+        wf.summarize(list(input), output.json, output.md, log[0])

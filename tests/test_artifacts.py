@@ -150,14 +150,15 @@ def test_wandb_registry_resolves_path_from_metadata(tmp_path: Path) -> None:
 
 
 def test_wandb_registry_downloads_when_metadata_has_no_path(tmp_path: Path) -> None:
-    """A fake wandb.Api() (no W&B server here): the download folder becomes the checkpoint path."""
+    """A fake wandb.Api() (no W&B server here): the download folder is the checkpoint path, known before the
+    download (the plan compiles with it); materialize() downloads once."""
     art = FakeArtifact("v2", "abc", {}, "team/evals/sft:v2")
     api = FakeApi({"team/evals/sft:v2": art})
     reg = WandbRegistry("team", "evals", api_factory=lambda: api, download_root=tmp_path / "dl")
     got = reg.resolve(ModelSpec("sft", "v2"))
-    assert got.path == ""
-    done = reg.materialize(got)
-    assert Path(done.path) == (tmp_path / "dl" / "sft-v2").resolve() and (Path(done.path) / "model.safetensors").exists()
+    assert Path(got.path) == (tmp_path / "dl" / "sft-v2").resolve() and not Path(got.path).exists()
+    assert reg.materialize(got) == got and (Path(got.path) / "model.safetensors").exists()
+    assert reg.materialize(got) == got and art.downloads == [got.path]  # there already: no second download
     with pytest.raises(UserError, match=r"artifact 'team/evals/sft:best': not found in W&B: artifact .* not found"):
         reg.resolve(ModelSpec("sft", "best"))
     with pytest.raises(UserError, match="need a project"):

@@ -5,11 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nemotron_eval.cluster import check_account, check_gpus, deployment_resources, gpus_per_node, walltime_minutes
-from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.errors import UserError
-from nemotron_eval.smk import image_to_squash, resolved_section
-
-from conftest import REPO
 
 
 @pytest.mark.parametrize(("text", "minutes"), [("30", 30), ("04:00:00", 240), ("00:30:01", 31), ("1-00:00:00", 1440), ("10:30", 11)])
@@ -25,14 +21,16 @@ def test_walltime_and_gres_errors() -> None:
         gpus_per_node("tpu:8")
 
 
-def test_recipe_config_asks_for_its_execution_section(tmp_path, monkeypatch) -> None:
-    (tmp_path / "env.toml").write_text('[cluster]\naccount = "acct"\npartition = "gpu"\ntime = "02:00:00"\n')
-    merged = compose(ComposeRequest("default", REPO / "configs", env_profile="cluster", env_file=tmp_path / "env.toml"))
-    res = deployment_resources(resolved_section(merged, "execution"))
-    assert res == {"nodes": 1, "runtime": 120, "gres": "gpu:8", "slurm_partition": "gpu", "slurm_account": "acct"}
-    assert image_to_squash(merged) == {"nvcr.io+nvidia+nemo+25.11.nemotron_3_nano": "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano"}
-    local = compose(ComposeRequest("local", REPO / "configs"))
-    assert deployment_resources(resolved_section(local, "execution")) == {} and image_to_squash(local) == {}
+def test_recipe_config_asks_for_its_execution_section(planner, tmp_path) -> None:
+    plan = planner("default", env_toml='[cluster]\naccount = "acct"\npartition = "gpu"\ntime = "02:00:00"\n', env_profile="cluster")
+    assert plan.deploy_resources == {"nodes": 1, "runtime": 120, "gres": "gpu:8", "slurm_partition": "gpu", "slurm_account": "acct"}
+    image = plan.images["nvcr.io+nvidia+nemo+25.11.nemotron_3_nano"]
+    assert image.reference == "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano"
+    assert image.path == tmp_path / "build/images/nvcr.io+nvidia+nemo+25.11.nemotron_3_nano.sqsh"
+    # the plan's image and the one compile writes into eval.yaml are the same file
+    assert plan.model("demo_latest").eval["deployment"]["image"] == str(image.path)
+    local = planner("local")
+    assert local.deploy_resources == {} and local.images == {}
 
 
 def test_unknown_container_runner() -> None:

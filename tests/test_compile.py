@@ -11,6 +11,7 @@ from nemotron_eval.config.compile import compile_job, resolve_artifacts, resolve
 from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.errors import UserError
 from nemotron_eval.spec import parse_wildcard
+from nemotron_eval.tasks import STAGED
 
 from conftest import REPO
 
@@ -23,17 +24,43 @@ RESOLVED = Resolved(spec="rl:latest", registry="local", name="rl", version="v3",
 
 
 def test_resolve_then_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("USER", "alice")
+    for name, value in (("USER", "alice"), ("HOSTNAME", "login07"), ("PWD", "/home/alice/somewhere")):
+        monkeypatch.setenv(name, value)
     cfg = resolve_artifacts(merged("default", ["run.wandb.entity=team", "run.wandb.project=evals"]), parse_wildcard("rl_latest"), RESOLVED)
     assert cfg["deployment"]["checkpoint_path"] == "/ckpt/rl3"
     assert cfg["run"]["artifacts"]["model"] == RESOLVED.as_dict()
-    job, ev = compile_job(cfg)
+    job, ev = compile_job(cfg, [STAGED[t] for t in ("mmlu", "arc_challenge", "winogrande", "hellaswag", "openbookqa")])
     assert "run" in job and "run" not in ev
     text = repr(ev)
     assert "${" not in text
     assert ev["evaluation"]["nemo_evaluator_config"]["config"]["params"]["extra"]["tokenizer"] == "/ckpt/rl3/tokenizer"
-    assert ev["execution"]["username"] == "alice" and ev["export"]["wandb"] == {"entity": "team", "project": "evals"}
+    assert ev["export"]["wandb"] == {"entity": "team", "project": "evals"}
+    assert not any(v in repr(job) for v in ("alice", "login07", "somewhere"))  # nothing from who or where runs it
     assert job["run"]["model"] == "rl:latest"
+    assert list(job["run"]["tasks"]) == ["mmlu", "arc_challenge", "winogrande", "hellaswag", "openbookqa"]
+    assert job["run"]["tasks"]["mmlu"]["name"] == "adlr_mmlu" and job["run"]["tasks"]["mmlu"]["offline"] is True
+
+
+def test_fingerprints_follow_what_the_scores_depend_on() -> None:
+    tasks = [STAGED["hellaswag"], STAGED["openbookqa"]]
+
+    def prints(overrides: list[str], resolved: Resolved = RESOLVED) -> dict[str, str]:
+        cfg = resolve_artifacts(merged("local", [*overrides]), parse_wildcard("smollm2_latest"), resolved)
+        cfg["evaluation"]["tasks"] = [t for t in cfg["evaluation"]["tasks"] if t["name"] in ("hellaswag", "openbookqa")]
+        job, _ = compile_job(cfg, tasks)
+        return {k: v["fingerprint"] for k, v in job["run"]["tasks"].items()}
+
+    base = prints([])
+    assert prints(["execution.auto_export.destinations=[wandb]", "export.wandb.entity=team"]) == base
+    assert prints(["data.mirror=/elsewhere"]) == base
+    moved = Resolved(**{**RESOLVED.as_dict(), "path": "/moved/rl3"})
+    assert prints([], moved) == base  # the same content elsewhere: its digest says what it is
+    other = Resolved(**{**RESOLVED.as_dict(), "digest": "e" * 64})
+    assert prints([], other)["hellaswag"] != base["hellaswag"]
+    one = prints(["+evaluation.tasks.3.nemo_evaluator_config.config.params.limit_samples=3"])
+    assert one["hellaswag"] != base["hellaswag"] and one["openbookqa"] == base["openbookqa"]
+    assert prints(["evaluation.nemo_evaluator_config.config.params.limit_samples=3"])["openbookqa"] != base["openbookqa"]
+    assert prints(["deployment.dtype=bfloat16"])["openbookqa"] != base["openbookqa"]
 
 
 def test_unknown_art_field_and_key() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_eval.config.compose import ComposeRequest, compose, config_files
+from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.config.envtoml import load_env_file
 from nemotron_eval.errors import UserError
 
@@ -53,7 +53,6 @@ def test_local_config_composes_its_groups() -> None:
     assert cfg["execution"]["type"] == "local"  # from configs/execution/local.yaml
     assert cfg["deployment"]["type"] == "local" and cfg["deployment"]["dtype"] == "float32"  # group + _self_
     assert cfg["evaluation"]["nemo_evaluator_config"]["config"]["params"]["limit_samples"] > 0
-    assert [p.name for p in config_files(req("local"))] == ["local.yaml", "local.yaml", "local.yaml"]
 
 
 def test_hydra_defaults_select_group_files_and_self_wins(tmp_path: Path) -> None:
@@ -113,14 +112,18 @@ def test_overrides_are_applied_last(tmp_path: Path) -> None:
         "run.env.partition=override",
         "evaluation.nemo_evaluator_config.config.params.parallelism=16",
         "execution.auto_export.destinations=[wandb, local]",
-        "evaluation.tasks.1.name=hellaswag",
+        "evaluation.tasks.1.name=gsm8k",
         "+deployment.extra.flag=true",
+        "run.env.time=08:00:00",
+        "deployment.command=bash -c 'echo a: b'",
     ]))
     assert cfg["run"]["env"]["partition"] == "override"
     assert cfg["evaluation"]["nemo_evaluator_config"]["config"]["params"]["parallelism"] == 16
     assert cfg["execution"]["auto_export"]["destinations"] == ["wandb", "local"]
-    assert cfg["evaluation"]["tasks"][1]["name"] == "hellaswag"
+    assert cfg["evaluation"]["tasks"][1]["name"] == "gsm8k"  # any task of the launcher's catalog
     assert cfg["deployment"]["extra"] == {"flag": True}
+    assert cfg["run"]["env"]["time"] == "08:00:00"  # not YAML's sexagesimal 28800
+    assert cfg["deployment"]["command"] == "bash -c 'echo a: b'"  # not a mapping
     assert cfg["run"]["compose"]["overrides"][0] == "run.env.partition=override"
 
 
@@ -137,10 +140,14 @@ def test_tasks_filter_accepts_short_and_harness_names() -> None:
         ({"overrides": ["deployment.prot=1"]}, "did you mean 'port'"),
         ({"overrides": ["evalution.x=1"]}, "unknown section 'evalution' (did you mean 'evaluation'?)"),
         ({"overrides": ["evaluation.tasks.7.name=x"]}, "evaluation.tasks is a list of 5"),
-        ({"tasks": ["helaswag"]}, "unknown task 'helaswag' (did you mean 'hellaswag'?); valid: mmlu, arc_challenge"),
-        ({"overrides": ["evaluation.tasks.0.name=adlr_mmlu_x"]}, "evaluation.tasks: unknown task 'adlr_mmlu_x'"),
+        ({"tasks": ["helaswag"]}, "task filter: 'helaswag' is not in the config's evaluation.tasks (did you mean 'hellaswag'?); tasks: mmlu, arc_challenge"),
+        ({"tasks": ["gsm8k"]}, "task filter: 'gsm8k' is not in the config's evaluation.tasks"),
+        ({"overrides": ["evaluation.tasks.0.name=adlr_mmlu_x"]}, "evaluation.tasks.0.name: unknown task 'adlr_mmlu_x' (did you mean 'adlr_mmlu'?); `nemotron ls tasks` lists the 421 tasks"),
+        ({"overrides": ["evaluation.tasks.0.name=hellaswag"]}, "evaluation.tasks: hellaswag, hellaswag would all write results/{model}/hellaswag.json"),
+        ({"overrides": ["evaluation.tasks.0.name=humaneval"]}, "task 'humaneval' exists in several harnesses; write one of bigcode-evaluation-harness.humaneval"),
         ({"env_profile": "cluster"}, "no env.toml found"),
-        ({"overrides": ["deployment.type=docker"]}, "deployment.type 'docker' is not valid; valid: generic, vllm, none, local"),
+        ({"overrides": ["deployment.type=docker"]}, "deployment.type 'docker' is not valid; valid: local, generic, vllm, none"),
+        ({"overrides": ["deployment.port=[1"]}, "override 'deployment.port=[1': the value is not valid YAML flow syntax"),
         ({"overrides": ["+deployment.x=${run.nothere}"]}, "deployment.x refers to ${run.nothere}, which is not defined"),
         ({"eval_config": "defualt"}, "(did you mean 'default'?)"),
     ],

@@ -47,12 +47,12 @@ def test_results_have_scores_and_provenance(evaluated) -> None:
         assert r["metrics"]["acc"]["stderr"] is not None
         assert all(0.0 <= m["value"] <= 1.0 for m in r["metrics"].values())
         assert r["config_sha256"] == eval_sha
-        assert (r["model"]["spec"], r["model"]["version"], r["model"]["registry"]) == ("smollm2:latest", "v1", "local")
+        assert (r["model"]["spec"], r["model"]["version"], r["model"]["registry"]) == ("smollm2:latest", "v1", "embedded")
         assert r["data"]["source"] == f"mirror:{MIRROR.resolve()}" and r["data"]["digest"].startswith("sha256:")
         assert (work / r["raw"] / "results.yml").is_file()
     assert results[0]["deployment"]["id"] == results[1]["deployment"]["id"]  # one deployment served both
     receipt = json.loads((work / "models/smollm2.json").read_text())
-    assert receipt["lineage"]["gguf_sha256"] and receipt["version"] == "v1"
+    assert receipt["lineage"]["source_sha256"] and receipt["digest"] == results[0]["model"]["digest"]
 
 
 def test_second_run_has_nothing_to_do(evaluated) -> None:

@@ -43,7 +43,9 @@ def test_evaluates_on_slurm_with_gpu_gres_then_submits_nothing(tmp_path: Path) -
     assert len(job_ids) == 1  # one job: the deployment and its task (compile and staging ran on the submit host)
     tres = subprocess.run(["sacct", "-j", job_ids[0], "-X", "-n", "-P", "-o", "AllocTRES,State"], capture_output=True, text=True).stdout
     assert "gres/gpu=2" in tres and "COMPLETED" in tres, tres
-    again = snakemake(work, "--config", LIMIT, "--", "results/smollm2_latest/openbookqa.json", profile="profiles/slurm-local", env=env)
+    # Another login node, user or folder (the cluster configs read HOSTNAME, USER and PWD once): nothing reruns.
+    elsewhere = {**env, "HOSTNAME": "login-other", "USER": "someone-else", "PWD": "/somewhere/else"}
+    again = snakemake(work, "--config", LIMIT, "--", "results/smollm2_latest/openbookqa.json", profile="profiles/slurm-local", env=elsewhere)
     assert "Nothing to be done" in again.stdout + again.stderr and "SLURM jobid" not in again.stdout + again.stderr
 
 

@@ -73,9 +73,10 @@ def eval_config(work: Path, destinations: list[str] | None = None, wandb: dict[s
 
 
 def cli_args(work: Path) -> list[str]:
+    """The export step's arguments, as the export_wandb rule passes them."""
     out = work / "results" / MODEL
-    return ["--config", str(work / "eval.yaml"), "--summary", str(out / "summary.json"),
-            "--out", str(out / "wandb.json"), *[str(p) for p in result_paths(work)]]
+    return ["export", "--config", str(work / "eval.yaml"), "--summary", str(out / "summary.json"),
+            "--out", str(out / "wandb.json"), "--log", str(work / "logs" / "export.log"), *[str(p) for p in result_paths(work)]]
 
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -91,7 +92,7 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def run_cli(work: Path, env: dict[str, str], code: str | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI in a fresh process (wandb keeps process-wide state; every test gets its own)."""
-    cmd = [sys.executable, "-m", "nemotron_eval.export.wandb", *cli_args(work)] if code is None else [sys.executable, "-c", code]
+    cmd = [str(BIN / "nemotron-step"), *cli_args(work)] if code is None else [sys.executable, "-c", code]
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -307,7 +308,7 @@ def test_without_harness_folders_the_result_json_is_still_exported(tmp_path: Pat
 SKIP_PROBE = textwrap.dedent(
     """
     import json, sys
-    from nemotron_eval.export.wandb import main
+    from nemotron_eval.steps import main
     rc = main(sys.argv[1:])
     print(json.dumps({"rc": rc, "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("wandb", "nemo_evaluator_launcher"))}))
     """
@@ -332,7 +333,7 @@ def test_skipped_export_imports_no_wandb(tmp_path: Path, destinations: list[str]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "imported": []}
     receipt = json.loads((work / "results" / MODEL / "wandb.json").read_text())
     assert receipt["exported"] is False and receipt["mode"] is None and receipt["reason"] == reason
-    assert not any((tmp_path / "wandb").iterdir()) and proc.stderr == ""
+    assert not any((tmp_path / "wandb").iterdir()) and "Traceback" not in proc.stderr and "Warning" not in proc.stderr
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -389,10 +390,14 @@ def test_invalid_api_key_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(wandb, "login", rejected)
     monkeypatch.setattr(wandb, "init", no_init)
-    assert export.main(cli_args(work)) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("nemotron: error: W&B did not accept the credentials from WANDB_API_KEY")
-    assert WANDB_KEY not in err[0] and "***" in err[0]
+    from nemotron_eval.steps import main
+
+    assert main(cli_args(work)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("nemotron:")]
+    assert len(lines) == 1 and lines[0].startswith("nemotron: error: W&B did not accept the credentials from WANDB_API_KEY")
+    assert WANDB_KEY not in err and "***" in lines[0]
+    assert WANDB_KEY not in (work / "logs" / "export.log").read_text()
     assert tree_bytes(work / "results") == before  # untouched, and no receipt: the export reruns next time
     assert not (work / "results" / MODEL / "wandb.json").exists()
     assert os.environ["WANDB_API_KEY"] == WANDB_KEY and "WANDB_MODE" not in os.environ  # environment restored

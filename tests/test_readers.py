@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from nemotron_eval.data import readers, stage
-from nemotron_eval.data.stage import MMLU_SUBJECTS, read_manifest, resolve_mirror, stage_dataset
+from nemotron_eval.data.stage import read_manifest, resolve_mirror, stage_dataset
+from nemotron_eval.tasks import MMLU_SUBJECTS, STAGED
 from nemotron_eval.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -33,7 +34,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _keys(rows: list[dict], task: str) -> None:
     assert rows
     for row in rows:
-        assert tuple(row) == readers.SCHEMAS[task]
+        assert tuple(row) == STAGED[task].dataset.fields
 
 
 # --- readers --------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_stage_from_mirror(task: str, mirror: Path, tmp_path: Path) -> None:
             assert info["file"] == f"{config}/{split}.jsonl"
             lines = (out / info["file"]).read_text().splitlines()
             assert len(lines) == info["rows"]
-            assert tuple(json.loads(lines[0])) == readers.SCHEMAS[task]
+            assert tuple(json.loads(lines[0])) == STAGED[task].dataset.fields
     assert sorted(os.listdir(tmp_path)) == [task]  # no temporary folders left
 
 
@@ -244,7 +245,7 @@ def test_missing_mirror_file_names_it_and_the_setting(mirror: Path, tmp_path: Pa
 
 
 def test_unknown_task(tmp_path: Path, mirror: Path) -> None:
-    with pytest.raises(UserError, match="unknown task 'hellaswg'.*did you mean 'hellaswag'"):
+    with pytest.raises(UserError, match="'hellaswg' is not a staged task.*did you mean 'hellaswag'"):
         stage_dataset("hellaswg", tmp_path / "x", mirror=mirror)
 
 

@@ -16,29 +16,35 @@ import yaml
 from nemotron_eval.deploy.ready import EndpointNotReady, process_running
 from nemotron_eval.deploy.serve import wait_for_service
 
-from conftest import converted_smollm2
+from conftest import BIN, converted_smollm2
 
 
-def eval_yaml(tmp_path: Path, checkpoint: Path, **deployment) -> Path:
-    path = tmp_path / "eval.yaml"
-    dep = {"type": "local", "checkpoint_path": str(checkpoint), "served_model_name": "m", "dtype": "float32",
-           "readiness_timeout_s": 120, **deployment}
-    path.write_text(yaml.safe_dump({"deployment": dep}))
-    return path
+@pytest.fixture
+def eval_yaml(planner, tmp_path: Path):
+    """eval.yaml of the local config (the CPU server) as the compile chain writes it, for a given checkpoint."""
+
+    def write(checkpoint: Path, **deployment) -> Path:
+        overrides = [f"deployment.checkpoint_path={checkpoint}", "deployment.served_model_name=m",
+                     "deployment.readiness_timeout_s=120", *[f"deployment.{k}={v}" for k, v in deployment.items()]]
+        path = tmp_path / "eval.yaml"
+        path.write_text(planner("local", overrides).model("m_latest").eval_text)
+        return path
+
+    return write
 
 
 def start(tmp_path: Path, eval_file: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     endpoint, log = tmp_path / "run" / "endpoint.json", tmp_path / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "nemotron_eval.deploy.serve", "--eval", str(eval_file), "--model", "m_latest",
+    proc = subprocess.Popen([str(BIN / "nemotron-step"), "serve", "--eval", str(eval_file), "--model", "m_latest",
                              "--endpoint-file", str(endpoint), "--log", str(log)], stderr=subprocess.PIPE)
     return proc, endpoint, log
 
 
-def test_a_deployment_that_dies_at_start_up_fails_its_consumers_in_seconds(tmp_path: Path) -> None:
+def test_a_deployment_that_dies_at_start_up_fails_its_consumers_in_seconds(tmp_path: Path, eval_yaml) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # no tokenizer, no weights
-    proc, endpoint, _ = start(tmp_path, eval_yaml(tmp_path, broken))
+    proc, endpoint, _ = start(tmp_path, eval_yaml(broken))
     started = time.monotonic()
     with pytest.raises(EndpointNotReady, match="no tokenizer"):
         wait_for_service(endpoint, timeout_s=120)
@@ -47,7 +53,7 @@ def test_a_deployment_that_dies_at_start_up_fails_its_consumers_in_seconds(tmp_p
     assert json.loads(endpoint.read_text())["state"] == "failed"
 
 
-def test_port_in_use_is_named(tmp_path: Path) -> None:
+def test_port_in_use_is_named(tmp_path: Path, eval_yaml) -> None:
     import socket
 
     looks_complete = tmp_path / "ck"
@@ -58,16 +64,16 @@ def test_port_in_use_is_named(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc, endpoint, _ = start(tmp_path, eval_yaml(tmp_path, looks_complete, port=port))
+        proc, endpoint, _ = start(tmp_path, eval_yaml(looks_complete, port=port))
         with pytest.raises(EndpointNotReady, match=f"port {port} on 127.0.0.1 is already in use"):
             wait_for_service(endpoint, timeout_s=60)
         assert proc.wait(timeout=30) == 1
 
 
 @pytest.mark.slow
-def test_serves_until_terminated_and_takes_the_server_down(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_serves_until_terminated_and_takes_the_server_down(request: pytest.FixtureRequest, tmp_path: Path, eval_yaml) -> None:
     checkpoint, _ = converted_smollm2(request)
-    proc, endpoint, log = start(tmp_path, eval_yaml(tmp_path, checkpoint))
+    proc, endpoint, log = start(tmp_path, eval_yaml(checkpoint))
     published = json.loads(endpoint.read_text()) if endpoint.exists() else None
     info = wait_for_service(endpoint, timeout_s=120)
     assert info["state"] == "ready" and info["deployment_id"].startswith("m_latest-") and info["model_id"] == "m"

@@ -1,6 +1,6 @@
 """The serve step with a `generic` deployment run by container runner `none`: the command is a tiny local HTTP
-server standing in for NVIDIA's Ray deployment. Ready, failed at start-up, never ready, died while serving,
-stopped by SIGTERM (its whole process group with it)."""
+server standing in for NVIDIA's Ray deployment (no GPU or container here). Ready, failed at start-up, never ready,
+died while serving, stopped by SIGTERM (its whole process group with it). eval.yaml comes from the compile chain."""
 
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from nemotron_eval.deploy.ready import EndpointNotReady, process_running
-from nemotron_eval.deploy.serve import first_node, group_alive, wait_for_service
+from nemotron_eval.deploy.process import EndpointNotReady, group_alive
+from nemotron_eval.deploy.process import alive as process_running
+from nemotron_eval.deploy.serve import wait_for_service
+from nemotron_eval.deploy.types import first_node
+
+from conftest import BIN
 
 SERVER = '''
 import http.server, os, sys, threading
@@ -49,33 +53,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def eval_yaml(tmp_path: Path, command: str, *, port: int, timeout_s: float = 30) -> Path:
-    cfg: dict[str, Any] = {
-        "deployment": {
-            "type": "generic", "multiple_instances": False, "image": "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano",
-            "checkpoint_path": str(tmp_path), "port": port, "served_model_name": "nemo-model",
-            "health_check_path": "/v1/health", "readiness_timeout_s": timeout_s, "command": command,
-            "endpoints": {"completions": "/v1/completions/", "health": "/v1/health"},
-        },
-        "execution": {"type": "local", "num_nodes": 1, "container_runner": "none",
-                      "env_vars": {"deployment": {"DEPLOY_MARKER": "from-config"}}},
-    }
-    path = tmp_path / "eval.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+CONFIG = """
+defaults:
+  - execution: {execution}
+  - deployment: generic
+  - _self_
+run:
+  model: rl:latest
+  env: {{host: null, user: null, account: null, partition: debug, time: "00:10:00", remote_job_dir: /tmp, mounts: []}}
+execution:
+  container_runner: none
+deployment:
+  image: nvcr.io/nvidia/nemo:25.11.nemotron_3_nano
+  served_model_name: nemo-model
+  env_vars:
+    DEPLOY_MARKER: lit:from-config
+evaluation:
+  tasks: [{{name: hellaswag}}]
+"""
+
+
+@pytest.fixture
+def eval_yaml(planner, tmp_path: Path):
+    """eval.yaml as the compile chain writes it for a generic deployment: `eval_yaml(command, port=..)` -> path."""
+
+    def write(command: str, *, port: int, timeout_s: float = 30, execution: str = "local", overrides: tuple[str, ...] = ()) -> Path:
+        (tmp_path / "generic.yaml").write_text(CONFIG.format(execution=execution))
+        plan = planner(str(tmp_path / "generic.yaml"), [f"deployment.port={port}", f"deployment.readiness_timeout_s={timeout_s}",
+                                                        f"deployment.command={command}", *overrides])
+        path = tmp_path / "eval.yaml"
+        path.write_text(plan.model("demo_latest").eval_text)
+        return path
+
+    return write
 
 
 def server_command(tmp_path: Path, port: int) -> str:
     script = tmp_path / "server.py"
     script.write_text(SERVER)
-    # `$$` as in NVIDIA's configs: the shell sees `$DEPLOY_MARKER`, set from execution.env_vars.deployment
+    # `$$` as in NVIDIA's configs: the shell sees `$DEPLOY_MARKER`, set from deployment.env_vars
     return f"echo marker=$$DEPLOY_MARKER; exec {sys.executable} {script} {port} {tmp_path / 'server.pid'}"
 
 
 def start(tmp_path: Path, eval_file: Path) -> tuple[subprocess.Popen[bytes], Path, Path]:
     endpoint, log = tmp_path / "run" / "endpoint.json", tmp_path / "logs" / "serve.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nemotron_eval.deploy.serve", "--eval", str(eval_file), "--model", "rl_latest",
+        [str(BIN / "nemotron-step"), "serve", "--eval", str(eval_file), "--model", "rl_latest",
          "--endpoint-file", str(endpoint), "--log", str(log)],
         stderr=subprocess.PIPE,
     )
@@ -99,16 +122,16 @@ def stop_later() -> Any:
             proc.wait()
 
 
-def test_reaches_ready_serves_and_stops_with_its_process_group(tmp_path: Path, stop_later: Any) -> None:
+def test_reaches_ready_serves_and_stops_with_its_process_group(tmp_path: Path, stop_later: Any, eval_yaml: Any) -> None:
     port = free_port()
-    proc, endpoint, log = start(tmp_path, eval_yaml(tmp_path, server_command(tmp_path, port), port=port))
+    proc, endpoint, log = start(tmp_path, eval_yaml(server_command(tmp_path, port), port=port))
     stop_later(proc)
     wait_until(endpoint.exists, 10)
     assert json.loads(endpoint.read_text())["state"] in ("starting", "ready")
     info = wait_for_service(endpoint, timeout_s=30)
     assert info["state"] == "ready" and info["type"] == "generic" and info["model_id"] == "nemo-model"
     assert info["health_url"] == f"http://127.0.0.1:{port}/v1/health"
-    assert info["completions_url"] == f"http://127.0.0.1:{port}/v1/completions/"
+    assert info["completions_url"] == f"http://127.0.0.1:{port}/v1/completions"
     assert info["deployment_id"].startswith("rl_latest-")
     assert "marker=from-config" in log.read_text()
     server_pid = int((tmp_path / "server.pid").read_text())
@@ -118,10 +141,10 @@ def test_reaches_ready_serves_and_stops_with_its_process_group(tmp_path: Path, s
     assert not process_running(server_pid) and not group_alive(info["pid"])
 
 
-def test_a_command_that_exits_at_once_fails_within_seconds_with_its_log(tmp_path: Path, stop_later: Any) -> None:
+def test_a_command_that_exits_at_once_fails_within_seconds_with_its_log(tmp_path: Path, stop_later: Any, eval_yaml: Any) -> None:
     port = free_port()
     command = "echo 'Traceback: CUDA driver not found' >&2; exit 3"
-    proc, endpoint, log = start(tmp_path, eval_yaml(tmp_path, command, port=port, timeout_s=600))
+    proc, endpoint, log = start(tmp_path, eval_yaml(command, port=port, timeout_s=600))
     stop_later(proc)
     started = time.monotonic()
     with pytest.raises(EndpointNotReady, match=r"(?s)exited with status 3 before .*CUDA driver not found"):
@@ -131,24 +154,24 @@ def test_a_command_that_exits_at_once_fails_within_seconds_with_its_log(tmp_path
     assert json.loads(endpoint.read_text())["state"] == "failed"
 
 
-def test_a_command_that_never_answers_times_out_with_its_log(tmp_path: Path, stop_later: Any) -> None:
+def test_a_command_that_never_answers_times_out_with_its_log(tmp_path: Path, stop_later: Any, eval_yaml: Any) -> None:
     port = free_port()
     command = f"echo 'still compiling kernels'; echo $$$$ > {tmp_path / 'sleeper.pid'}; exec sleep 120"
-    proc, endpoint, _ = start(tmp_path, eval_yaml(tmp_path, command, port=port, timeout_s=2))
+    proc, endpoint, _ = start(tmp_path, eval_yaml(command, port=port, timeout_s=2))
     stop_later(proc)
     started = time.monotonic()
-    with pytest.raises(EndpointNotReady, match=r"(?s)did not answer at http://127.0.0.1:\d+/v1/health within 2 s.*still compiling kernels"):
+    with pytest.raises(EndpointNotReady, match=r"(?s)the generic deployment \(none\) was not ready within 2 s.*still compiling kernels"):
         wait_for_service(endpoint, timeout_s=60)
     assert time.monotonic() - started < 10
     assert proc.wait(timeout=20) == 1
     assert not process_running(int((tmp_path / "sleeper.pid").read_text()))  # the process group was stopped
 
 
-def test_a_deployment_that_dies_while_serving_marks_the_endpoint_failed(tmp_path: Path, stop_later: Any) -> None:
+def test_a_deployment_that_dies_while_serving_marks_the_endpoint_failed(tmp_path: Path, stop_later: Any, eval_yaml: Any) -> None:
     import urllib.request
 
     port = free_port()
-    proc, endpoint, _ = start(tmp_path, eval_yaml(tmp_path, server_command(tmp_path, port), port=port))
+    proc, endpoint, _ = start(tmp_path, eval_yaml(server_command(tmp_path, port), port=port))
     stop_later(proc)
     info = wait_for_service(endpoint, timeout_s=30)
     with pytest.raises(OSError):
@@ -160,21 +183,23 @@ def test_a_deployment_that_dies_while_serving_marks_the_endpoint_failed(tmp_path
         wait_for_service(endpoint, timeout_s=5)
 
 
-def test_a_missing_squashed_image_is_named(tmp_path: Path) -> None:
-    cfg = yaml.safe_load(eval_yaml(tmp_path, "true", port=1).read_text())
-    cfg["execution"].update({"type": "slurm", "container_runner": "pyxis"})
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
-    proc, endpoint, _ = start(tmp_path, tmp_path / "eval.yaml")
+def test_a_missing_squashed_image_is_named(tmp_path: Path, eval_yaml: Any) -> None:
+    cfg_file = eval_yaml("true", port=1, execution="slurm/default", overrides=("execution.container_runner=pyxis",))
+    sqsh = yaml.safe_load(cfg_file.read_text())["deployment"]["image"]
+    assert sqsh == str(tmp_path / "build/images/nvcr.io+nvidia+nemo+25.11.nemotron_3_nano.sqsh")
+    proc, endpoint, _ = start(tmp_path, cfg_file)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
-    assert b"nvcr.io+nvidia+nemo+25.11.nemotron_3_nano.sqsh is missing" in err
+    assert f"deployment.image={sqsh}: the squashed image is missing".encode() in err
     assert json.loads(endpoint.read_text())["state"] == "failed"
 
 
-def test_none_publishes_the_existing_endpoint_until_stopped(tmp_path: Path) -> None:
-    cfg = {"deployment": {"type": "none", "url": "https://llm.example.com/v1/completions", "served_model_name": "m",
-                          "api_key_name": "MY_KEY", "checkpoint_path": str(tmp_path)}}
-    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+def test_none_publishes_the_existing_endpoint_until_stopped(tmp_path: Path, planner: Any) -> None:
+    (tmp_path / "none.yaml").write_text(CONFIG.format(execution="local").replace("deployment: generic", "deployment: none")
+                                        .split("deployment:\n  image")[0] + "evaluation:\n  tasks: [{name: hellaswag}]\n")
+    plan = planner(str(tmp_path / "none.yaml"), ["target.api_endpoint.url=https://llm.example.com/v1/completions",
+                                                 "target.api_endpoint.model_id=m", "target.api_endpoint.api_key_name=MY_KEY"])
+    (tmp_path / "eval.yaml").write_text(plan.model("demo_latest").eval_text)
     proc, endpoint, _ = start(tmp_path, tmp_path / "eval.yaml")
     try:
         wait_until(lambda: endpoint.exists() and json.loads(endpoint.read_text())["state"] == "ready")
@@ -213,20 +238,16 @@ def _slurm_problem() -> str | None:
 
 
 @pytest.mark.slurm
-def test_inside_a_slurm_job_step_the_deployment_is_a_nested_step(tmp_path: Path) -> None:
+def test_inside_a_slurm_job_step_the_deployment_is_a_nested_step(tmp_path: Path, eval_yaml: Any) -> None:
     """As Snakemake runs it on Slurm: the serve step inside `srun -n1` of a batch job; the deployment's own
     `srun --overlap` step answers at the first node; SIGTERM to the serve step cancels that step."""
     problem = _slurm_problem()
     if problem:
         pytest.skip(problem)
     port = free_port()
-    cfg_file = eval_yaml(tmp_path, server_command(tmp_path, port), port=port)
-    cfg = yaml.safe_load(cfg_file.read_text())
-    cfg["deployment"]["multiple_instances"] = True
-    cfg["execution"].update({"type": "slurm", "deployment": {"n_tasks": 1}})
-    cfg_file.write_text(yaml.safe_dump(cfg))
+    cfg_file = eval_yaml(server_command(tmp_path, port), port=port, execution="slurm/default")
     endpoint, log, report = tmp_path / "run" / "endpoint.json", tmp_path / "serve.log", tmp_path / "report.txt"
-    serve = f"{sys.executable} -m nemotron_eval.deploy.serve --eval {cfg_file} --model m"
+    serve = f"{BIN / 'nemotron-step'} serve --eval {cfg_file} --model m"
     script = tmp_path / "job.sh"
     script.write_text(f"""#!/bin/bash
 srun -n1 {serve} --endpoint-file {endpoint} --log {log} &

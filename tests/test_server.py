@@ -298,7 +298,7 @@ def test_wait_for_endpoint_reports_the_log_tail_within_seconds(tmp_path: Path) -
     assert time.monotonic() - started < 5
     assert "line 49" in str(raised.value) and "line 10\n" not in str(raised.value)  # only the last 30 lines
     assert process.wait() == 3  # not reaped behind the caller's back
-    with pytest.raises(EndpointNotReady, match="did not answer within 0.5 s"):
+    with pytest.raises(EndpointNotReady, match="was not ready within 0.5 s"):
         wait_for_endpoint(tmp_path / "never.json", log_file=log, timeout_s=0.5)
 
 

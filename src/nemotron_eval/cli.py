@@ -1,4 +1,4 @@
-"""The `nemotron` command: register checkpoints in the local registry and list them."""
+"""The `nemotron` command: register checkpoints in the local registry and list them; list the tasks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nemotron_eval.artifacts import LocalRegistry, local_registry
 from nemotron_eval.config.envtoml import load_env_file
-from nemotron_eval.errors import UserError
+from nemotron_eval.errors import UserError, exit_code
 
 
 def _local_registry(root: str | None) -> LocalRegistry:
@@ -35,13 +35,29 @@ def _add(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
     rows = _local_registry(args.root).listing(args.name)
-    header = ("NAME", "VERSION", "ALIASES", "DIGEST", "CREATED", "PATH")
-    table = [header] + [
-        (r["name"], r["version"], ",".join(r["aliases"]) or "-", r["digest"][:12], r["created_at"], r["path"]) for r in rows
-    ]
+    _table(("NAME", "VERSION", "ALIASES", "DIGEST", "CREATED", "PATH"),
+           [(r["name"], r["version"], ",".join(r["aliases"]) or "-", r["digest"][:12], r["created_at"], r["path"]) for r in rows])
+    return 0
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+    table = [header, *rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _ls_tasks(args: argparse.Namespace) -> int:
+    """Every task the installed launcher knows; OFFLINE: staged from the data mirror (else the hub);
+    HERE: its harness is installed in this environment (others run in the launcher's containers)."""
+    from nemotron_eval.tasks import listing
+
+    rows = [r for r in listing() if (not args.offline or r["offline"]) and (not args.harness or r["harness"] == args.harness)]
+    _table(("NAME", "HARNESS", "ENDPOINT", "SHORT", "OFFLINE", "HERE"),
+           [(r["name"], r["harness"], r["endpoint"], r["short"] or "-", "yes" if r["offline"] else "no",
+             "yes" if r["runs_here"] else "no") for r in rows])
+    print(f"{len(rows)} tasks; OFFLINE: staged from the data mirror (others read the Hugging Face hub); "
+          "HERE: its harness runs in this environment", file=sys.stderr)
     return 0
 
 
@@ -61,16 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("name", nargs="?")
     ls.add_argument("--root")
     ls.set_defaults(func=_ls)
+    listing = sub.add_parser("ls", help="list what the pipeline knows")
+    listing_sub = listing.add_subparsers(dest="what", required=True)
+    tasks = listing_sub.add_parser("tasks", help="every task of the installed NeMo Evaluator Launcher")
+    tasks.add_argument("--offline", action="store_true", help="only the tasks staged from the data mirror")
+    tasks.add_argument("--harness", help="only this harness's tasks (e.g. lm-evaluation-harness)")
+    tasks.set_defaults(func=_ls_tasks)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except UserError as e:
-        print(f"nemotron: error: {e}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from nemotron_eval.deploy.commands import check_runner
+from nemotron_eval.deploy.runners import check_runner
 from nemotron_eval.errors import UserError
 
 def walltime_minutes(value: Any, where: str = "execution.walltime") -> int:

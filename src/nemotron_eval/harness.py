@@ -62,7 +62,7 @@ import yaml
 
 from nemotron_eval.data.stage import read_manifest
 from nemotron_eval.errors import UserError
-from nemotron_eval.tasks import Task, by_short
+from nemotron_eval.tasks import Task
 
 STAGED_PREFIX = "staged_"
 INCLUDE_DIR = "lm_eval_tasks"
@@ -71,15 +71,6 @@ RESULTS = "results.yml"
 # `nemo-evaluator run_eval` (its console script) for this interpreter, wherever it is installed.
 _ENTRYPOINT = "from nemo_evaluator.core.entrypoint import run_eval; run_eval()"
 
-# The lm-eval task NeMo Evaluator runs for each task (framework.yml `config.params.task`; checked
-# against the installed framework before each run) and its YAML under lm_eval/tasks/.
-LM_EVAL_TASKS: dict[str, tuple[str, str]] = {
-    "mmlu": ("mmlu_str", "mmlu/str_default/mmlu_str.yaml"),
-    "arc_challenge": ("adlr_arc_challenge_llama", "custom/adlr_arc/adlr_arc_challenge_llama.yaml"),
-    "winogrande": ("winogrande", "winogrande/default.yaml"),
-    "hellaswag": ("hellaswag", "hellaswag/hellaswag.yaml"),
-    "openbookqa": ("openbookqa", "openbookqa/openbookqa.yaml"),
-}
 # lm-eval's warnings when it left-truncates a prompt.
 TRUNCATION_MARKERS = ("Left truncating context", "were left truncated")
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -95,13 +86,13 @@ class ContextOverflowError(UserError):
 
 @dataclass(frozen=True)
 class HarnessPlan:
-    """Everything the harness needs for one task on a staged dataset."""
+    """Everything the harness needs for one task (on a staged dataset, or on the hub's)."""
 
     task_short: str
     eval_type: str  # NeMo Evaluator task (config.type), e.g. adlr_mmlu
     lm_eval_task: str  # passed as config.params.task; its metrics are read back
     is_group: bool  # MMLU: a group whose aggregate is the score
-    include_dir: Path  # passed as --include_path
+    include_dir: Path | None  # the staged task's wrapper YAMLs (--include_path); None: a hub task
     env: dict[str, str]  # set for the harness process
     params: dict[str, Any]  # config.params overrides, merged over the pipeline's params
 
@@ -211,19 +202,19 @@ def _wrapper(
 
 
 def write_task_yamls(
-    task_short: str,
+    task: Task,
     staged_dir: Path,
     include_dir: Path,
     *,
     tasks_dir: Path | None = None,
     data_dir: Path | None = None,
 ) -> str:
-    """Write the wrapper YAMLs for `task_short` into `include_dir`; return the task/group name.
+    """Write the wrapper YAMLs for a staged `task` into `include_dir`; return the task/group name.
 
     `tasks_dir` is the harness's lm_eval/tasks folder and `data_dir` the staged folder as the
     harness process sees them (both default to this machine's paths).
     """
-    task = by_short(task_short)
+    assert task.lm_eval and task.lm_eval_yaml, f"{task.short} is not a staged task"
     manifest = read_manifest(staged_dir)
     if manifest.get("task") != task.short:
         raise UserError(
@@ -234,7 +225,7 @@ def write_task_yamls(
     tasks_dir = Path(tasks_dir) if tasks_dir else local_tasks
     data_dir = Path(data_dir) if data_dir else Path(staged_dir).resolve()
     lm_name = harness_task_name(task)
-    harness_yaml = local_tasks / LM_EVAL_TASKS[task.short][1]
+    harness_yaml = local_tasks / task.lm_eval_yaml
     top = load_task_yaml(harness_yaml)
     if top.get("group", top.get("task")) != lm_name:
         raise UserError(f"{harness_yaml}: does not define {lm_name!r}; harness version mismatch?")
@@ -282,14 +273,14 @@ def write_task_yamls(
 
 def harness_task_name(task: Task) -> str:
     """The lm-eval task/group name NeMo Evaluator runs for `task`, checked against framework.yml."""
-    name = framework_defaults(task.harness).get("task")
-    expected = LM_EVAL_TASKS[task.short][0]
+    name = framework_defaults(task.launcher).get("task")
+    expected = task.lm_eval
     if name != expected:
         raise UserError(
-            f"NeMo Evaluator task {task.harness!r} runs lm-eval task {name!r}, not {expected!r}: "
+            f"NeMo Evaluator task {task.launcher!r} runs lm-eval task {name!r}, not {expected!r}: "
             "installed nemo-evaluator/nvidia-lm-eval do not match this pipeline"
         )
-    return expected
+    return str(expected)
 
 
 # --- plan -----------------------------------------------------------------------------------
@@ -310,8 +301,8 @@ def context_length(checkpoint_dir: Path) -> int:
 
 
 def harness_overrides(
-    task_short: str,
-    include_dir: Path,
+    task: Task,
+    include_dir: Path | None,
     *,
     tokenizer_dir: Path,
     max_length: int,
@@ -321,23 +312,25 @@ def harness_overrides(
 ) -> HarnessPlan:
     """The plan for one task: env vars, `config.params` overrides and the name to read back.
 
-    `extra_args` replaces the framework's default `extra.args` (the pipeline's own value);
-    `--include_path` is always appended. `lm_eval_task` defaults to `staged_<harness task>`.
+    A staged task (`include_dir` holds its wrapper YAMLs) runs offline on the staged data: `--include_path` is
+    appended to `extra_args` (default: the framework's) and `lm_eval_task` defaults to `staged_<harness task>`.
+    Any other task runs as the harness defines it, its data from the hub.
     """
-    task = by_short(task_short)
-    defaults = framework_defaults(task.harness)
-    lm_name = lm_eval_task or staged_name(harness_task_name(task))
-    base = defaults.get("extra", {}).get("args") if extra_args is None else extra_args
-    args = " ".join(a for a in (base, f"--include_path {include_dir}") if a)
+    defaults = framework_defaults(task.launcher)
     env = {
         "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     if cache_dir is not None:
         env["HF_DATASETS_CACHE"] = str(cache_dir)
+    base = defaults.get("extra", {}).get("args") if extra_args is None else extra_args
+    if include_dir is not None:  # staged data and a local tokenizer: no network at all
+        env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        lm_name = lm_eval_task or staged_name(harness_task_name(task))
+        args = " ".join(a for a in (base, f"--include_path {include_dir}") if a)
+    else:
+        lm_name = lm_eval_task or str(defaults.get("task") or task.launcher)
+        args = base or ""
     params = {
         "task": lm_name,
         "extra": {
@@ -349,10 +342,10 @@ def harness_overrides(
     }
     return HarnessPlan(
         task_short=task.short,
-        eval_type=task.harness,
+        eval_type=task.launcher,
         lm_eval_task=lm_name,
-        is_group=task.short == "mmlu",
-        include_dir=Path(include_dir),
+        is_group=task.group,
+        include_dir=Path(include_dir) if include_dir is not None else None,
         env=env,
         params=params,
     )
@@ -372,8 +365,8 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 
 def run_harness(
-    task_short: str,
-    staged_dir: Path,
+    task: Task,
+    staged_dir: Path | None,
     *,
     endpoint_url: str,
     model_id: str,
@@ -384,11 +377,13 @@ def run_harness(
     context_length_tokens: int | None = None,
     timeout_s: float | None = None,
 ) -> None:
-    """Run `task_short` on `staged_dir` against `endpoint_url` (the full /v1/completions URL).
+    """Run `task` against `endpoint_url` (the full /v1/completions URL): a staged task on `staged_dir`, any other
+    task on the data the harness fetches from the hub (`staged_dir` None).
 
     Writes the harness's outputs (results.yml, ...) to `output_dir` and its log to `log`
     (default `output_dir/harness.log`). Raises HarnessError (with the log's tail) when the
-    harness fails, ContextOverflowError when a prompt does not fit the model.
+    harness fails, ContextOverflowError when a prompt does not fit the model, UserError when a hub task
+    cannot reach the hub.
     """
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -396,19 +391,24 @@ def run_harness(
     log.parent.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = Path(tokenizer_dir).resolve()
     n_ctx = context_length_tokens or context_length(tokenizer_dir)
-    include_dir = output_dir / INCLUDE_DIR
-    lm_name = write_task_yamls(task_short, Path(staged_dir), include_dir)
+    include_dir: Path | None = None
+    lm_name: str | None = None
+    if staged_dir is not None:
+        include_dir = output_dir / INCLUDE_DIR
+        lm_name = write_task_yamls(task, Path(staged_dir), include_dir)
+    else:
+        check_hub_reachable(task)
 
     user_extra = dict(params.get("extra") or {})
     with tempfile.TemporaryDirectory(prefix="nemotron-harness-") as work:
         plan = harness_overrides(
-            task_short,
+            task,
             include_dir,
             tokenizer_dir=tokenizer_dir,
             max_length=n_ctx,
             lm_eval_task=lm_name,
             extra_args=user_extra.get("args"),
-            cache_dir=Path(work) / "hf_datasets",
+            cache_dir=Path(work) / "hf_datasets" if include_dir is not None else None,
         )
         run_config = {
             "config": {
@@ -417,7 +417,7 @@ def run_harness(
                 "params": deep_merge(params, plan.params),
             },
             "target": {
-                "api_endpoint": {"url": endpoint_url, "model_id": model_id, "type": "completions"}
+                "api_endpoint": {"url": endpoint_url, "model_id": model_id, "type": task.endpoint_type}
             },
         }
         cfg_path = output_dir / RUN_CONFIG
@@ -429,16 +429,53 @@ def run_harness(
                             timeout_s=timeout_s)  # fmt: skip
         except subprocess.TimeoutExpired:
             raise HarnessError(
-                f"{task_short}: harness still running after {timeout_s} s; "
+                f"{task.short}: harness still running after {timeout_s} s; "
                 f"log {log}:\n{log_tail(log)}"
             ) from None
     if rc != 0:
+        if include_dir is None and _hub_unreachable(log):
+            raise UserError(_no_offline_data(task, "the harness could not reach the Hugging Face hub"))
         raise HarnessError(
-            f"{task_short}: nemo-evaluator exited with status {rc}; log {log}:\n{log_tail(log)}"
+            f"{task.short}: nemo-evaluator exited with status {rc}; log {log}:\n{log_tail(log)}"
         )
     if not (output_dir / RESULTS).is_file():
-        raise HarnessError(f"{task_short}: harness wrote no {RESULTS}; log {log}:\n{log_tail(log)}")
-    check_context(task_short, output_dir, log, tokenizer_dir=tokenizer_dir, n_ctx=n_ctx)
+        raise HarnessError(f"{task.short}: harness wrote no {RESULTS}; log {log}:\n{log_tail(log)}")
+    check_context(task.short, output_dir, log, tokenizer_dir=tokenizer_dir, n_ctx=n_ctx)
+
+
+HUB_HOST = "huggingface.co"
+_HUB_ERRORS = ("Couldn't reach", "ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
+
+
+def _no_offline_data(task: Task, why: str) -> str:
+    return (
+        f"task {task.short!r} has no offline data (only the staged tasks mmlu, arc_challenge, winogrande, "
+        f"hellaswag, openbookqa read the data mirror); its harness reads the dataset from the hub, and {why}"
+    )
+
+
+def check_hub_reachable(task: Task, timeout_s: float = 5.0) -> None:
+    """A hub task needs the hub: fail in one line at once when it is off (HF_HUB_OFFLINE) or does not answer,
+    instead of after the harness's 30 s of retries. The endpoint is `HF_ENDPOINT` when set."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise UserError(_no_offline_data(task, "HF_HUB_OFFLINE is set"))
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    host, port = endpoint.hostname or HUB_HOST, endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(_no_offline_data(task, f"{host}:{port} does not answer ({e.strerror or e})")) from None
+
+
+def _hub_unreachable(log: Path) -> bool:
+    try:
+        text = log.read_bytes()[-200_000:].decode("utf-8", "replace")
+    except OSError:
+        return False
+    return any(marker in text for marker in _HUB_ERRORS)
 
 
 def _run_child(
@@ -547,12 +584,11 @@ def _logged_requests(output_dir: Path) -> Iterator[tuple[str, str, int]]:
 # --- results --------------------------------------------------------------------------------
 
 
-def parse_harness_output(output_dir: Path, task_short: str) -> dict[str, Any]:
+def parse_harness_output(output_dir: Path, task: Task) -> dict[str, Any]:
     """Scores of one run from the harness's results.yml (MMLU: the group's aggregate).
 
     Returns {"metrics": {name: {"value", "stderr"}}, "n_samples", "lm_eval_task", "raw"}.
     """
-    task = by_short(task_short)
     path = Path(output_dir) / RESULTS
     try:
         doc = yaml.safe_load(path.read_text())
@@ -563,7 +599,7 @@ def parse_harness_output(output_dir: Path, task_short: str) -> dict[str, Any]:
         results = doc["results"]
     except (KeyError, TypeError):
         raise HarnessError(f"{path}: no config.params.task or results") from None
-    if name.removeprefix(STAGED_PREFIX) != LM_EVAL_TASKS[task.short][0]:
+    if task.lm_eval is not None and name.removeprefix(STAGED_PREFIX) != task.lm_eval:
         raise HarnessError(f"{path}: results are for lm-eval task {name!r}, not {task.short!r}")
     section = (results.get("groups") or {}).get(name) or (results.get("tasks") or {}).get(name)
     if not section or not section.get("metrics"):

@@ -1,11 +1,8 @@
 """Container images squashed once with enroot (build/images/*.sqsh), for pyxis and enroot on Slurm.
 
 Compute nodes then start the deployment from a file on the shared filesystem instead of each pulling the image
-from the registry. The rule that squashes runs:
-
-    python -m nemotron_eval.images squash --image IMG --out build/images/NAME.sqsh --log LOG
-
-enroot writes to a temporary name next to the output, renamed into place only once the import succeeded.
+from the registry. Which image and where its file lies is decided when eval.yaml is compiled
+(`config.compile.squashed_image`); the squash_image rule calls `squash`. enroot writes to a temporary name next to the output, renamed into place only once the import succeeded.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,13 +105,6 @@ def needs_squash(eval_cfg: Mapping[str, Any]) -> bool:
     )
 
 
-def image_file(eval_cfg: Mapping[str, Any], images_dir: Path = Path("build/images")) -> Path | None:
-    """Where the squashed image of eval.yaml's deployment lies (None when it needs none)."""
-    if not needs_squash(eval_cfg):
-        return None
-    return Path(images_dir) / sqsh_name(str(eval_cfg["deployment"]["image"]))
-
-
 def squash(image: str, output: Path, *, enroot: str = "enroot", log: Path) -> None:
     """`enroot import` the image into `output`, atomically: a failed import leaves no file behind."""
     output, log = Path(output), Path(log)
@@ -140,26 +129,3 @@ def squash(image: str, output: Path, *, enroot: str = "enroot", log: Path) -> No
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m nemotron_eval.images", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    squash_cmd = commands.add_parser("squash", help="enroot import an image into a .sqsh file")
-    squash_cmd.add_argument("--image", required=True)
-    squash_cmd.add_argument("--out", type=Path, required=True)
-    squash_cmd.add_argument("--log", type=Path, required=True)
-    squash_cmd.add_argument("--enroot", default="enroot")
-    args = parser.parse_args(argv)
-    try:
-        squash(args.image, args.out, enroot=args.enroot, log=args.log)
-    except UserError as e:
-        print(f"nemotron: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

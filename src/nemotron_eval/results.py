@@ -50,7 +50,7 @@ def build_result(
     return {
         "schema_version": SCHEMA_VERSION,
         "task": task.short,
-        "harness_task": task.harness,
+        "harness_task": task.launcher,
         "metrics": parsed["metrics"],
         "n_samples": parsed["n_samples"],
         "model": {k: model.get(k) for k in ("spec", "name", "version", "digest", "path", "registry", "qualified_name")},

@@ -1,4 +1,4 @@
-"""Glue for the Snakefile: config validation and one-line errors instead of tracebacks."""
+"""Glue for the Snakefile: config validation and one-line errors instead of tracebacks (nothing is written)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any, NoReturn, TypeVar
 import jsonschema
 import yaml
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.errors import PREFIX, UserError
 
 T = TypeVar("T")
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 
 
 def fail(message: str) -> NoReturn:
-    sys.stderr.write(f"nemotron: error: {message}\n")
+    sys.stderr.write(f"{PREFIX}{message}\n")
     raise SystemExit(1)
 
 
@@ -52,62 +52,3 @@ def validate_config(config: dict[str, Any]) -> None:
     if e.validator == "required":
         fail(f"Snakemake config: {e.message} (set it in the profile or with --config)")
     fail(f"Snakemake config key {key!r}: {e.message}")
-
-
-def resolved_section(merged: dict[str, Any], key: str) -> dict[str, Any]:
-    """A section of the merged config with its interpolations resolved (it must not use ${art:...})."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        node = OmegaConf.select(OmegaConf.create(merged), key)
-        value = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    except OmegaConfBaseException as e:
-        raise UserError(f"{key}: cannot resolve: {str(e).strip().splitlines()[0]}") from None
-    assert isinstance(value, dict)
-    return value
-
-
-def image_to_squash(merged: dict[str, Any]) -> dict[str, str]:
-    """{sqsh file name without .sqsh: image reference} for the deployment's image, when Slurm runs it squashed."""
-    from nemotron_eval.images import needs_squash, sqsh_name
-
-    cfg = {"execution": resolved_section(merged, "execution"), "deployment": {
-        "type": merged["deployment"].get("type"),
-        "image": resolved_section({"d": {"image": merged["deployment"].get("image")}}, "d").get("image"),
-    }}
-    if not needs_squash(cfg):
-        return {}
-    image = str(cfg["deployment"]["image"])
-    return {sqsh_name(image).removesuffix(".sqsh"): image}
-
-
-def staged_from_mirror(staged: Path) -> str | None:
-    """The mirror folder a staged dataset came from, if it still exists."""
-    import json
-
-    try:
-        source = str(json.loads((staged / "manifest.json").read_text()).get("source", ""))
-    except (OSError, ValueError):
-        return None
-    path = source.removeprefix("mirror:") if source.startswith("mirror:") else None
-    return path if path and Path(path).is_dir() else None
-
-
-def embedded_record(spec: Any, folder: str) -> dict[str, Any]:
-    """The embedded model's identity before it is resolved: the GGUF it is converted from (cheap: name, size,
-    mtime), and the folder it is converted into."""
-    from nemotron_eval.io import stat_fingerprint
-    from nemotron_eval.model import find_smollm2_gguf
-
-    gguf = find_smollm2_gguf()
-    return {
-        "spec": spec.spec,
-        "registry": "local",
-        "name": spec.name,
-        "version": None,
-        "digest": f"gguf:{stat_fingerprint(gguf)}",
-        "path": str(Path(folder).resolve()),
-        "qualified_name": None,
-        "embedded": gguf.name,
-    }

@@ -1,6 +1,8 @@
-"""`python -m nemotron_eval.steps STEP ...`: the shell rules' entry points, one package function each.
+"""`nemotron-step STEP ...`: the rules' processes (deployment, evaluation, embedded models, export).
 
-Each step logs to its rule's `log:` file and to stderr; a UserError ends it with one line and status 2.
+Every rule calls its step the same way: paths of its inputs and outputs, its wildcards, and `--log` (the rule's
+log file); values come from the files named, never from the command line. Each step ends through
+`errors.exit_code`: a user's mistake is one line (status 2), a bug's traceback goes to the log.
 """
 
 from __future__ import annotations
@@ -9,24 +11,29 @@ import argparse
 import sys
 from pathlib import Path
 
-from nemotron_eval import workflow as wf
-from nemotron_eval.errors import UserError
+from nemotron_eval.errors import exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nemotron_eval.steps")
+    p = argparse.ArgumentParser(prog="nemotron-step", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="step", required=True)
-    s = sub.add_parser("register-default", help="convert and register the embedded SmolLM2")
-    s.add_argument("--folder", type=Path, required=True)
+    s = sub.add_parser("prepare-model", help="build an embedded model's checkpoint (models/NAME/)")
+    s.add_argument("--name", required=True)
     s.add_argument("--receipt", type=Path, required=True)
-    s = sub.add_parser("stage", help="stage one task's dataset")
-    s.add_argument("--task", required=True)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--mirror", default="")
+    s = sub.add_parser("serve", help="one deployment of a model for all its task jobs (a Snakemake service)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--eval", type=Path, required=True)
+    s.add_argument("--endpoint-file", type=Path, required=True)
     s = sub.add_parser("evaluate", help="one task against the running deployment")
-    for name in ("eval", "job", "data", "endpoint", "deployment-log", "out"):
-        s.add_argument(f"--{name}", type=Path, required=True)
     s.add_argument("--task", required=True)
+    for name in ("eval", "job", "endpoint", "deployment-log", "out"):
+        s.add_argument(f"--{name}", type=Path, required=True)
+    s.add_argument("--data", type=Path, required=True, help="where a staged task's dataset lies (data/TASK)")
+    s = sub.add_parser("export", help="one model's results to W&B")
+    s.add_argument("results", nargs="+", type=Path)
+    s.add_argument("--config", type=Path, required=True)
+    s.add_argument("--summary", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
     for s in sub.choices.values():
         s.add_argument("--log", type=Path, required=True)
     return p
@@ -34,20 +41,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    try:
+
+    def run() -> int:
+        from nemotron_eval import workflow as wf
+
+        if a.step == "serve":  # the deployment's own output goes to the log; ours to stderr
+            from nemotron_eval.deploy.serve import serve
+
+            return serve(a.eval, a.model, a.endpoint_file, a.log)
         with wf.logged(a.log):
-            if a.step == "register-default":
-                wf.register_default_model(a.folder, a.receipt)
-            elif a.step == "stage":
-                wf.stage(a.task, a.out, a.mirror)
+            if a.step == "prepare-model":
+                wf.prepare_model(a.name, a.receipt)
             elif a.step == "evaluate":
                 wf.evaluate(a.task, a.eval, a.job, a.data, a.endpoint, a.deployment_log, a.out)
-    except UserError as e:
-        print(f"nemotron: error: {e}", file=sys.stderr)
-        with open(a.log, "a") as f:
-            f.write(f"nemotron: error: {e}\n")
-        return 2
-    return 0
+            elif a.step == "export":
+                from nemotron_eval.export.wandb import export_from_files
+
+                export_from_files(a.results, a.config, a.summary, a.out)
+        return 0
+
+    return exit_code(run, log=a.log if a.step != "serve" else None)
 
 
 if __name__ == "__main__":

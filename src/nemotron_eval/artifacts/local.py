@@ -106,7 +106,11 @@ class LocalRegistry:
         lineage: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Register `path` as the next version of `name` and move `aliases` (default: latest) to it."""
+        from nemotron_eval.embedded import EMBEDDED
+
         parse_spec(f"{name}:latest", where="artifact name")
+        if name in EMBEDDED:
+            raise UserError(f"artifacts add {name}: {name!r} is an embedded model ({EMBEDDED[name].description}); pick another name")
         path = Path(path).expanduser().resolve()
         if not path.exists():
             raise UserError(f"artifacts add {name}: checkpoint path {path} does not exist")

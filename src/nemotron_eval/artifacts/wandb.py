@@ -61,21 +61,28 @@ class WandbRegistry:
         ref = self.ref(spec)
         art = self._artifact(ref)
         metadata = dict(getattr(art, "metadata", None) or {})
-        path = next((str(metadata[k]) for k in PATH_KEYS if metadata.get(k)), "")
+        version = str(art.version)
+        reference = next((str(metadata[k]) for k in PATH_KEYS if metadata.get(k)), "")
         return Resolved(
             spec=spec.spec,
             registry=self.kind,
             name=spec.name,
-            version=str(art.version),
+            version=version,
             digest=str(art.digest),
-            path=path,  # "" until materialize() downloads it
+            path=reference or str(self.download_folder(spec.name, version)),  # filled by materialize()
             qualified_name=str(getattr(art, "qualified_name", ref)),
         )
 
+    def download_folder(self, name: str, version: str) -> Path:
+        return (self.download_root / f"{name}-{version}").resolve()
+
     def materialize(self, resolved: Resolved) -> Resolved:
-        if resolved.path:
+        """Download the artifact's files into its folder unless it references a checkpoint or is there already."""
+        target = Path(resolved.path)
+        if target != self.download_folder(resolved.name, str(resolved.version)):
+            return resolved  # a reference to shared storage
+        if target.is_dir() and any(target.iterdir()):
             return resolved
         art = self._artifact(resolved.qualified_name or f"{self.project}/{resolved.name}:{resolved.version}")
-        target = self.download_root / f"{resolved.name}-{resolved.version}"
-        path = art.download(root=str(target))
-        return Resolved(**{**resolved.as_dict(), "path": str(Path(path).resolve())})
+        art.download(root=str(target))
+        return resolved

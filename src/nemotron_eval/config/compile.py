@@ -1,22 +1,39 @@
-"""From merged.yaml to resolved.yaml (artifacts resolved) to job.yaml + eval.yaml (what evaluation reads)."""
+"""From merged.yaml to resolved.yaml (artifacts resolved) to job.yaml + eval.yaml (what evaluation reads).
+
+eval.yaml is a NeMo Evaluator Launcher config: the launcher's own validation accepts it (`nemo-evaluator-launcher
+run --config eval.yaml --config-mode raw --dry-run`). Compiling
+- resolves every interpolation (`${run.*}`, `${art:model,path}`), then drops `run`;
+- adds the env.toml profile's `mounts` (`run.env.mounts`, "host:container" strings) to the deployment's and the
+  evaluation's mounts (`execution.mounts.deployment` / `.evaluation`, the launcher's keys);
+- names the squashed image: on Slurm with pyxis or enroot, `deployment.image` becomes the absolute path of
+  `build/images/<name>.sqsh` (pyxis takes a file only by an absolute path; compute nodes start elsewhere) and
+  `deployment.source_image` keeps the reference it is squashed from.
+job.yaml is the same config with `run` kept, plus `run.tasks`: per task its name, whether its data is staged, and
+the fingerprint of what its scores depend on (the evaluation step reads it from there).
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nemotron_eval import embedded
 from nemotron_eval.artifacts import Resolved, registry_from_env
 from nemotron_eval.config.compose import ART_RE, _replace_art
 from nemotron_eval.config.envtoml import load_env_file
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import stat_fingerprint
 from nemotron_eval.spec import ModelSpec
+from nemotron_eval.tasks import Task
 
-ART_MODEL = "${art:model,path}"
+IMAGES_DIR = Path("build/images")
 
 
 def explicit_checkpoint(merged: dict[str, Any]) -> str | None:
@@ -28,7 +45,7 @@ def explicit_checkpoint(merged: dict[str, Any]) -> str | None:
 
 
 def resolve_model(merged: dict[str, Any], spec: ModelSpec) -> Resolved:
-    """Resolve the checkpoint for `spec` cheaply; called at every invocation (Snakemake params)."""
+    """The checkpoint `spec` points to now (aliases move): an explicit path, an embedded model, or the registry's."""
     explicit = explicit_checkpoint(merged)
     if explicit:
         path = Path(explicit).expanduser()
@@ -38,12 +55,16 @@ def resolve_model(merged: dict[str, Any], spec: ModelSpec) -> Resolved:
             spec=spec.spec, registry="explicit", name=spec.name, version=None,
             digest=f"stat:{stat_fingerprint(path)}", path=str(path),
         )
+    model = embedded.lookup(spec.name)
+    if model is not None:
+        return model.resolved(spec)
     env = load_env_file()
     wandb_cfg = (merged.get("run") or {}).get("wandb") or {}
     return registry_from_env(env, wandb_cfg).resolve(spec)
 
 
 def materialize(resolved: Resolved) -> Resolved:
+    """Make the checkpoint available here (a W&B download); others are on disk already."""
     if resolved.registry != "wandb":
         return resolved
     return registry_from_env(load_env_file()).materialize(resolved)
@@ -68,19 +89,102 @@ def resolve_artifacts(merged: dict[str, Any], spec: ModelSpec, resolved: Resolve
     return cfg
 
 
-def compile_job(resolved_cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """job.yaml (everything, resolved) and eval.yaml (the same without `run`)."""
+@dataclass(frozen=True)
+class Image:
+    """A deployment image squashed once with enroot: `build/images/<name>.sqsh`."""
+
+    name: str  # the file's stem
+    reference: str  # what it is squashed from
+    path: Path  # absolute
+
+
+def squashed_image(cfg: dict[str, Any], images_dir: Path = IMAGES_DIR) -> Image | None:
+    """The image the deployment of a resolved config runs squashed (Slurm with pyxis or enroot), or None."""
+    from nemotron_eval.images import needs_squash, sqsh_name
+
+    if not needs_squash(cfg):
+        return None
+    reference = str(cfg["deployment"]["image"])
+    name = sqsh_name(reference)
+    return Image(name.removesuffix(".sqsh"), reference, (Path(images_dir) / name).absolute())
+
+
+def _resolve(cfg: dict[str, Any]) -> dict[str, Any]:
     try:
-        job = OmegaConf.to_container(OmegaConf.create(resolved_cfg), resolve=True, throw_on_missing=True)
+        out = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "?")
         raise UserError(f"cannot resolve {key}: {str(e).strip().splitlines()[0]}") from None
-    assert isinstance(job, dict)
-    name_squashed_image(job)
+    assert isinstance(out, dict)
+    return out
+
+
+def parse_mount(entry: Any, where: str) -> tuple[str, str]:
+    """"host:container[:flags]" or "path" (mounted at the same place) -> (host, container[:flags])."""
+    text = str(entry)
+    src, sep, dst = text.partition(":")
+    if not isinstance(entry, str) or not src.startswith("/") or (sep and not dst.startswith("/")):
+        raise UserError(f"{where}: {entry!r} is not an absolute 'host_path:container_path' (or one absolute path)")
+    return src, dst or src
+
+
+def _add_profile_mounts(job: dict[str, Any]) -> None:
+    mounts = job.get("execution", {}).get("mounts")
+    extra = ((job.get("run") or {}).get("env") or {}).get("mounts") or []
+    if not isinstance(mounts, dict) or not extra:
+        return
+    for entry in extra:
+        src, dst = parse_mount(entry, "run.env.mounts (env.toml profile 'mounts')")
+        for section in ("deployment", "evaluation"):
+            mounts.setdefault(section, {})
+            mounts[section] = mounts[section] or {}
+            mounts[section].setdefault(src, dst)
+
+
+def fingerprint(eval_cfg: dict[str, Any], task_name: str, model_digest: str | None) -> str:
+    """sha256 of what one task's scores depend on: the model's content, the deployment (the image it is squashed
+    from, not where the file lies), the endpoint, the environment, the harness params and the task's own entry.
+    Where the checkpoint lies is left out (its digest says what it is), and so are export, cluster and
+    data-source settings: changing them reruns no evaluation (the staged data is an input with its own digest)."""
+    evaluation = eval_cfg.get("evaluation") or {}
+    deployment = dict(eval_cfg.get("deployment") or {})
+    if deployment.get("source_image"):
+        deployment["image"] = deployment.pop("source_image")
+    checkpoint = str(deployment.get("checkpoint_path") or "")
+    relevant = {
+        "model_digest": model_digest,
+        "deployment": deployment,
+        "target": eval_cfg.get("target"),
+        "env_vars": eval_cfg.get("env_vars"),
+        "evaluation": {k: v for k, v in evaluation.items() if k != "tasks"},
+        "task": [t for t in evaluation.get("tasks") or [] if t.get("name") == task_name],
+    }
+    text = json.dumps(relevant, sort_keys=True, default=str)
+    if checkpoint:
+        text = text.replace(json.dumps(checkpoint)[1:-1], "<checkpoint>")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compile_job(resolved_cfg: dict[str, Any], tasks: list[Task], *, images_dir: Path = IMAGES_DIR) -> tuple[dict[str, Any], dict[str, Any]]:
+    """job.yaml (everything, resolved, with `run.tasks`) and eval.yaml (the same without `run`).
+
+    `tasks` are the Task objects of evaluation.tasks, in order."""
+    job = _resolve(resolved_cfg)
+    _add_profile_mounts(job)
+    image = squashed_image(job, images_dir)
+    if image is not None:
+        job["deployment"]["source_image"] = image.reference
+        job["deployment"]["image"] = str(image.path)
     eval_cfg = {k: v for k, v in job.items() if k != "run"}
     leftover = _find_interpolation(eval_cfg)
     if leftover:
         raise UserError(f"eval.yaml: {leftover[0]} still holds an interpolation {leftover[1]!r}")
+    digest = ((job.get("run") or {}).get("artifacts") or {}).get("model", {}).get("digest")
+    entries = eval_cfg["evaluation"]["tasks"]
+    job["run"]["tasks"] = {
+        task.short: {"name": entry["name"], "offline": task.offline, "fingerprint": fingerprint(eval_cfg, entry["name"], digest)}
+        for task, entry in zip(tasks, entries)
+    }
     return job, eval_cfg
 
 
@@ -96,39 +200,3 @@ def _find_interpolation(node: Any, path: str = "") -> tuple[str, str] | None:
         if found:
             return found
     return None
-
-
-def compile_eval(merged: dict[str, Any], spec: ModelSpec, resolved: Resolved) -> dict[str, Any]:
-    """eval.yaml's content, computed in memory (the same steps as the resolve and compile rules)."""
-    return compile_job(resolve_artifacts(merged, spec, resolved))[1]
-
-
-def task_fingerprint(eval_cfg: dict[str, Any], harness_task: str, model_digest: str | None) -> str:
-    """sha256 of what one task's scores depend on in the config: the model's content, the deployment, the
-    harness params and the task's own entry. Export, cluster and data-source settings are left out, so changing
-    them reruns no evaluation (the staged data is an input of its own, with its digest)."""
-    import hashlib
-    import json
-
-    evaluation = eval_cfg.get("evaluation") or {}
-    relevant = {
-        "model_digest": model_digest,
-        "deployment": eval_cfg.get("deployment"),
-        "target": eval_cfg.get("target"),
-        "nemo_evaluator_config": evaluation.get("nemo_evaluator_config"),
-        "task": [t for t in evaluation.get("tasks") or [] if t.get("name") == harness_task],
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
-
-
-IMAGES_DIR = "build/images"
-
-
-def name_squashed_image(cfg: dict[str, Any]) -> None:
-    """On Slurm with pyxis/enroot the deployment runs the squashed image: name the .sqsh in the config."""
-    from nemotron_eval.images import needs_squash, sqsh_name
-
-    if needs_squash(cfg):
-        image = str(cfg["deployment"]["image"])
-        cfg["deployment"]["source_image"] = image
-        cfg["deployment"]["image"] = f"{IMAGES_DIR}/{sqsh_name(image)}"

@@ -20,8 +20,8 @@ from nemotron_eval import tasks as task_registry
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.errors import UserError, did_you_mean
 
-SECTIONS = ("run", "execution", "deployment", "evaluation", "export", "data", "target")
-DEPLOYMENT_TYPES = ("generic", "vllm", "none", "local")
+# `run` is this project's (stripped from eval.yaml), `data` too; the rest are NeMo Evaluator Launcher's sections.
+SECTIONS = ("run", "execution", "deployment", "evaluation", "export", "data", "target", "env_vars")
 ART_RE = re.compile(r"\$\{art:([^,}]+)(?:,([^}]+))?\}")
 ENV_REF_RE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -76,19 +76,21 @@ def _defaults_files(primary: Path, configs_dir: Path) -> list[Path]:
     return files
 
 
-def config_files(req: ComposeRequest) -> list[Path]:
-    """Every file the composition reads: the primary config and the group options it selects."""
-    primary = find_config(req.eval_config, req.configs_dir)
-    return [primary, *[p for p in _defaults_files(primary, req.configs_dir) if p.is_file()]]
+def group_choice(item: str, configs_dir: Path) -> bool:
+    """Whether an override picks a config group's option (`deployment=vllm`, `execution=slurm/default`), as in
+    Hydra, rather than setting a value."""
+    key, sep, value = item.partition("=")
+    key = key.lstrip("+")
+    return bool(sep) and "." not in key and (configs_dir / key).is_dir() and (configs_dir / key / f"{value}.yaml").is_file()
 
 
-def _hydra_compose(primary: Path, configs_dir: Path) -> dict[str, Any]:
+def _hydra_compose(primary: Path, configs_dir: Path, choices: list[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
     GlobalHydra.instance().clear()
-    overrides = []
+    overrides = list(choices)
     if primary.parent.resolve() != configs_dir.resolve():
         overrides.append(f"hydra.searchpath=[file://{configs_dir.resolve()}]")
     try:
@@ -145,11 +147,32 @@ def _parse_override(item: str) -> tuple[str, Any, bool]:
     key = key.lstrip("+").strip()
     if not key or not re.fullmatch(r"[A-Za-z0-9_.\-/]+", key):
         raise UserError(f"override {item!r}: {key!r} is not a dotted key path")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value, add
+    return key, parse_value(raw, item), add
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_value(raw: str, item: str) -> Any:
+    """An override's value: a number, true/false, null, a quoted string, a [list] or {mapping} in YAML flow style;
+    anything else is the text as written (`run.env.time=04:00:00` stays a time, `deployment.command=bash -c 'a: b'`
+    a command), never what a YAML parser would make of it."""
+    text = raw.strip()
+    if not text:
+        return ""
+    if text in ("null", "~"):
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    if _NUMBER.fullmatch(text):
+        return yaml.safe_load(text)
+    if text[0] in "[{" or (len(text) > 1 and text[0] == text[-1] and text[0] in "'\""):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise UserError(f"override {item!r}: the value is not valid YAML flow syntax ({problem})") from None
+    return raw
 
 
 def _apply_override(cfg: dict[str, Any], item: str) -> None:
@@ -191,20 +214,33 @@ def _apply_override(cfg: dict[str, Any], item: str) -> None:
 
 
 def _filter_tasks(cfg: dict[str, Any], keep: list[str] | None) -> None:
-    listed = (cfg.get("evaluation") or {}).get("tasks") or []
-    for entry in listed:
-        name = entry.get("name") if isinstance(entry, dict) else None
-        task_registry.by_harness(str(name), where="evaluation.tasks")
+    """Check every task the config lists (the table's or the launcher catalog's) and keep those `keep` names."""
+    listed = (cfg.get("evaluation") or {}).get("tasks")
+    if not isinstance(listed, list) or not listed:
+        raise UserError("evaluation.tasks must be a non-empty list of {name: ...}")
+    resolved = []
+    for i, entry in enumerate(listed):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise UserError(f"evaluation.tasks.{i}: {entry!r} is not a mapping with a 'name'")
+        resolved.append(task_registry.resolve(entry["name"], where=f"evaluation.tasks.{i}.name"))
+    shorts = [t.short for t in resolved]
+    for short in shorts:
+        if shorts.count(short) > 1:
+            same = [str(e["name"]) for e, t in zip(listed, resolved) if t.short == short]
+            raise UserError(
+                f"evaluation.tasks: {', '.join(same)} would all write results/{{model}}/{short}.json; list each task "
+                "once (write a catalog name qualified as harness.task to tell them apart)"
+            )
     if keep is None:
         return
-    wanted = set()
+    names = [n for t in resolved for n in (t.short, t.launcher)]
     for name in keep:
-        t = task_registry.TASKS.get(name) or task_registry.BY_HARNESS.get(name)
-        if t is None:
-            task_registry.by_short(name, where="Snakemake config 'tasks'")  # raises with the valid names and the closest one
-        assert t is not None
-        wanted.add(t.harness)
-    cfg["evaluation"]["tasks"] = [e for e in listed if e["name"] in wanted]
+        if not any(task_registry.matches(t, name) for t in resolved):
+            raise UserError(
+                f"task filter: {name!r} is not in the config's evaluation.tasks{did_you_mean(name, names)}; "
+                f"tasks: {', '.join(shorts)}"
+            )
+    cfg["evaluation"]["tasks"] = [e for e, t in zip(listed, resolved) if any(task_registry.matches(t, n) for n in keep)]
 
 
 def _check_interpolations(cfg: dict[str, Any], where: Path) -> None:
@@ -278,11 +314,11 @@ def validate(cfg: dict[str, Any], where: Path) -> None:
     for section in ("run", "deployment", "evaluation"):
         if not isinstance(cfg.get(section), dict):
             raise UserError(f"{where}: section {section!r} is missing or not a mapping")
+    from nemotron_eval.deploy.types import TYPES
+
     dtype = cfg["deployment"].get("type")
-    if dtype not in DEPLOYMENT_TYPES:
-        raise UserError(f"{where}: deployment.type {dtype!r} is not valid; valid: {', '.join(DEPLOYMENT_TYPES)}")
-    if not isinstance(cfg["evaluation"].get("tasks"), list) or not cfg["evaluation"]["tasks"]:
-        raise UserError(f"{where}: evaluation.tasks must be a non-empty list of {{name: ...}}")
+    if dtype not in TYPES:
+        raise UserError(f"{where}: deployment.type {dtype!r} is not valid{did_you_mean(str(dtype), TYPES)}; valid: {', '.join(TYPES)}")
     _check_interpolations(cfg, where)
 
 
@@ -296,11 +332,13 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
     for group_file in _defaults_files(primary, req.configs_dir):
         if group_file.is_file():
             read_yaml(group_file)  # malformed group files get the same one-line error
-    cfg = _hydra_compose(primary, req.configs_dir)
+    choices = [o for o in req.overrides if group_choice(o, req.configs_dir)]
+    cfg = _hydra_compose(primary, req.configs_dir, choices)
     env = load_env_file(req.env_file)
     _apply_profile(cfg, env, req.env_profile)
     for item in req.overrides:
-        _apply_override(cfg, item)
+        if item not in choices:
+            _apply_override(cfg, item)
     _filter_tasks(cfg, req.tasks)
     validate(cfg, primary)
     _refuse_secret_values(cfg, primary)

@@ -2,8 +2,9 @@
 
 Each reader turns one file of an original release (the formats of the local mirror, see
 `/work/shared/benchmarks/SOURCES.md`) into rows with exactly the fields, field order and value
-types of the Hugging Face dataset that NeMo Evaluator's task YAML reads (`SCHEMAS`), so the
-harness's own `doc_to_text`/`process_docs` functions see what they would see from the hub:
+types of the Hugging Face dataset that NeMo Evaluator's task YAML reads (`Dataset.fields` of each
+task in `nemotron_eval.tasks`), so the harness's own `doc_to_text`/`process_docs` functions see
+what they would see from the hub:
 
 - `mmlu_str` (adlr_mmlu): `hails/mmlu_no_train`, one config a subject:
   question, subject, choices, answer (int 0-3)
@@ -32,25 +33,6 @@ from typing import Any
 from nemotron_eval.errors import UserError
 
 Row = dict[str, Any]
-
-SCHEMAS: dict[str, tuple[str, ...]] = {
-    "mmlu": ("question", "subject", "choices", "answer"),
-    "arc_challenge": ("id", "question", "choices", "answerKey"),
-    "winogrande": ("sentence", "option1", "option2", "answer"),
-    "hellaswag": (
-        "ind",
-        "activity_label",
-        "ctx_a",
-        "ctx_b",
-        "ctx",
-        "endings",
-        "source_id",
-        "split",
-        "split_type",
-        "label",
-    ),
-    "openbookqa": ("id", "question_stem", "choices", "answerKey"),
-}
 
 LETTERS = "ABCDE"
 

@@ -37,15 +37,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nemotron_eval.data import readers
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import atomic_dir, sha256_file
-from nemotron_eval.tasks import by_short
+from nemotron_eval.tasks import Dataset, staged
 
 MIRROR_ENV = "NEMOTRON_DATA_MIRROR"
 MIRROR_KEY = "data.mirror"
@@ -53,118 +52,11 @@ MANIFEST = "manifest.json"
 HUB_REVISION = "refs/convert/parquet"
 FORMAT_VERSION = 1
 
-# The 57 MMLU subjects: configs of hails/mmlu_no_train, tasks of the harness's mmlu_str group.
-MMLU_SUBJECTS: tuple[str, ...] = (
-    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
-    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
-    "college_medicine", "college_physics", "computer_security", "conceptual_physics",
-    "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic",
-    "global_facts", "high_school_biology", "high_school_chemistry",
-    "high_school_computer_science", "high_school_european_history", "high_school_geography",
-    "high_school_government_and_politics", "high_school_macroeconomics",
-    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-    "high_school_psychology", "high_school_statistics", "high_school_us_history",
-    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
-    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
-    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-    "philosophy", "prehistory", "professional_accounting", "professional_law",
-    "professional_medicine", "professional_psychology", "public_relations",
-    "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class MirrorFile:
-    """One split of one config, read from one file of the mirror (relative to the mirror root)."""
-
-    config: str
-    split: str
-    path: str
-    reader: Callable[[Path], Iterable[readers.Row]]
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    hub_id: str  # `dataset_path` of the harness's task YAML
-    configs: tuple[str, ...]
-    mirror_files: tuple[MirrorFile, ...]
-    fallbacks: tuple[str, ...] = field(default=())  # what the mirror lacks, said once per staging
-
-
-def _mmlu_files() -> tuple[MirrorFile, ...]:
-    return tuple(
-        MirrorFile(s, split, f"mmlu/{folder}/{s}_{folder}.csv", readers.read_mmlu_csv)
-        for s in MMLU_SUBJECTS
-        for split, folder in (("test", "test"), ("validation", "val"), ("dev", "dev"))
-    )
-
-
-SPECS: dict[str, DatasetSpec] = {
-    "mmlu": DatasetSpec("hails/mmlu_no_train", MMLU_SUBJECTS, _mmlu_files()),
-    "arc_challenge": DatasetSpec(
-        "allenai/ai2_arc",
-        ("ARC-Challenge",),
-        (
-            MirrorFile("ARC-Challenge", "train", "arc_challenge/ARC-Challenge-Train.jsonl",
-                       readers.read_arc_jsonl),
-            MirrorFile("ARC-Challenge", "validation", "arc_challenge/ARC-Challenge-Dev.jsonl",
-                       readers.read_arc_jsonl),
-            MirrorFile("ARC-Challenge", "test", "arc_challenge/arc_challenge.jsonl",
-                       readers.read_arc_converted),
-        ),
-        (
-            "ARC-Challenge test split read from the third-party converted arc_challenge.jsonl, "
-            "not the original release: ids are synthesized (ARC-Challenge-Test-<line>), choice "
-            "labels rebuilt as letters; per SOURCES.md 1142 of 1150 checkable rows match the "
-            "original test file",
-        ),
-    ),
-    "winogrande": DatasetSpec(
-        "winogrande",
-        ("winogrande_xl",),
-        (
-            MirrorFile("winogrande_xl", "train", "winogrande/train_l.jsonl",
-                       readers.read_winogrande_jsonl),
-            MirrorFile("winogrande_xl", "validation", "winogrande/dev.jsonl",
-                       readers.read_winogrande_jsonl),
-            MirrorFile("winogrande_xl", "test", "winogrande/test.jsonl",
-                       readers.read_winogrande_jsonl),
-        ),
-        (
-            "Winogrande train split (the few-shot pool) is train_l.jsonl (10234 rows), not "
-            "train_xl (40398 rows, absent from the mirror): 5-shot examples differ from a hub run",
-        ),
-    ),
-    "hellaswag": DatasetSpec(
-        "hellaswag",
-        ("default",),
-        (
-            MirrorFile("default", "validation", "hellaswag/hellaswag_val_full.txt.bz2",
-                       readers.read_hellaswag_txt),
-        ),
-        (
-            "HellaSwag has no train split on the mirror: the 10-shot examples are drawn from the "
-            "other validation items (never the item being asked), not from train",
-            "HellaSwag ctx_a/ctx_b are not on the mirror (only the joined, cleaned context): "
-            "ctx_b is taken as the unfinished text after the last sentence end, so the harness's "
-            "capitalization of ctx_b applies as upstream (heuristic); ind is the position in the "
-            "file, source_id and split_type are empty",
-        ),
-    ),
-    "openbookqa": DatasetSpec(
-        "openbookqa",
-        ("main",),
-        (
-            MirrorFile("main", "train", "openbookqa/Main/train.jsonl", readers.read_obqa_jsonl),
-            MirrorFile("main", "validation", "openbookqa/Main/dev.tsv", readers.read_obqa_tsv),
-            MirrorFile("main", "test", "openbookqa/Main/test.jsonl", readers.read_obqa_jsonl),
-        ),
-    ),
-}
-
-
-def spec(task_short: str) -> DatasetSpec:
-    return SPECS[by_short(task_short).short]
+def spec(task_short: str) -> Dataset:
+    """The offline dataset of a staged task (see `nemotron_eval.tasks`)."""
+    dataset = staged(task_short).dataset
+    assert dataset is not None
+    return dataset
 
 
 def resolve_mirror(configured: str | os.PathLike[str] | None) -> Path | None:
@@ -222,6 +114,16 @@ def stage_dataset(
     return out_dir
 
 
+def staged_from_mirror(staged: Path) -> Path | None:
+    """The mirror folder a staged dataset came from, if it still exists."""
+    try:
+        source = str(json.loads((Path(staged) / MANIFEST).read_text()).get("source", ""))
+    except (OSError, ValueError):
+        return None
+    path = Path(source.removeprefix("mirror:")) if source.startswith("mirror:") else None
+    return path if path is not None and path.is_dir() else None
+
+
 def read_manifest(staged_dir: Path) -> dict[str, Any]:
     path = Path(staged_dir) / MANIFEST
     try:
@@ -249,7 +151,7 @@ def staged_digest(staged_dir: Path) -> str:
 Files = dict[tuple[str, str], tuple[str, int]]  # (config, split) -> (relative file, rows)
 
 
-def _from_mirror(ds: DatasetSpec, mirror: Path, out: Path) -> tuple[str, Files, dict[str, str]]:
+def _from_mirror(ds: Dataset, mirror: Path, out: Path) -> tuple[str, Files, dict[str, str]]:
     if not mirror.is_dir():
         raise UserError(
             f"data mirror {str(mirror)!r} is not a folder (set {MIRROR_KEY} or {MIRROR_ENV})"
@@ -264,12 +166,12 @@ def _from_mirror(ds: DatasetSpec, mirror: Path, out: Path) -> tuple[str, Files, 
                 f"({MIRROR_KEY} / {MIRROR_ENV}); it holds the {mf.split} split of {ds.hub_id}"
             )
         inputs[mf.path] = sha256_file(path)
-        files[(mf.config, mf.split)] = _write_rows(out, mf.config, mf.split, mf.reader(path))
+        files[(mf.config, mf.split)] = _write_rows(out, mf.config, mf.split, mf.reader(path), ds.fields)
     return f"mirror:{mirror.resolve()}", files, inputs
 
 
 def _from_hub(
-    ds: DatasetSpec, out: Path, revision: str, cache_dir: Path | None
+    ds: Dataset, out: Path, revision: str, cache_dir: Path | None
 ) -> tuple[str, Files]:
     snapshot = Path(_download(ds.hub_id, ds.configs, revision, cache_dir))
     files: Files = {}
@@ -284,7 +186,7 @@ def _from_hub(
                 f"set {MIRROR_KEY} or {MIRROR_ENV} to a local mirror instead"
             )
         for split, paths in sorted(by_split.items()):
-            files[(config, split)] = _write_rows(out, config, split, _parquet_rows(paths))
+            files[(config, split)] = _write_rows(out, config, split, _parquet_rows(paths), ds.fields)
     return f"hub:{ds.hub_id}@{snapshot.name}", files
 
 
@@ -331,13 +233,21 @@ def _parquet_rows(paths: list[Path]) -> Iterator[readers.Row]:
 # --- writing ------------------------------------------------------------------------------
 
 
-def _write_rows(out: Path, config: str, split: str, rows: Iterable[readers.Row]) -> tuple[str, int]:
+def _write_rows(
+    out: Path, config: str, split: str, rows: Iterable[readers.Row], fields: tuple[str, ...]
+) -> tuple[str, int]:
+    """Write rows as JSON lines; each must have exactly the task's schema `fields` (what the harness reads)."""
     rel = f"{config}/{split}.jsonl"
     path = out / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for row in rows:
+            if tuple(row) != fields:
+                raise UserError(
+                    f"{config}/{split} row {n + 1}: fields {', '.join(row)} do not match the task's schema "
+                    f"({', '.join(fields)}); the source is not the release this reader expects"
+                )
             f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
             n += 1
     if n == 0:

@@ -1,108 +1,49 @@
-"""Start the CPU server as a subprocess (log to a file) and wait until its endpoint answers.
+"""The CPU server as a process outside the pipeline (tests, benchmarks): start it, wait until it answers, stop it.
 
-Only the standard library is imported here: the pipeline's serve step and the tests use it without torch.
+The pipeline's serve step starts it through the `local` deployment type (`deploy.types.Local`); both use the same
+process helpers (`deploy.process`). Only the standard library is imported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send localhost through a proxy
+from nemotron_eval.deploy.process import EndpointNotReady, alive, exit_status, log_tail, wait_until
+from nemotron_eval.deploy.process import start as start_process
+from nemotron_eval.deploy.process import stop as stop_process
+from nemotron_eval.deploy.types import is_healthy, read_endpoint
 
+__all__ = [
+    "EndpointNotReady", "is_healthy", "log_tail", "process_running", "read_endpoint", "server_command",
+    "start_and_wait", "start_server", "stop_server", "wait_for_endpoint",
+]
 
-class EndpointNotReady(RuntimeError):
-    """The server exited or did not answer in time; the message ends with the tail of its log."""
-
-
-def log_tail(path: Path | str | None, n: int = 30) -> str:
-    """The last `n` lines of a log file, or a line saying there is none."""
-    if path is None:
-        return "(no log file given)"
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - 256 * n, 0))  # a generous guess at n lines' size
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return f"(no log at {path})"
-    return "\n".join(lines[-n:]) if lines else f"({path} is empty)"
-
-
-def process_running(pid: int) -> bool:
-    """Whether `pid` is alive; an exited child not yet reaped (a zombie) counts as exited. Never reaps it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: fall back to a signal probe
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    state = stat.rsplit(")", 1)[-1].split()[0]  # the field after "(command name)"
-    return state not in ("Z", "X")
-
-
-def read_endpoint(endpoint_file: Path | str) -> dict[str, Any] | None:
-    try:
-        info = json.loads(Path(endpoint_file).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return info if isinstance(info, dict) and "url" in info else None
-
-
-def is_healthy(info: Mapping[str, Any], timeout_s: float = 2.0) -> bool:
-    url = info.get("health_url") or f"{str(info['url']).rstrip('/')}/health"
-    try:
-        with _NO_PROXY.open(url, timeout=timeout_s) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+process_running = alive
 
 
 def wait_for_endpoint(
-    endpoint_file: Path,
-    *,
-    pid: int | None = None,
-    log_file: Path | None = None,
-    timeout_s: float,
-    poll_s: float = 0.2,
+    endpoint_file: Path, *, pid: int | None = None, log_file: Path | None = None, timeout_s: float, poll_s: float = 0.2
 ) -> dict[str, Any]:
     """The endpoint file's content once it exists (written by `pid`, when given) and its health URL answers 200.
 
-    Raises EndpointNotReady, with the last 30 lines of `log_file`, as soon as the process `pid` has exited, or
-    after `timeout_s`.
-    """
-    endpoint_file = Path(endpoint_file)
-    deadline = time.monotonic() + timeout_s
-    while True:
+    Raises EndpointNotReady, with the last lines of `log_file`, as soon as the process `pid` has exited, or
+    after `timeout_s`."""
+
+    def ready() -> dict[str, Any] | None:
         info = read_endpoint(endpoint_file)
-        if info is not None and (pid is None or info.get("pid") == pid) and is_healthy(info):
+        if info is not None and (pid is None or info.get("pid") == pid) and is_healthy(info["health_url"]):
             return info
-        if pid is not None and not process_running(pid):
-            raise EndpointNotReady(
-                f"the model server (pid {pid}) exited before {endpoint_file} was ready; "
-                f"last lines of {log_file or 'its log'}:\n{log_tail(log_file)}"
-            )
-        if time.monotonic() >= deadline:
-            raise EndpointNotReady(
-                f"the model server's endpoint {endpoint_file} did not answer within {timeout_s:g} s; "
-                f"last lines of {log_file or 'its log'}:\n{log_tail(log_file)}"
-            )
-        time.sleep(poll_s)
+        return None
+
+    found = wait_until(ready, exited=exit_status(pid) if pid is not None else None, timeout_s=timeout_s,
+                       log_file=log_file, what=f"the model server (pid {pid})", poll_s=poll_s)
+    assert found is not None
+    return found
 
 
 def server_command(
@@ -118,7 +59,7 @@ def server_command(
     extra_args: Sequence[str] = (),
     python: str = sys.executable,
 ) -> list[str]:
-    """The command line that starts the CPU server (also what a job script would run)."""
+    """The command line that starts the CPU server."""
     command = [
         python, "-m", "nemotron_eval.deploy.server",
         "--checkpoint", str(checkpoint),
@@ -135,42 +76,16 @@ def server_command(
     return command + list(extra_args)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (Linux), so a killed deployment step
-    never leaves a server behind."""
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the caller's signal handlers still stop it
-        pass
-
-
 def start_server(
-    checkpoint: Path,
-    *,
-    endpoint_file: Path,
-    log_file: Path,
-    env: Mapping[str, str] | None = None,
-    die_with_parent: bool = False,
-    **options: Any,
+    checkpoint: Path, *, endpoint_file: Path, log_file: Path, env: Mapping[str, str] | None = None, **options: Any
 ) -> subprocess.Popen[bytes]:
-    """Start the server in the background, stdout and stderr into `log_file` (overwritten).
+    """Start the server in the background (its own process group), output into `log_file` (overwritten).
 
     `options` are `server_command`'s keywords. A stale `endpoint_file` is removed first so that it cannot be
-    mistaken for this server's.
-    """
-    endpoint_file, log_file = Path(endpoint_file), Path(log_file)
-    endpoint_file.unlink(missing_ok=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    mistaken for this server's."""
+    Path(endpoint_file).unlink(missing_ok=True)
     command = server_command(checkpoint, endpoint_file=endpoint_file, **options)
-    with log_file.open("wb") as log:
-        return subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent if die_with_parent else None,
-        )
+    return start_process(command, log_file=log_file, env={**os.environ, **(env or {})})
 
 
 def start_and_wait(
@@ -187,12 +102,5 @@ def start_and_wait(
 
 
 def stop_server(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
-    """SIGTERM, then SIGKILL after `timeout_s`; returns the exit status."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return int(process.returncode)
+    """SIGTERM to its process group, SIGKILL after `timeout_s`; returns the exit status."""
+    return stop_process(process, grace_s=timeout_s)

@@ -38,7 +38,6 @@ the receipt and every message pass through `scrub_env_values`, and the run confi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import hashlib
@@ -540,36 +539,16 @@ def _write_receipt(path: Path, receipt: dict[str, Any], secret_names: Sequence[s
     write_json_atomic(Path(path), json.loads(scrub_env_values(json.dumps(receipt), secret_names)))
 
 
-# --- CLI -----------------------------------------------------------------------------------------
+# --- the step ------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nemotron_eval.export.wandb", description="Export one model's results to W&B and write the receipt.")
-    p.add_argument("results", nargs="+", type=Path, help="the model's task results: results/{model}/{task}.json")
-    p.add_argument("--config", required=True, type=Path, help="the compiled eval config (build/{model}/eval.yaml)")
-    p.add_argument("--summary", required=True, type=Path, help="results/{model}/summary.json")
-    p.add_argument("--out", required=True, type=Path, help="the receipt: results/{model}/wandb.json")
-    p.add_argument("--wandb-dir", type=Path, default=None, help="where wandb writes run folders (default: WANDB_DIR or ./wandb)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def export_from_files(results: Sequence[Path], config: Path, summary: Path, out: Path, wandb_dir: Path | None = None) -> dict[str, Any]:
+    """The export step (`nemotron-step export`): the compiled eval config says where to, the files what."""
     try:
-        try:
-            cfg = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"{args.config}: cannot read the eval config ({e})") from None
-        export_model(
-            args.results, args.summary, args.out,
-            (cfg.get("export") or {}).get("wandb"), (cfg.get("execution") or {}).get("auto_export"),
-            wandb_dir=args.wandb_dir, secret_names=api_key_names(cfg),
-        )
-    except UserError as e:
-        print(f"nemotron: error: {scrub_env_values(str(e))}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{config}: cannot read the eval config ({e})") from None
+    return export_model(
+        list(results), summary, out, (cfg.get("export") or {}).get("wandb"), (cfg.get("execution") or {}).get("auto_export"),
+        wandb_dir=wandb_dir, secret_names=api_key_names(cfg),
+    )

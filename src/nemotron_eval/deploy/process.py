@@ -1,0 +1,169 @@
+"""Deployment processes: start one, tell whether it lives, wait for it, stop it and everything it started.
+
+Every deployment type uses these (one liveness check, one stop, one wait loop). A deployment runs in a session of
+its own, so stopping its process group reaches every child (srun, a container runtime, a Ray head, our server);
+before exec the child asks the kernel for SIGTERM when the step that started it dies (PR_SET_PDEATHSIG), so a
+killed deployment step never leaves a server behind. Only the standard library is imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+STOP_GRACE_S = 30.0  # srun needs a moment to cancel its step on every node
+
+
+class EndpointNotReady(RuntimeError):
+    """The deployment exited or did not answer in time; the message ends with the tail of its log."""
+
+
+def log_tail(path: Path | str | None, n: int = 30) -> str:
+    """The last `n` lines of a log file (progress-bar redraws collapsed), or a line saying there is none."""
+    if path is None:
+        return "(no log file given)"
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 400 * n, 0))  # a generous guess at n lines' size
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    lines = [line.split("\r")[-1].rstrip() for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    return "\n".join(lines[-n:]) if lines else f"({path} is empty)"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat fields after the command name (state, ppid, pgrp, ...), or None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs; an exited child not yet reaped (a zombie) counts as exited. Never reaps it."""
+    if not Path("/proc/self/stat").exists():  # no /proc: a signal probe
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def exit_status(pid: int) -> Callable[[], object | None]:
+    """For `wait_until`: None while `pid` runs, then a status (unknown: it is not our child)."""
+    return lambda: None if alive(pid) else "unknown (not a child of this process)"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` still runs (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc/self/stat").exists():
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat(int(stat.parent.name))
+        if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the caller's signal handlers still stop it
+        pass
+
+
+def start(argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `argv` in a session of its own, stdout and stderr into `log_file` (overwritten, first line the command)."""
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("wb") as log:
+        log.write(f"$ {shlex.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM to the process's group, SIGKILL to what is left of it after `grace_s`; returns the exit status."""
+    pgid = process.pid  # start(): the leader's pid is the group's id
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while group_alive(pgid) and time.monotonic() < deadline:
+        process.poll()
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+    return int(process.wait())
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    *,
+    exited: Callable[[], object | None] | None,
+    timeout_s: float,
+    log_file: Path | None,
+    what: str,
+    stop: threading.Event | None = None,
+    poll_s: float = 0.5,
+    timeout_key: str = "",
+) -> T | None:
+    """Poll `check()` until it returns a value; None when `stop` is set first.
+
+    Raises EndpointNotReady, with the last lines of `log_file`, as soon as `exited()` returns an exit status
+    (`Popen.poll`, or `exit_status(pid)` for a process that is not our child) or after `timeout_s` (`what` names
+    the deployment in the message; `timeout_key` the setting that sets the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while stop is None or not stop.is_set():
+        value = check()
+        if value is not None:
+            return value
+        status = exited() if exited is not None else None
+        if status is not None:
+            raise EndpointNotReady(
+                f"{what} exited with status {status} before it was ready; "
+                f"last lines of {log_file}:\n{log_tail(log_file)}"
+            )
+        if time.monotonic() >= deadline:
+            raise EndpointNotReady(
+                f"{what} was not ready within {timeout_s:g} s{f' ({timeout_key})' if timeout_key else ''}; "
+                f"last lines of {log_file}:\n{log_tail(log_file)}"
+            )
+        if stop is not None:
+            stop.wait(poll_s)
+        else:
+            time.sleep(poll_s)
+    return None

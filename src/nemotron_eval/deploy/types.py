@@ -1,0 +1,404 @@
+"""Deployment types: one class each (`local`, `generic`, `vllm`, `none`), all with the same four steps.
+
+    plan(eval_cfg, runtime)   what runs, where it answers, which environment it gets (nothing is started)
+    start(plan, log_file)     the process (None when nothing runs: `none`)
+    wait_ready(plan, process) the endpoint once it answers (None when stopped first)
+    stop(process)             the process and everything it started
+
+`TYPES` is the registry; `deployment.type` in a config names one of its keys. The process work is done by
+`deploy.process` (one start, one liveness check, one stop, one wait loop); the container runners by
+`deploy.runners`. Commands come from eval.yaml: `deployment.command` is a template in the config
+(`configs/deployment/*.yaml`, as NeMo Evaluator Launcher's are), resolved when eval.yaml is compiled; eval.yaml's
+`deployment.image` is already the image the runner starts (the absolute squashed `.sqsh` for pyxis and enroot).
+
+Environment variables follow the launcher: top-level `env_vars` and `deployment.env_vars` (the latter wins), each
+value `lit:VALUE`, `host:NAME` (copied from the serve step's environment) or `runtime:NAME` (set by the job's
+environment). No secret value is ever part of a plan: secrets are names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nemotron_eval.deploy import process as proc
+from nemotron_eval.deploy.runners import check_runner, container_runner_wrap, unescape_dollars
+from nemotron_eval.errors import UserError, did_you_mean
+
+CHECKPOINT_MOUNT = "/checkpoint"
+HOST = "{host}"  # placeholder in a plan's URLs for the node the serve step resolves at run time
+PASS_THROUGH = ("HF_TOKEN",)  # host variables handed to a deployment by name whenever they are set
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What only the serve step knows: where the deployment may write, its id, the environment it starts in."""
+
+    run_dir: Path  # run/{model}/
+    deployment_id: str
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def server_endpoint_file(self) -> Path:
+        return self.run_dir / ".endpoint.server.json"
+
+    @property
+    def stats_file(self) -> Path:
+        return self.run_dir / "stats.json"
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """How one deployment is started and reached.
+
+    `argv` is empty for `none`. `base_url` may hold "{host}": the first node of the Slurm allocation, resolved by
+    the serve step. The process gets `env` (plain values) and `env_from_host` (name -> host variable, copied at
+    start-up); `env_names` are all the names the container runner passes through.
+    """
+
+    type: str
+    argv: list[str]
+    model_id: str
+    base_url: str
+    health_path: str
+    completions_path: str
+    readiness_timeout_s: float
+    host: str | None = None
+    port: int | None = None
+    runner: str = "none"
+    image: str | None = None  # what the runner starts
+    env: dict[str, str] = field(default_factory=dict)
+    env_from_host: dict[str, str] = field(default_factory=dict)
+    env_names: list[str] = field(default_factory=list)
+    api_key_name: str | None = None
+
+    def urls(self, host: str | None = None) -> dict[str, str]:
+        """url, completions_url and health_url, with "{host}" replaced by `host` (default: the plan's)."""
+        base = self.base_url
+        if HOST in base:
+            node = host or self.host
+            if not node:
+                raise ValueError(f"{base} needs the host the deployment runs on")
+            base = base.replace(HOST, node)
+        return {"url": base, "completions_url": base + self.completions_path, "health_url": base + self.health_path}
+
+    def process_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The deployment process's environment: `environ`, the plain values, the host variables it names."""
+        copied = {name: environ[ref] for name, ref in self.env_from_host.items() if ref in environ}
+        return {**environ, **self.env, **copied}
+
+
+def _required(dep: Mapping[str, Any], key: str) -> str:
+    value = dep.get(key)
+    if value in (None, "", "???"):
+        raise UserError(f"deployment.{key} is required for deployment.type={dep.get('type')}")
+    return str(value)
+
+
+def parse_env_vars(raw: Mapping[str, Any], where: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Launcher-style env vars as (plain values, name -> host variable, names set at runtime)."""
+    from nemo_evaluator_launcher.common.env_vars import EnvVarFromHost, EnvVarLiteral, parse_env_var_value
+
+    plain: dict[str, str] = {}
+    from_host: dict[str, str] = {}
+    runtime: list[str] = []
+    for name, value in raw.items():
+        try:
+            parsed = parse_env_var_value(str(value))
+        except ValueError as e:
+            raise UserError(f"{where}.{name}: {str(e).splitlines()[0]}") from None
+        if isinstance(parsed, EnvVarLiteral):
+            plain[str(name)] = parsed.value
+        elif isinstance(parsed, EnvVarFromHost):
+            from_host[str(name)] = parsed.host_var_name
+        else:
+            runtime.append(str(name))
+    return plain, from_host, runtime
+
+
+def environment(eval_cfg: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """Top-level `env_vars` and `deployment.env_vars` (which wins) as (plain values, name -> host variable, every
+    name the container runner passes through)."""
+    raw = {**(eval_cfg.get("env_vars") or {}), **((eval_cfg.get("deployment") or {}).get("env_vars") or {})}
+    plain, from_host, runtime = parse_env_vars(raw, "deployment.env_vars")
+    passed = [name for name in PASS_THROUGH if name in environ]
+    return plain, from_host, sorted({*plain, *from_host, *runtime, *passed})
+
+
+class Deployment:
+    """A deployment type. Subclasses say how to plan; starting, waiting and stopping are shared."""
+
+    name: ClassVar[str]
+    runs_image: ClassVar[bool] = False  # whether deployment.image is started (and squashed for pyxis/enroot)
+
+    def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
+        raise NotImplementedError
+
+    def start(self, plan: DeploymentPlan, log_file: Path, runtime: Runtime) -> subprocess.Popen[bytes] | None:
+        return proc.start(plan.argv, log_file=log_file, env=plan.process_env(runtime.environ))
+
+    def wait_ready(
+        self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
+        stop: threading.Event,
+    ) -> dict[str, Any] | None:
+        """The endpoint (url, completions_url, health_url, model_id, ...) once its health URL answers 200."""
+        urls = plan.urls(None if plan.host else first_node(runtime.environ))
+        ready = proc.wait_until(
+            lambda: True if is_healthy(urls["health_url"]) else None, exited=process.poll if process else None,
+            timeout_s=plan.readiness_timeout_s, log_file=log_file, what=f"the {plan.type} deployment ({plan.runner})",
+            stop=stop, timeout_key="deployment.readiness_timeout_s",
+        )
+        if ready is None:
+            return None
+        return {**urls, "port": plan.port, "model_id": plan.model_id, "api_key_name": plan.api_key_name,
+                "pid": process.pid if process else None}
+
+    def stop(self, process: subprocess.Popen[bytes] | None) -> None:
+        if process is not None:
+            proc.stop(process)
+
+
+class Local(Deployment):
+    """The project's CPU server (`python -m nemotron_eval.deploy.server`) on this host; `deployment.command` is its
+    command line, to which the serve step adds where to write its address and statistics."""
+
+    name = "local"
+
+    def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
+        dep = eval_cfg.get("deployment") or {}
+        argv = shlex.split(_required(dep, "command"))
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable  # the server runs with this environment's interpreter
+        argv += ["--endpoint-file", str(runtime.server_endpoint_file), "--deployment-id", runtime.deployment_id]
+        plain, from_host, names = environment(eval_cfg, runtime.environ)
+        host, port = str(dep.get("host") or "127.0.0.1"), int(dep.get("port") or 0)
+        return DeploymentPlan(
+            type=self.name, argv=argv, model_id=str(dep.get("served_model_name") or "model"),
+            base_url=f"http://{host}:{port}",  # port 0: the server picks one and writes it to its endpoint file
+            health_path="/health", completions_path="/v1/completions",
+            readiness_timeout_s=float(dep.get("readiness_timeout_s") or 300), host=host, port=port,
+            env=plain, env_from_host=from_host, env_names=names,
+        )
+
+    def wait_ready(
+        self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
+        stop: threading.Event,
+    ) -> dict[str, Any] | None:
+        assert process is not None
+        endpoint_file = runtime.server_endpoint_file
+
+        def ready() -> dict[str, Any] | None:
+            info = read_endpoint(endpoint_file)
+            if info is not None and info.get("pid") == process.pid and is_healthy(info["health_url"]):
+                return info
+            return None
+
+        return proc.wait_until(ready, exited=process.poll, timeout_s=plan.readiness_timeout_s, log_file=log_file,
+                               what="the model server", stop=stop, poll_s=0.2, timeout_key="deployment.readiness_timeout_s")
+
+
+class Generic(Deployment):
+    """A command in the deployment's image (`deployment.command`, the checkpoint mounted at /checkpoint), run by
+    the container runner, through srun on Slurm when it spans nodes or instances."""
+
+    name = "generic"
+    runs_image = True
+
+    def command(self, dep: Mapping[str, Any], execution: Mapping[str, Any]) -> str:
+        return unescape_dollars(_required(dep, "command"))
+
+    def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
+        dep = eval_cfg.get("deployment") or {}
+        execution = eval_cfg.get("execution") or {}
+        runner = check_runner(str(execution.get("container_runner") or "none"))
+        slurm = execution.get("type") == "slurm"
+        if runner == "pyxis" and not slurm:
+            raise UserError(
+                f"execution.container_runner=pyxis needs execution.type=slurm (pyxis is an srun plugin); "
+                f"execution.type={execution.get('type')!r} can use: enroot, apptainer, none"
+            )
+        image = None if runner == "none" else _required(dep, "image")
+        if runner == "enroot" and not str(image).endswith(".sqsh"):
+            raise UserError(f"execution.container_runner=enroot starts a squashed image; deployment.image={image} is not a .sqsh file")
+        nodes = _positive(execution, "num_nodes")
+        if _positive(execution, "num_instances") > 1:
+            raise UserError(
+                f"execution.num_instances={execution['num_instances']}: this pipeline starts one deployment per model "
+                "(NeMo Evaluator Launcher's several instances behind a proxy are not supported); set it to 1"
+            )
+        plain, from_host, names = environment(eval_cfg, runtime.environ)
+        image = _runner_image(runner, image)
+        argv = container_runner_wrap(
+            runner, image, self.command(dep, execution),
+            mounts(dep, execution) if runner != "none" else {}, names,
+            nodes=nodes, ntasks_per_node=_tasks_per_node(execution, nodes), gpus=_gpus(execution),
+            mount_home=bool((execution.get("mounts") or {}).get("mount_home", False)),
+            srun=slurm,  # on Slurm the deployment is a job step of its own (process tracking, every node)
+        )
+        endpoints = dep.get("endpoints") or {}
+        port = int(dep.get("port") or 8000)
+        return DeploymentPlan(
+            type=self.name, argv=argv, model_id=str(dep.get("served_model_name") or "model"),
+            base_url=f"http://{HOST}:{port}",
+            health_path=str(dep.get("health_check_path") or endpoints.get("health") or "/health"),
+            completions_path=str(endpoints.get("completions") or "/v1/completions").rstrip("/") or "/v1/completions",
+            readiness_timeout_s=float(dep.get("readiness_timeout_s") or 3600),
+            host=None if slurm else "127.0.0.1", port=port, runner=runner, image=image,
+            env=plain, env_from_host=from_host, env_names=names,
+        )
+
+
+    def start(self, plan: DeploymentPlan, log_file: Path, runtime: Runtime) -> subprocess.Popen[bytes] | None:
+        if plan.image and plan.image.endswith(".sqsh") and not Path(plan.image).is_file():
+            raise UserError(f"deployment.image={plan.image}: the squashed image is missing (the squash_image rule makes it)")
+        return super().start(plan, log_file, runtime)
+
+
+class Vllm(Generic):
+    """vLLM's OpenAI server in its image: `deployment.command` is the template of configs/deployment/vllm.yaml."""
+
+    name = "vllm"
+
+    def command(self, dep: Mapping[str, Any], execution: Mapping[str, Any]) -> str:
+        nodes = _positive(execution, "num_nodes")
+        if nodes > 1:
+            raise UserError(
+                f"deployment.type=vllm runs on one node; execution.num_nodes={nodes} needs a generic deployment "
+                "whose command starts the multi-node server (e.g. with Ray)"
+            )
+        return super().command(dep, execution)
+
+
+class Existing(Deployment):
+    """No deployment: an endpoint that already runs (`target.api_endpoint.url`); its key is read from the
+    environment variable `target.api_endpoint.api_key_name` names."""
+
+    name = "none"
+
+    def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
+        api = (eval_cfg.get("target") or {}).get("api_endpoint") or {}
+        url = str(api.get("url") or "").rstrip("/")
+        if not url or url == "???":
+            raise UserError("deployment.type=none needs target.api_endpoint.url (e.g. https://host/v1/completions)")
+        if not api.get("model_id") or api.get("model_id") == "???":
+            raise UserError("deployment.type=none needs target.api_endpoint.model_id (the served model's name)")
+        base = url.removesuffix("/v1/completions").removesuffix("/completions")
+        return DeploymentPlan(
+            type=self.name, argv=[], model_id=str(api["model_id"]), base_url=base, health_path="/health",
+            completions_path=url[len(base):] if url.endswith("completions") else "/v1/completions",
+            readiness_timeout_s=0, api_key_name=api.get("api_key_name") or None,
+        )
+
+    def start(self, plan: DeploymentPlan, log_file: Path, runtime: Runtime) -> subprocess.Popen[bytes] | None:
+        return None
+
+    def wait_ready(
+        self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
+        stop: threading.Event,
+    ) -> dict[str, Any] | None:
+        return {**plan.urls(), "model_id": plan.model_id, "api_key_name": plan.api_key_name, "pid": None}
+
+
+TYPES: dict[str, Deployment] = {d.name: d for d in (Local(), Generic(), Vllm(), Existing())}
+
+
+def get(kind: Any) -> Deployment:
+    if kind not in TYPES:
+        raise UserError(f"deployment.type={kind!r}: unknown; valid: {', '.join(TYPES)}{did_you_mean(str(kind), TYPES)}")
+    return TYPES[kind]
+
+
+# --- shared helpers ------------------------------------------------------------------------------------------
+
+
+def _positive(execution: Mapping[str, Any], key: str) -> int:
+    value = execution.get(key, 1)
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"execution.{key}={value!r}: must be a whole number of at least 1")
+    return value
+
+
+def _tasks_per_node(execution: Mapping[str, Any], nodes: int) -> int:
+    """execution.deployment.n_tasks spread over the nodes (NVIDIA's default: one per node), else ntasks_per_node."""
+    n_tasks = (execution.get("deployment") or {}).get("n_tasks")
+    if n_tasks is None:
+        return max(1, int(execution.get("ntasks_per_node") or 1))
+    if int(n_tasks) < nodes or int(n_tasks) % nodes:
+        raise UserError(f"execution.deployment.n_tasks={n_tasks}: must be a multiple of execution.num_nodes={nodes}")
+    return int(n_tasks) // nodes
+
+
+def _gpus(execution: Mapping[str, Any]) -> int | None:
+    """The GPUs per node from execution.gres ("gpu:8", "gpu:h100:8"); None when not said."""
+    gres = execution.get("gres")
+    match = re.fullmatch(r"gpu(?::[^:,]+)?:(\d+)", str(gres)) if gres else None
+    return int(match.group(1)) if match else None
+
+
+def mounts(dep: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, str]:
+    """The checkpoint at /checkpoint, then execution.mounts.deployment (host path: container path)."""
+    found = {str(_required(dep, "checkpoint_path")): CHECKPOINT_MOUNT}
+    for src, dst in ((execution.get("mounts") or {}).get("deployment") or {}).items():
+        found[str(src)] = str(dst)
+    return found
+
+
+def _runner_image(runner: str, image: str | None) -> str | None:
+    """deployment.image as the runner names it: a file as is; a registry reference as docker:// for apptainer,
+    as enroot's `registry#repository:tag` for pyxis (which imports it itself)."""
+    from nemotron_eval.images import enroot_uri, is_image_file
+
+    if runner == "none" or image is None:
+        return None
+    if is_image_file(image):
+        return image
+    if runner == "apptainer":
+        return f"docker://{image}"
+    return enroot_uri(image).removeprefix("docker://")
+
+
+def first_node(environ: Mapping[str, str]) -> str:
+    """The first node of this Slurm job (where a deployment's task 0 runs); this host outside Slurm."""
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    if nodelist and shutil.which("scontrol"):
+        try:
+            hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                   timeout=30, check=True).stdout.split()
+        except (subprocess.SubprocessError, OSError):
+            hosts = []
+        if hosts:
+            return hosts[0]
+    return environ.get("SLURMD_NODENAME") or "127.0.0.1"
+
+
+def read_endpoint(endpoint_file: Path | str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        info = json.loads(Path(endpoint_file).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "url" in info else None
+
+
+def is_healthy(health_url: str, timeout_s: float = 2.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send localhost through a proxy
+    try:
+        with opener.open(health_url, timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

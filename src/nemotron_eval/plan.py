@@ -1,0 +1,183 @@
+"""One plan per run: everything the DAG and its steps need, computed once from the request.
+
+`Plan(request, configs_dir)` composes the config once (Hydra defaults, env.toml profile, overrides, task filter)
+and knows what every model shares: the tasks, the data mirror, the images to squash (absolute paths), the
+deployment job's resources. `plan.model(wildcard)` (cached) resolves one model's checkpoint and compiles its
+configs in memory: the exact bytes of merged.yaml, resolved.yaml, job.yaml and eval.yaml, and each task's
+fingerprint. Rules write these fields and take their digests as params, so a file is rewritten exactly when its
+content would change; input and params functions are lookups into the plan; steps read the files.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval import cluster, embedded
+from nemotron_eval import tasks as task_table
+from nemotron_eval.artifacts import Resolved
+from nemotron_eval.config import compile as comp
+from nemotron_eval.config.compose import ComposeRequest, compose, resolved_value
+from nemotron_eval.data import stage
+from nemotron_eval.errors import UserError
+from nemotron_eval.io import dump_yaml, sha256_bytes
+from nemotron_eval.request import Request
+from nemotron_eval.spec import ModelSpec, parse_spec, parse_wildcard
+
+ENGINES = ("snakemake", "launcher")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model's compiled configs, as the rules write them."""
+
+    wildcard: str
+    spec: ModelSpec
+    artifact: Resolved
+    merged_text: str
+    resolved_text: str
+    job_text: str
+    eval_text: str
+    job: dict[str, Any]
+    eval: dict[str, Any]
+
+    @property
+    def embedded(self) -> embedded.Embedded | None:
+        return embedded.lookup(self.spec.name) if self.artifact.registry == "embedded" else None
+
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """Per task short name: its name in evaluation.tasks, whether it is staged, its fingerprint."""
+        return self.job["run"]["tasks"]  # type: ignore[no-any-return]
+
+    def digest(self, which: str) -> str:
+        """sha256 of one file's content ("merged", "resolved", "job", "eval")."""
+        return sha256_bytes(getattr(self, f"{which}_text").encode())
+
+
+def _section(merged: dict[str, Any], key: str) -> dict[str, Any]:
+    """A section of the merged config with its interpolations resolved (it must not use ${art:...})."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        node = OmegaConf.select(OmegaConf.create(merged), key)
+        value = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    except OmegaConfBaseException as e:
+        raise UserError(f"{key}: cannot resolve: {str(e).strip().splitlines()[0]}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+class Plan:
+    def __init__(self, request: Request, configs_dir: Path) -> None:
+        self.request = request
+        self.merged = compose(
+            ComposeRequest(
+                eval_config=request.eval_config, configs_dir=Path(configs_dir), env_profile=request.env_profile,
+                overrides=list(request.overrides), tasks=list(request.tasks) if request.tasks is not None else None,
+            )
+        )
+        self.merged_text = dump_yaml(self.merged)
+        self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
+        self.tasks = [task_table.resolve(e["name"]) for e in self.merged["evaluation"]["tasks"]]
+        self.task_names = [t.short for t in self.tasks]
+        self.engine = str(self.merged["run"].get("engine") or "snakemake")
+        if self.engine not in ENGINES:
+            raise UserError(f"run.engine={self.engine!r}: valid: {', '.join(ENGINES)}")
+        self.launcher_dry_run = bool((self.merged["run"].get("launcher") or {}).get("dry_run", False))
+        self.force_squash_stamp: float | bool = time.time() if request.force_squash else False  # new each run
+        run_env = _section(self.merged, "run.env")
+        self.execution = _section(self.merged, "execution")
+        self.deployment_type = str(self.merged["deployment"].get("type"))
+        self.deploy_resources = cluster.deployment_resources(self.execution)
+        self.squash_resources = cluster.squash_resources(run_env)
+        image = comp.squashed_image({
+            "execution": self.execution,
+            "deployment": {"type": self.deployment_type, "image": resolved_value(self.merged, "deployment.image")},
+        })
+        self.images: dict[str, comp.Image] = {image.name: image} if image else {}
+        self.mirror = stage.resolve_mirror(resolved_value(self.merged, "data.mirror"))
+
+    @property
+    def default_target(self) -> str:
+        """What a bare `snakemake` builds: the default model's summary, or its launcher submission."""
+        if self.engine == "launcher":
+            return f"build/{self.default_model}/launcher.json"
+        return f"results/{self.default_model}/summary.json"
+
+    def check_cluster(self) -> None:
+        """On Slurm: a GPU request larger than any node, or no account where one is required, fail before
+        anything is submitted."""
+        if self.execution.get("type") != "slurm":
+            return
+        enforce, node_gres = cluster.slurm_facts(self.execution.get("partition"))
+        cluster.check_account(self.execution.get("account"), self.request.env_profile, enforce)
+        cluster.check_gpus(self.execution.get("gres"), self.execution.get("partition"), node_gres)
+
+    # -- one model --------------------------------------------------------------------------------------------
+
+    @functools.cache
+    def model(self, wildcard: str) -> ModelPlan:
+        spec = parse_wildcard(wildcard)
+        artifact = comp.resolve_model(self.merged, spec)
+        resolved = comp.resolve_artifacts(self.merged, spec, artifact)
+        job, eval_cfg = comp.compile_job(resolved, self.tasks)
+        return ModelPlan(
+            wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
+            resolved_text=dump_yaml(resolved), job_text=dump_yaml(job), eval_text=dump_yaml(eval_cfg),
+            job=job, eval=eval_cfg,
+        )
+
+    def evaluation(self, wildcard: str, short: str) -> dict[str, Any]:
+        """A task of a model as its evaluation job sees it (name, staged or not, fingerprint); a checkpoint the
+        local CPU deployment cannot serve (no tokenizer, ...) is refused here, before anything starts."""
+        mp = self.model(wildcard)
+        task = self.task(short)
+        if self.deployment_type == "local":
+            if task.endpoint_type != "completions":
+                raise UserError(
+                    f"task {task.short!r} needs a {task.endpoint_type} endpoint; the local CPU deployment serves "
+                    "/v1/completions only (use a vllm or generic deployment, or an existing endpoint)"
+                )
+            if mp.artifact.registry != "embedded":
+                from nemotron_eval.model import check_checkpoint
+
+                check_checkpoint(mp.artifact.path)
+        return mp.tasks[short]
+
+    def task(self, short: str) -> task_table.Task:
+        for t in self.tasks:
+            if t.short == short:
+                return t
+        raise UserError(
+            f"task {short!r} is not in the evaluation config's tasks ({', '.join(self.task_names)}); "
+            "add it to evaluation.tasks or drop it from the target"
+        )
+
+    # -- data -------------------------------------------------------------------------------------------------
+
+    def mirror_for(self, short: str) -> Path | None:
+        """The mirror a staged task is staged from: the configured one, else the one it was staged from before
+        (forgetting NEMOTRON_DATA_MIRROR keeps the staged data), else None (the hub)."""
+        return self.mirror or stage.staged_from_mirror(Path("data") / short)
+
+    def mirror_files(self, short: str) -> list[str]:
+        """The mirror files a task's staging reads: a changed source file restages it."""
+        mirror = self.mirror_for(short)
+        dataset = self.task(short).dataset
+        if mirror is None or dataset is None:
+            return []
+        return [str(mirror / f.path) for f in dataset.mirror_files]
+
+
+@functools.cache
+def plan_for(request: Request, configs_dir: Path) -> Plan:
+    return Plan(request, configs_dir)
+
+
+__all__ = ["ENGINES", "ModelPlan", "Plan", "plan_for"]

@@ -365,3 +365,38 @@ def test_lm_eval_reads_the_staged_data(
             assert prompt == "Which of these conducts electricity best?"
         if task == "mmlu":
             assert prompt.endswith("\nA. 1\nB. 2\nC. 3\nD. 6\nAnswer:")
+
+
+# --- tasks of the launcher's catalog: data from the hub -------------------------------------------------------
+
+
+def test_a_hub_task_runs_as_the_harness_defines_it(tmp_path: Path) -> None:
+    from nemotron_eval.tasks import resolve
+
+    gsm8k = resolve("gsm8k")
+    assert (gsm8k.short, gsm8k.offline, gsm8k.harness) == ("gsm8k", False, "lm-evaluation-harness")
+    plan = harness_overrides(gsm8k, None, tokenizer_dir=Path("/ckpt"), max_length=2048)
+    assert plan.lm_eval_task == harness.framework_defaults("gsm8k")["task"] and plan.include_dir is None
+    assert "HF_HUB_OFFLINE" not in plan.env and "--include_path" not in plan.params["extra"]["args"]
+
+
+def test_a_hub_task_without_the_hub_fails_in_one_line(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network here: HF_HUB_OFFLINE, or a hub endpoint that does not answer, is said at once."""
+    import socket
+
+    from nemotron_eval.tasks import resolve
+
+    monkeypatch.setattr(harness, "_run_child", lambda *a, **k: pytest.fail("the harness must not start"))
+    kwargs = dict(endpoint_url="http://127.0.0.1:1/v1/completions", model_id="m", tokenizer_dir=checkpoint, params={},
+                  output_dir=tmp_path / "out")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"task 'gsm8k' has no offline data .*HF_HUB_OFFLINE is set") as e:
+        run_harness(resolve("gsm8k"), None, **kwargs)
+    assert "\n" not in str(e.value)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    with pytest.raises(UserError, match=rf"task 'gsm8k' has no offline data .*127.0.0.1:{closed} does not answer"):
+        run_harness(resolve("gsm8k"), None, **kwargs)

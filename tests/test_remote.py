@@ -213,6 +213,25 @@ def test_local_cancel_interrupts_the_command(slurm, runs: list[str], project: Pa
 
 
 @pytest.mark.slurm
+def test_cancel_of_a_pending_run(slurm, runs: list[str], project: Path, tmp_path: Path) -> None:
+    """A run waiting for resources (the first run holds every CPU of the node) is cancelled before it starts."""
+    cpus = int(
+        subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%c"], capture_output=True, text=True, timeout=30).stdout.split()[0]
+    )
+    profile = remote.parse_profile("local-slurm", base_profile(tmp_path, head_cpus=cpus))
+    holder = remote.submit(profile, SLEEP_UNTIL_INTERRUPTED, project_root=project)
+    runs.append(holder.id)
+    wait_running(holder.id)
+    waiting = remote.submit(profile, SLEEP_UNTIL_INTERRUPTED, project_root=project)
+    runs.append(waiting.id)
+    assert remote.status(waiting.id).state == "pending"
+    final = remote.cancel(waiting.id)
+    assert final.state == "cancelled", final
+    assert not (Path(records.load(waiting.id).code_dir) / "interrupted").exists()  # its command never ran
+    assert remote.cancel(holder.id).state == "cancelled"
+
+
+@pytest.mark.slurm
 def test_attached_run_streams_output_and_ends_with_status(slurm, runs: list[str], project: Path, tmp_path: Path) -> None:
     profile = remote.parse_profile("local-slurm", base_profile(tmp_path))
     argv = ["python", "-c", "import time\nfor i in range(3): print(f'step {i}', flush=True); time.sleep(1)"]
@@ -221,6 +240,28 @@ def test_attached_run_streams_output_and_ends_with_status(slurm, runs: list[str]
     runs.append(sub.id)
     assert sub.final is not None and sub.final.state == "done", sub
     assert [line for line in out.getvalue().splitlines() if line.startswith("step")] == ["step 0", "step 1", "step 2"]
+
+
+class _CtrlCOnSleeping(StringIO):
+    """An output stream whose user presses Ctrl-C as soon as the command says it is sleeping."""
+
+    def write(self, text: str) -> int:
+        n = super().write(text)
+        if "sleeping" in self.getvalue():
+            raise KeyboardInterrupt
+        return n
+
+
+@pytest.mark.slurm
+def test_ctrl_c_on_an_attached_run_cancels_it(slurm, runs: list[str], project: Path, tmp_path: Path) -> None:
+    profile = remote.parse_profile("local-slurm", base_profile(tmp_path))
+    before = {r.id for r in records.list_runs()}
+    with pytest.raises(KeyboardInterrupt):
+        remote.submit(profile, SLEEP_UNTIL_INTERRUPTED, project_root=project, attached=True, out=_CtrlCOnSleeping())
+    (run_id,) = {r.id for r in records.list_runs()} - before
+    runs.append(run_id)
+    assert remote.status(run_id).state == "cancelled"
+    assert (Path(records.load(run_id).code_dir) / "interrupted").read_text() == "SIGINT"
 
 
 @pytest.mark.slurm

@@ -5,7 +5,8 @@ runs it; the remote side only accepts a command *string*, so the argv is joined 
 word quoted for the remote POSIX shell). OpenSSH, not Paramiko, is used for these calls because it is
 what NeMo-Run's rsync uses as well: one set of host keys (~/.ssh/known_hosts), one config, one answer.
 `BatchMode=yes` makes every failure (unknown host key, a key that needs a passphrase) an error line
-instead of a prompt.
+instead of a prompt. `check` runs before NeMo-Run's own Paramiko session opens, which would accept any
+host key (Fabric's AutoAddPolicy): the key is verified here first.
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ def _slurm_problem() -> str | None:
     except subprocess.TimeoutExpired:
         return "sinfo did not answer within 20 s (start Slurm with scripts/local-slurm up)"
     if res.returncode != 0 or "debug" not in res.stdout:
-        return f"the local Slurm does not answer ({res.stderr.strip()[-200:]}); start it with scripts/local-slurm up"
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"the local Slurm does not answer ({last}); start it with scripts/local-slurm up"
     return None
 
 

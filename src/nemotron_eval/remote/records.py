@@ -1,0 +1,87 @@
+"""Run records: what a later `status`, `logs`, `cancel` or `fetch` needs to find a submitted head job.
+
+One JSON file per run in `$NEMORUN_HOME/nemotron-eval/runs/<id>.json` (NeMo-Run's home, ~/.nemo_run by
+default), written when the submission has succeeded. The id is NeMo-Run's experiment id, so the same run is
+also known to `nemo experiment status <id>` when NeMo-Run's experiment folder is local (tunnel = "ssh").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.io import read_json, write_json_atomic
+from nemotron_eval.remote.profile import RemoteProfile, parse_profile
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def nemorun_home() -> Path:
+    """NeMo-Run's home folder, as NeMo-Run itself reads it."""
+    return Path(os.environ.get("NEMORUN_HOME", "~/.nemo_run")).expanduser()
+
+
+def runs_dir() -> Path:
+    return nemorun_home() / "nemotron-eval" / "runs"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One submitted head job. Paths under `task_dir` are on the cluster."""
+
+    id: str
+    job_id: str
+    profile: dict[str, Any]
+    task_dir: str  # <remote_job_dir>/experiments/<title>/<id>/<task>: NeMo-Run's job folder
+    job_name: str  # the Slurm job name; log files are named after it
+    exp_dir: str  # NeMo-Run's experiment folder on this machine (for tunnel = "local": on the cluster)
+    argv: list[str]
+    submitted_at: str
+    shipped_files: int
+    shipped_bytes: int
+
+    @property
+    def code_dir(self) -> str:
+        """The shipped project on the cluster: the command's working directory."""
+        return f"{self.task_dir}/code"
+
+    @property
+    def control_dir(self) -> str:
+        return f"{self.code_dir}/.nemotron-remote"
+
+    def remote_profile(self) -> RemoteProfile:
+        table = {k: v for k, v in self.profile.items() if v is not None and k != "name"}
+        if table.get("tunnel") != "ssh":
+            for key in ("host", "user", "port", "identity"):
+                table.pop(key, None)
+        return parse_profile(self.profile["name"], table, where=f"run record {self.id}")
+
+
+def save(record: RunRecord) -> Path:
+    path = runs_dir() / f"{record.id}.json"
+    write_json_atomic(path, asdict(record))
+    return path
+
+
+def load(run_id: str) -> RunRecord:
+    """The record of `run_id`, or a UserError naming the known runs."""
+    folder = runs_dir()
+    if not _RUN_ID.fullmatch(run_id):
+        raise UserError(f"run id {run_id!r} is not a run id (letters, digits, _ . -); see {folder}")
+    path = folder / f"{run_id}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        listing = ", ".join(known[-5:]) if known else "none"
+        raise UserError(f"no run {run_id!r} in {folder}{did_you_mean(run_id, known)}; latest runs: {listing}")
+    return RunRecord(**read_json(path))
+
+
+def list_runs() -> list[RunRecord]:
+    """Every recorded run, oldest first."""
+    folder = runs_dir()
+    paths = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    return [RunRecord(**read_json(p)) for p in paths]

@@ -32,6 +32,8 @@ if workflow.config_settings.config:
     workflow.config_settings.config_args = f"request={smk.or_exit(persist, REQUEST)}"
 PLAN = smk.or_exit(plan_for, REQUEST, Path(workflow.basedir) / "configs")
 smk.or_exit(PLAN.check_cluster)
+if workflow.is_main_process:
+    smk.hint_after_a_kill()
 
 
 wildcard_constraints:

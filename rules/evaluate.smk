@@ -25,16 +25,30 @@ rule serve_model:
         "--endpoint-file {output:q} --log {log:q}"
 
 
+rule task_fingerprint:
+    # What one task's scores depend on, rewritten only when that changes (its param): evaluate_task reruns
+    # through this file. Not through eval.yaml, an ancient() input once a result exists, because Snakemake skips
+    # a job's own param check when the job behind an ancient input reruns (recompiling for an export setting).
+    output:
+        "build/{model}/tasks/{task}.json",
+    params:
+        fingerprint=lambda wildcards: smk.or_exit(PLAN.evaluation, wildcards.model, wildcards.task)["fingerprint"],
+    log:
+        "logs/task_fingerprint/{model}/{task}.log",
+    localrule: True
+    run:
+        wf.write_task_fingerprint(model_plan(wildcards), wildcards.task, output[0], log[0])
+
+
 rule evaluate_task:
     input:
         unpack(compiled_config),
         unpack(staged_data),
+        task="build/{model}/tasks/{task}.json",
         endpoint="run/{model}/endpoint.json",
         model=embedded_receipt,
     output:
         "results/{model}/{task}.json",
-    params:
-        fingerprint=lambda wildcards: smk.or_exit(PLAN.evaluation, wildcards.model, wildcards.task)["fingerprint"],
     log:
         "logs/evaluate_task/{model}/{task}.log",
     group:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import shutil
+import socket
 import subprocess
 import sys
+import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ from nemotron_eval.model import convert_gguf, find_smollm2_gguf, sha256_file
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
+SSHD = Path("/usr/sbin/sshd")
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +116,98 @@ def planner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return Plan(request, REPO / "configs")
 
     return make
+
+
+# --- the local Slurm and a real SSH server, for the remote and front-door tests ------------------------------
+
+
+def slurm_problem() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "Slurm is not installed (start it with scripts/local-slurm up)"
+    try:
+        res = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 20 s (start Slurm with scripts/local-slurm up)"
+    if res.returncode != 0 or "debug" not in res.stdout:
+        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"the local Slurm does not answer ({last}); start it with scripts/local-slurm up"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _known_hosts() -> Path:
+    """The file OpenSSH reads: in the passwd home directory, whatever $HOME says."""
+    return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh" / "known_hosts"
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A throwaway sshd on 127.0.0.1:<free port> with its own host key and one authorized client key.
+
+    The host key is added to the real ~/.ssh/known_hosts for `[127.0.0.1]:<port>` and that line is
+    removed afterwards: NeMo-Run's rsync runs plain `ssh`, which reads only that file (from the passwd
+    home, not $HOME) and takes no extra options, and a real user's first `ssh` to the cluster does the same.
+    """
+    if not SSHD.is_file():
+        pytest.skip("openssh-server is not installed; run scripts/ssh-test-deps (as root)")
+    folder = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"nemotron-test-{name}", "-f", str(folder / name)], check=True
+        )
+    shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
+    port = free_port()
+    (folder / "sshd_config").write_text(
+        textwrap.dedent(f"""\
+            ListenAddress 127.0.0.1
+            HostKey {folder}/host_key
+            PidFile {folder}/sshd.pid
+            AuthorizedKeysFile {folder}/authorized_keys
+            AuthenticationMethods publickey
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            UsePAM no
+            StrictModes no
+        """)
+    )  # StrictModes no: the key files live under /tmp, which is world-writable
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+    log = open(folder / "sshd.log", "w")  # noqa: SIM115  # closed in the finally below
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(folder / "sshd_config"), "-p", str(port)], stdout=log, stderr=log)
+    known = _known_hosts()
+    created_dir, created_file = not known.parent.exists(), not known.exists()
+    entry = f"[127.0.0.1]:{port} " + " ".join((folder / "host_key.pub").read_text().split()[:2]) + "\n"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, (folder / "sshd.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "sshd did not listen within 20 s"
+                time.sleep(0.1)
+        known.parent.mkdir(mode=0o700, exist_ok=True)
+        with open(known, "a") as f:
+            f.write(entry)
+        yield {"port": port, "identity": str(folder / "client_key"), "log": folder / "sshd.log"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        if known.exists():
+            kept = [line for line in known.read_text().splitlines(keepends=True) if line != entry]
+            if kept or not created_file:
+                tmp = known.with_name(f".known_hosts.{os.getpid()}")
+                tmp.write_text("".join(kept))
+                os.chmod(tmp, known.stat().st_mode & 0o777)
+                os.replace(tmp, known)
+            else:
+                known.unlink()
+        if created_dir and known.parent.is_dir() and not any(known.parent.iterdir()):
+            known.parent.rmdir()

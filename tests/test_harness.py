@@ -213,7 +213,9 @@ def test_run_harness_failure_shows_log_tail(
     assert p["extra"]["num_fewshot"] == 2  # the pipeline's nested extra survives the merge
     assert p["extra"]["tokenizer_backend"] == "huggingface,max_length=4096"
     assert cfg["target"]["api_endpoint"] == {
-        "url": "http://127.0.0.1:1/v1/completions", "model_id": "m", "type": "completions"
+        "url": "http://127.0.0.1:1/v1/completions", "model_id": "m", "type": "completions",
+        "adapter_config": {"use_progress_tracking": True, "progress_tracking_interval": 1,
+                           "progress_tracking_url": "http://127.0.0.1:9/progress"},  # the harness counts its answers
     }  # fmt: skip
     assert (out / "lm_eval_tasks" / "staged_winogrande.yaml").is_file()
 

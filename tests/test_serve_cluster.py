@@ -22,7 +22,7 @@ from nemotron_eval.deploy.process import alive as process_running
 from nemotron_eval.deploy.serve import wait_for_service
 from nemotron_eval.deploy.types import first_node
 
-from conftest import BIN
+from conftest import BIN, slurm_problem
 
 SERVER = '''
 import http.server, os, sys, threading
@@ -225,23 +225,11 @@ def test_first_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert first_node({"SLURM_JOB_NODELIST": "gpu[03-04]", "SLURMD_NODENAME": "gpu04"}) == "gpu03"
 
 
-def _slurm_problem() -> str | None:
-    import shutil
-
-    if shutil.which("sbatch") is None:
-        return "no Slurm here (start the local cluster with scripts/local-slurm up)"
-    try:
-        res = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 20 s (scripts/local-slurm up)"
-    return None if res.returncode == 0 and res.stdout.strip() else "sinfo does not answer (scripts/local-slurm up)"
-
-
 @pytest.mark.slurm
 def test_inside_a_slurm_job_step_the_deployment_is_a_nested_step(tmp_path: Path, eval_yaml: Any) -> None:
     """As Snakemake runs it on Slurm: the serve step inside `srun -n1` of a batch job; the deployment's own
     `srun --overlap` step answers at the first node; SIGTERM to the serve step cancels that step."""
-    problem = _slurm_problem()
+    problem = slurm_problem()
     if problem:
         pytest.skip(problem)
     port = free_port()

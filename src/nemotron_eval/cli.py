@@ -1,10 +1,21 @@
-"""The `nemotron` command: register checkpoints in the local registry and list them; list the tasks."""
+"""The `nemotron` command.
+
+    nemotron eval ...            evaluate a checkpoint (also `nemotron nano3 eval`, as in NVIDIA's recipe)
+    nemotron runs                the runs, newest last
+    nemotron status [ID]         a run, per task: pending, running (requests answered / total), done, failed
+    nemotron logs ID [-f] [--task T]
+    nemotron kill ID             cancel a run and everything it started
+    nemotron fetch ID            a remote run's results
+    nemotron artifacts add|ls    the local checkpoint registry
+    nemotron ls tasks            every task of the installed NeMo Evaluator Launcher
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from nemotron_eval.artifacts import LocalRegistry, local_registry
 from nemotron_eval.config.envtoml import load_env_file
@@ -61,9 +72,126 @@ def _ls_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line (naming the option and the command's --help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"nemotron: error: {message} (see {self.prog} --help)\n")
+
+
+EVAL_HELP = """\
+Artifact Overrides:
+  run.model=NAME:ALIAS       the checkpoint to evaluate: an artifact spec (sft:v2, rl:latest) resolved in the
+                             registry of env.toml [artifacts] (local folder registry or W&B); smollm2:latest is
+                             the embedded SmolLM2; deployment.checkpoint_path=/abs/path bypasses the registry
+
+Config Overrides (dotlist, applied last; +key=value adds a key):
+  evaluation.nemo_evaluator_config.config.params.limit_samples=20
+  evaluation.nemo_evaluator_config.config.params.parallelism=16
+  run.env.time=08:00:00      deployment=vllm (a config group's option)
+
+Runs: nemotron runs | status [ID] | logs ID [-f] [--task T] | kill ID | fetch ID
+"""
+
+
+def _add_eval(sub: Any, name: str) -> None:
+    p = sub.add_parser(
+        name, help="evaluate a checkpoint on benchmarks", description="Evaluate a model checkpoint with NeMo Evaluator "
+        "benchmarks, as a Snakemake pipeline: here (CPU), or on a Slurm cluster through an env.toml profile.",
+        epilog=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--config", metavar="NAME|PATH", help="a config under configs/ (local, default, slurm-local) or a "
+                   "YAML file (default: local here, default with -r/-b)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-r", "--run", metavar="PROFILE", help="run on the cluster of env.toml's PROFILE and stay attached "
+                      "(progress; Ctrl-C cancels everything it started)")
+    mode.add_argument("-b", "--batch", metavar="PROFILE", help="submit to the cluster of env.toml's PROFILE and return "
+                      "(prints the run id)")
+    p.add_argument("-d", "--dry-run", action="store_true", help="print the compiled eval.yaml (stdout) and the jobs that "
+                   "would run, and why (stderr); write nothing")
+    p.add_argument("-t", "--task", action="append", metavar="NAME", help="a task to run (repeatable): launcher names "
+                   "(adlr_mmlu) or short names (mmlu)")
+    p.add_argument("--force-squash", action="store_true", help="squash the container image again (pyxis/enroot)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotlist overrides, e.g. run.model=sft:v2")
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from nemotron_eval.front import eval_command
+
+    return eval_command(args)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from nemotron_eval import runs
+
+    rows = []
+    for run_id in runs.all_ids():
+        run = runs.load(run_id)
+        where = run.profile or "here"
+        rows.append((run.id, run.created_at.replace("T", " ")[:19], run.config, where, ",".join(run.models),
+                     ",".join(run.tasks), runs.state(run)))
+    _table(("ID", "WHEN (UTC)", "CONFIG", "WHERE", "MODELS", "TASKS", "STATE"), rows)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nemotron_eval import front, runs
+
+    run = runs.load(args.id)
+    print(front.summary(run))
+    if run.remote_id and runs.state(run) not in runs.FINAL:
+        from nemotron_eval import remote
+
+        tail = [ln for ln in remote.logs(run.remote_id).splitlines() if "steps (" in ln]
+        if tail:
+            print(f"  on the cluster: {tail[-1].strip()}")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from nemotron_eval import front
+
+    return front.show_logs(args.id, follow=args.follow, task=args.task)
+
+
+def _kill(args: argparse.Namespace) -> int:
+    from nemotron_eval import front
+
+    state = front.kill(args.id)
+    print(f"run {args.id}: {state}")
+    return 0 if state in ("cancelled", "done", "failed") else 1
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from nemotron_eval import front
+
+    for path in front.fetch(args.id):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nemotron", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="nemotron", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_eval(sub, "eval")
+    nano3 = sub.add_parser("nano3", help="NVIDIA's recipe spelling: nemotron nano3 eval ...")
+    _add_eval(nano3.add_subparsers(dest="stage", required=True, parser_class=_Parser), "eval")
+    sub.add_parser("runs", help="the runs, newest last").set_defaults(func=_runs)
+    st = sub.add_parser("status", help="a run, per task (default: the latest run)")
+    st.add_argument("id", nargs="?")
+    st.set_defaults(func=_status)
+    lg = sub.add_parser("logs", help="a run's Snakemake output, or one task's log")
+    lg.add_argument("id")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+    lg.add_argument("--task", help="the evaluation log of this task")
+    lg.set_defaults(func=_logs)
+    kl = sub.add_parser("kill", help="cancel a run and everything it started")
+    kl.add_argument("id")
+    kl.set_defaults(func=_kill)
+    fe = sub.add_parser("fetch", help="a remote run's results and task logs into this project")
+    fe.add_argument("id")
+    fe.set_defaults(func=_fetch)
     arts = sub.add_parser("artifacts", help="the local checkpoint registry")
     arts_sub = arts.add_subparsers(dest="action", required=True)
     add = arts_sub.add_parser("add", help="register a checkpoint folder as the next version of NAME")

@@ -53,7 +53,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -376,9 +377,15 @@ def run_harness(
     log: Path | None = None,
     context_length_tokens: int | None = None,
     timeout_s: float | None = None,
+    progress_url: str | None = None,
+    abort: Callable[[], str | None] | None = None,
 ) -> None:
     """Run `task` against `endpoint_url` (the full /v1/completions URL): a staged task on `staged_dir`, any other
     task on the data the harness fetches from the hub (`staged_dir` None).
+
+    The harness counts its answered requests into `output_dir/progress` (NeMo Evaluator's progress-tracking
+    interceptor, see `nemotron_eval.progress`) and posts the count to `progress_url` when given. `abort` is asked
+    every second while the harness runs: a reason (the deployment died) stops it (HarnessAborted).
 
     Writes the harness's outputs (results.yml, ...) to `output_dir` and its log to `log`
     (default `output_dir/harness.log`). Raises HarnessError (with the log's tail) when the
@@ -417,7 +424,10 @@ def run_harness(
                 "params": deep_merge(params, plan.params),
             },
             "target": {
-                "api_endpoint": {"url": endpoint_url, "model_id": model_id, "type": task.endpoint_type}
+                "api_endpoint": {
+                    "url": endpoint_url, "model_id": model_id, "type": task.endpoint_type,
+                    "adapter_config": progress_tracking(progress_url),
+                }
             },
         }
         cfg_path = output_dir / RUN_CONFIG
@@ -426,7 +436,7 @@ def run_harness(
         # cwd empty: a folder named like a task there would be read as a task path
         try:
             rc = _run_child(cmd, cwd=Path(work), env={**os.environ, **plan.env}, log=log,
-                            timeout_s=timeout_s)  # fmt: skip
+                            timeout_s=timeout_s, abort=abort)  # fmt: skip
         except subprocess.TimeoutExpired:
             raise HarnessError(
                 f"{task.short}: harness still running after {timeout_s} s; "
@@ -441,6 +451,12 @@ def run_harness(
     if not (output_dir / RESULTS).is_file():
         raise HarnessError(f"{task.short}: harness wrote no {RESULTS}; log {log}:\n{log_tail(log)}")
     check_context(task.short, output_dir, log, tokenizer_dir=tokenizer_dir, n_ctx=n_ctx)
+
+
+def progress_tracking(url: str | None) -> dict[str, Any]:
+    """The adapter settings that make NeMo Evaluator count answered requests (`progress`) and post the count."""
+    return {"use_progress_tracking": True, "progress_tracking_interval": 1,
+            "progress_tracking_url": url or "http://127.0.0.1:9/progress"}  # port 9 (discard): nobody listens
 
 
 HUB_HOST = "huggingface.co"
@@ -478,19 +494,34 @@ def _hub_unreachable(log: Path) -> bool:
     return any(marker in text for marker in _HUB_ERRORS)
 
 
+class HarnessAborted(HarnessError):
+    """The harness was stopped because what it talks to is gone (the message says why)."""
+
+
 def _run_child(
-    cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout_s: float | None
+    cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout_s: float | None,
+    abort: Callable[[], str | None] | None = None,
 ) -> int:
-    """Run `cmd` with output to `log`; on timeout or interrupt, stop it and its children."""
+    """Run `cmd` with output to `log`; on timeout, interrupt or `abort()` returning a reason (checked every
+    second), stop it and its children."""
     import psutil
 
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
         )
         try:
-            return proc.wait(timeout=timeout_s)
-        except BaseException:  # timeout, KeyboardInterrupt: leave no adapter or lm-eval behind
+            while True:
+                try:
+                    return proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise subprocess.TimeoutExpired(cmd, timeout_s) from None
+                    reason = abort() if abort is not None else None
+                    if reason:
+                        raise HarnessAborted(reason) from None
+        except BaseException:  # timeout, abort, KeyboardInterrupt, SIGTERM: leave no adapter or lm-eval behind
             procs = _descendants(psutil, proc.pid)
             for child in procs:
                 with contextlib.suppress(psutil.Error):

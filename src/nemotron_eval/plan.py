@@ -43,6 +43,7 @@ class ModelPlan:
     eval_text: str
     job: dict[str, Any]
     eval: dict[str, Any]
+    merged: dict[str, Any]
 
     @property
     def embedded(self) -> embedded.Embedded | None:
@@ -80,6 +81,7 @@ class Plan:
             ComposeRequest(
                 eval_config=request.eval_config, configs_dir=Path(configs_dir), env_profile=request.env_profile,
                 overrides=list(request.overrides), tasks=list(request.tasks) if request.tasks is not None else None,
+                env_file=Path(request.env_file) if request.env_file else None,
             )
         )
         self.merged_text = dump_yaml(self.merged)
@@ -130,7 +132,7 @@ class Plan:
         return ModelPlan(
             wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
             resolved_text=dump_yaml(resolved), job_text=dump_yaml(job), eval_text=dump_yaml(eval_cfg),
-            job=job, eval=eval_cfg,
+            job=job, eval=eval_cfg, merged=self.merged,
         )
 
     def evaluation(self, wildcard: str, short: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import yaml
 
 from nemotron_eval.errors import UserError
 
-KEYS = ("eval_config", "env_profile", "overrides", "tasks", "force_squash")
+KEYS = ("eval_config", "env_profile", "overrides", "tasks", "force_squash", "env_file")
 @dataclass(frozen=True)
 class Request:
     eval_config: str = "local"
@@ -30,6 +30,7 @@ class Request:
     overrides: tuple[str, ...] = ()
     tasks: tuple[str, ...] | None = None
     force_squash: bool = False
+    env_file: str | None = None  # the env.toml to read (default: $NEMOTRON_ENV_FILE or the one found walking up)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,6 +69,7 @@ def _typed(data: Mapping[str, Any], where: str) -> Request:
         overrides=strings("overrides") or (),
         tasks=strings("tasks"),
         force_squash=force,
+        env_file=text("env_file", None),
     )
 
 

@@ -52,3 +52,24 @@ def validate_config(config: dict[str, Any]) -> None:
     if e.validator == "required":
         fail(f"Snakemake config: {e.message} (set it in the profile or with --config)")
     fail(f"Snakemake config key {key!r}: {e.message}")
+
+
+def hint_after_a_kill(workdir: Path = Path(".")) -> None:
+    """A Snakemake killed outright leaves its lock and incomplete markers, and the next plain run stops on them
+    with Snakemake's own advice. Say in one line what to add (`nemotron eval` adds both itself)."""
+    locks = workdir / ".snakemake" / "locks"
+    incomplete = workdir / ".snakemake" / "incomplete"
+    given = set(sys.argv)
+    stale_lock = locks.is_dir() and any(locks.iterdir()) and "--unlock" not in given
+    unfinished = incomplete.is_dir() and any(incomplete.iterdir()) and not given & {"--rerun-incomplete", "--ri"}
+    if not (stale_lock or unfinished):
+        return
+    from nemotron_eval.runs import pid_of_live_snakemake
+
+    if pid_of_live_snakemake(workdir) is not None:
+        return  # another Snakemake is running here: its lock is real
+    what = " and ".join(x for x, on in (("--unlock once", stale_lock), ("--rerun-incomplete", unfinished)) if on)
+    sys.stderr.write(
+        f"nemotron: an earlier run was interrupted: add {what} (finished tasks are kept and answered requests "
+        "come from the harness's cache; `nemotron eval` does this for you)\n"
+    )

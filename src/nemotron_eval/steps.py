@@ -8,7 +8,11 @@ log file); values come from the files named, never from the command line. Each s
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from nemotron_eval.errors import exit_code
@@ -29,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("eval", "job", "endpoint", "deployment-log", "out"):
         s.add_argument(f"--{name}", type=Path, required=True)
     s.add_argument("--data", type=Path, required=True, help="where a staged task's dataset lies (data/TASK)")
+    s = sub.add_parser("supervise", help="run Snakemake for a `nemotron eval` run and record how it ends")
+    s.add_argument("--run", required=True)
     s = sub.add_parser("export", help="one model's results to W&B")
     s.add_argument("results", nargs="+", type=Path)
     s.add_argument("--config", type=Path, required=True)
@@ -39,8 +45,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def watch_parent(poll_s: float = 1.0) -> None:
+    """When the process that started this step dies (Snakemake killed with SIGKILL cannot stop its jobs), this
+    step gets SIGTERM: it stops what it started (the deployment, the harness and lm-eval) and ends."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the harness's children are stopped on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.step != "supervise":  # a run's supervisor outlives the shell that started it, on purpose
+        signal.signal(signal.SIGTERM, _terminated)  # the serve step installs its own handlers
+        watch_parent()
 
     def run() -> int:
         from nemotron_eval import workflow as wf
@@ -49,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             from nemotron_eval.deploy.serve import serve
 
             return serve(a.eval, a.model, a.endpoint_file, a.log)
+        if a.step == "supervise":
+            from nemotron_eval.front import supervise
+
+            return supervise(a.run)
         with wf.logged(a.log):
             if a.step == "prepare-model":
                 wf.prepare_model(a.name, a.receipt)
@@ -60,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 export_from_files(a.results, a.config, a.summary, a.out)
         return 0
 
-    return exit_code(run, log=a.log if a.step != "serve" else None)
+    return exit_code(run, log=a.log if a.step not in ("serve",) else None)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from nemotron_eval import progress
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import sha256_bytes, write_text_atomic
 from nemotron_eval.plan import ModelPlan, Plan
@@ -83,7 +84,7 @@ def resolve(mp: ModelPlan, out: str, log_file: str) -> None:
     from nemotron_eval.config.compile import materialize
 
     with logged(log_file):
-        materialize(mp.artifact)
+        materialize(mp.artifact, mp.merged)
         write_text_atomic(Path(out), mp.resolved_text)
         a = mp.artifact
         log.info("resolved %s -> %s %s (digest %s) at %s", mp.spec.spec, a.registry, a.version, str(a.digest)[:19], a.path)
@@ -95,6 +96,13 @@ def compile_configs(mp: ModelPlan, job_out: str, eval_out: str, log_file: str) -
         write_text_atomic(Path(job_out), mp.job_text)
         write_text_atomic(Path(eval_out), mp.eval_text)
         log.info("compiled %s and %s (eval.yaml sha256 %s)", job_out, eval_out, mp.digest("eval")[:12])
+
+
+def write_task_fingerprint(mp: ModelPlan, task: str, out: str, log_file: str) -> None:
+    """build/{model}/tasks/{task}.json: the task's entry of job.yaml's run.tasks (its fingerprint)."""
+    with logged(log_file):
+        write_text_atomic(Path(out), json.dumps({"task": task, **mp.tasks[task]}, indent=2) + "\n")
+        log.info("%s: fingerprint %s", task, mp.tasks[task]["fingerprint"][:16])
 
 
 # --- data, models, images -------------------------------------------------------------------------------------
@@ -167,8 +175,8 @@ def evaluate(
     from nemotron_eval import results, tasks
     from nemotron_eval.data.stage import read_manifest
     from nemotron_eval.deploy.process import EndpointNotReady, log_tail
-    from nemotron_eval.deploy.serve import wait_for_service
-    from nemotron_eval.harness import HarnessError, parse_harness_output, run_harness
+    from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
+    from nemotron_eval.harness import HarnessAborted, HarnessError, parse_harness_output, run_harness
     from nemotron_eval.model import check_checkpoint
 
     eval_bytes = eval_yaml.read_bytes()  # the very bytes used, hashed as read
@@ -203,11 +211,14 @@ def evaluate(
     os.environ.update(harness_environment(cfg))
     started = results.now()
     try:
-        with _heartbeat(task.short, raw / "harness.log"):
+        with progress.Receiver() as receiver, _heartbeat(task.short, raw):
             run_harness(
                 task, staged_dir, endpoint_url=endpoint["completions_url"], model_id=endpoint["model_id"],
-                tokenizer_dir=tokenizer, params=params, output_dir=raw,
+                tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=receiver.url,
+                abort=lambda: deployment_gone(endpoint_file),
             )
+    except HarnessAborted as e:
+        raise UserError(f"{task.short}: stopped: {e}") from None
     except HarnessError as e:
         raise HarnessError(f"{e}\nlast lines of the deployment's log {deployment_log}:\n{log_tail(deployment_log, 15)}") from None
     finished = results.now()
@@ -233,20 +244,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _heartbeat(what: str, harness_log: Path, every_s: float = 30.0) -> Iterator[None]:
-    """Long work shows progress: every `every_s`, the harness log's last line."""
-    import time
-
+def _heartbeat(what: str, harness_dir: Path, every_s: float = 30.0) -> Iterator[None]:
+    """Long work shows progress: every `every_s`, the harness's requests answered / total, rate and ETA."""
     stop = threading.Event()
-    started = time.monotonic()
 
     def beat() -> None:
         while not stop.wait(every_s):
-            last = ""
-            if harness_log.exists():
-                tail = harness_log.read_bytes()[-4000:].decode("utf-8", "replace").replace("\r", "\n").strip().splitlines()
-                last = tail[-1][:160] if tail else ""
-            log.info("%s: running for %.0f s; %s", what, time.monotonic() - started, last)
+            log.info("%s: %s", what, progress.read(harness_dir).line())
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nemotron_eval import embedded
 from nemotron_eval.artifacts import Resolved, registry_from_env
 from nemotron_eval.config.compose import ART_RE, _replace_art
-from nemotron_eval.config.envtoml import load_env_file
+from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import stat_fingerprint
 from nemotron_eval.spec import ModelSpec
@@ -58,16 +58,21 @@ def resolve_model(merged: dict[str, Any], spec: ModelSpec) -> Resolved:
     model = embedded.lookup(spec.name)
     if model is not None:
         return model.resolved(spec)
-    env = load_env_file()
     wandb_cfg = (merged.get("run") or {}).get("wandb") or {}
-    return registry_from_env(env, wandb_cfg).resolve(spec)
+    return registry_from_env(env_of(merged), wandb_cfg).resolve(spec)
 
 
-def materialize(resolved: Resolved) -> Resolved:
+def env_of(merged: dict[str, Any]) -> EnvFile:
+    """The env.toml the composition read (recorded in run.compose.env_file), or none."""
+    path = ((merged.get("run") or {}).get("compose") or {}).get("env_file")
+    return load_env_file(Path(path)) if path else EnvFile(None)
+
+
+def materialize(resolved: Resolved, merged: dict[str, Any]) -> Resolved:
     """Make the checkpoint available here (a W&B download); others are on disk already."""
     if resolved.registry != "wandb":
         return resolved
-    return registry_from_env(load_env_file()).materialize(resolved)
+    return registry_from_env(env_of(merged)).materialize(resolved)
 
 
 def resolve_artifacts(merged: dict[str, Any], spec: ModelSpec, resolved: Resolved) -> dict[str, Any]:

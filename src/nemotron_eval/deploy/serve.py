@@ -83,6 +83,21 @@ def serve(eval_yaml: Path, model: str, endpoint_file: Path, log_file: Path) -> i
     return 0
 
 
+def deployment_gone(endpoint_file: Path) -> str | None:
+    """For consumers while they work: why the deployment they talk to is gone (its failure, with its log's tail,
+    or its process ended without saying), else None."""
+    try:
+        info: dict[str, Any] = read_json(endpoint_file)
+    except (OSError, ValueError):
+        return f"the deployment's endpoint file {endpoint_file} is gone"
+    if info.get("state") == "failed":
+        return str(info.get("error") or "the deployment failed")
+    pid = info.get("pid")
+    if info.get("state") == "ready" and isinstance(pid, int) and not alive(pid):
+        return f"the deployment (pid {pid}) has exited; last lines of {info.get('log')}:\n{log_tail(info.get('log'))}"
+    return None
+
+
 def wait_for_service(endpoint_file: Path, timeout_s: float) -> dict[str, Any]:
     """For consumers: the endpoint once it answers; fails at once when the deployment reported a failure."""
     deadline = time.monotonic() + timeout_s

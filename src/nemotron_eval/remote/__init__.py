@@ -15,7 +15,8 @@ env.toml profile keys read here (the rest of the table is left to the pipeline):
     user = "me"                          # ssh: default the local user name
     identity = "~/.ssh/id_ed25519"       # ssh: optional (default: ssh-agent and ssh's default keys)
     port = 22                            # ssh: optional; passed to NeMo-Run's SSHTunnel and to ssh/rsync
-    remote_job_dir = "/lustre/me/nemotron"   # required: absolute, on the cluster's shared file system
+    remote_job_dir = "/lustre/me/nemotron"   # absolute, on the cluster's shared file system (required for ssh;
+                                         #   tunnel = "local": default ~/.nemotron-eval/jobs)
     account = "my-account"               # optional Slurm account, partition and time (default 04:00:00)
     partition = "batch"
     time = "04:00:00"

@@ -23,6 +23,7 @@ from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.errors import UserError, did_you_mean
 
 EXECUTORS = ("slurm",)
+DEFAULT_LOCAL_JOB_DIR = Path.home() / ".nemotron-eval" / "jobs"
 TUNNELS = ("ssh", "local")
 
 # What this module reads from a profile; a missing required key is checked against these for typos.
@@ -95,8 +96,9 @@ def parse_profile(name: str, table: Mapping[str, Any], where: str = "env.toml") 
     tunnel = p.choice("tunnel", TUNNELS, default="local")
     if tunnel == "local" and "host" in table:
         raise p.error("host", f'is set but tunnel is {tunnel!r}; add tunnel = "ssh" or remove host')
-    remote_job_dir = p.path("remote_job_dir", required=True, absolute=True)
-    assert remote_job_dir is not None  # required: p.path raised otherwise
+    # On a login node (tunnel = "local") the job folder may default to one in the home folder, which clusters
+    # share with their compute nodes; from a laptop it must be named.
+    remote_job_dir = p.path("remote_job_dir", required=tunnel == "ssh", absolute=True) or str(DEFAULT_LOCAL_JOB_DIR)
     host, user, port, identity = "localhost", getpass.getuser(), 22, None
     if tunnel == "ssh":
         host = p.match("host", _HOST, "a host name or IPv4 address", required=True) or ""

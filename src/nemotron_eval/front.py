@@ -1,0 +1,406 @@
+"""The front door: `nemotron eval` (and `nemotron nano3 eval`) with NVIDIA's recipe options, over Snakemake.
+
+    nemotron eval [-c CONFIG] [-r PROFILE | -b PROFILE] [-d] [-t TASK]... [--force-squash] [KEY=VALUE]...
+
+The options and positional dotlist overrides become a request (`request.Request`), written to the run's folder
+(`runs.Run`) and handed to Snakemake as `--config request=runs/<id>/request.yaml`: the same file targets as
+`snakemake ...` typed by hand, so the two stay interchangeable, and no value ever passes a command line.
+
+- no -r/-b: Snakemake runs here with profiles/local, under a supervisor process (`supervise`) that records how
+  it ends even if the shell that started it is gone; the command follows its output, Ctrl-C cancels the run.
+- -r/-b PROFILE: the env.toml profile names a cluster (`executor = "slurm"`, `tunnel`): the Snakemake head
+  process runs there as a small CPU job submitted through NeMo-Run (`nemotron_eval.remote`), with the Snakemake
+  profile of the config (profiles/<config> when there is one, else profiles/slurm). -r follows it and fetches the
+  results when it ends (Ctrl-C cancels it); -b prints the run id and returns.
+- -d: the compiled eval.yaml on stdout, the jobs that would run and why on stderr; nothing is written under
+  build/ or results/, no run is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval import runs
+from nemotron_eval.errors import UserError
+from nemotron_eval.request import Request
+
+LOCAL_PROFILE = "profiles/local"
+CLUSTER_PROFILE = "profiles/slurm"
+
+
+# --- where the workflow is ---------------------------------------------------------------------------------------
+
+
+def workflow_root(start: Path | None = None) -> Path:
+    """The project folder with the Snakefile: the working directory or a parent, else this package's checkout."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Snakefile").is_file() and (folder / "rules" / "common.smk").is_file():
+            return folder
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "Snakefile").is_file():
+        return checkout
+    raise UserError(f"no workflow (Snakefile and rules/) in {here} or its parents; run nemotron eval inside the project")
+
+
+def snakemake_profile(config: str, remote: bool, root: Path) -> str:
+    """profiles/<config> when the config has a profile of its own (slurm-local), else local or slurm."""
+    own = f"profiles/{Path(config).stem}"
+    if remote and (root / own).is_dir():
+        return own
+    return CLUSTER_PROFILE if remote else LOCAL_PROFILE
+
+
+def snakemake_argv(profile: str, targets: list[str], request_file: Path, *extra: str,
+                   program: tuple[str, ...] = (sys.executable, "-m", "snakemake")) -> list[str]:
+    """Targets before --config (its values are every word after it); the request as a file. A rerun after an
+    interruption just reruns (--rerun-incomplete): the harness answers from its cache what was answered."""
+    return [*program, "--profile", profile, "--rerun-incomplete", *extra, *targets, "--config", f"request={request_file}"]
+
+
+# --- the eval command ----------------------------------------------------------------------------------------------
+
+
+def plan_request(args: argparse.Namespace, root: Path) -> tuple[Request, Any, str, list[str]]:
+    """The request of `nemotron eval ...`, its plan, the model and the targets."""
+    from nemotron_eval.plan import Plan
+
+    for item in args.overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected KEY=VALUE (e.g. run.model=sft:v2)")
+    profile = args.run or args.batch
+    config = args.config or ("default" if profile else "local")
+    request = Request(
+        eval_config=config, env_profile=profile, overrides=tuple(args.overrides),
+        tasks=tuple(args.task) if args.task else None, force_squash=args.force_squash,
+    )
+    plan = Plan(request, root / "configs")
+    model = plan.default_model
+    if plan.engine == "launcher":
+        targets = [f"build/{model}/launcher.json"]
+    elif args.task:
+        targets = [f"results/{model}/{t}.json" for t in plan.task_names]
+    else:
+        targets = [f"results/{model}/summary.json"]
+    return request, plan, model, targets
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    if args.run and args.batch:
+        raise UserError("-r/--run and -b/--batch: give one (-r follows the run, -b returns at once)")
+    root = workflow_root()
+    os.chdir(root)
+    profile_name = args.run or args.batch
+    remote_profile = None
+    if profile_name:
+        from nemotron_eval import remote
+
+        remote_profile = remote.profile_from_env(profile_name)  # one line: unknown profile, no executor, ...
+    request, plan, model, targets = plan_request(args, root)
+    mp = plan.model(model)
+    for task in plan.task_names if plan.engine == "snakemake" else []:
+        plan.evaluation(model, task)  # what would fail at the first job fails now (no tokenizer, chat task, ...)
+    if args.dry_run:
+        return dry_run(request, mp.eval_text, targets, snakemake_profile(request.eval_config, bool(profile_name), root))
+    if remote_profile is not None:
+        from nemotron_eval import remote
+
+        remote.check(remote_profile)  # the host answers, keys, sbatch: before anything is recorded or shipped
+    run = runs.Run(
+        id=runs.new_id(), created_at=runs.now(), command=["nemotron", *sys.argv[1:]], config=request.eval_config,
+        mode="local" if not profile_name else ("run" if args.run else "batch"), models=[model],
+        tasks=list(plan.task_names), targets=targets, profile=profile_name,
+        snakemake_profile=snakemake_profile(request.eval_config, bool(profile_name), root),
+    )
+    request_text = _request_text(request, run, root)
+    runs.create(run, request_text, {model: {"job.yaml": mp.job_text, "eval.yaml": mp.eval_text}})
+    print(f"run {run.id}: {' '.join(run.tasks)} on {mp.spec.spec} ({run.folder})", file=sys.stderr)
+    if remote_profile is not None:
+        return _remote(run, remote_profile, root)
+    return _local(run)
+
+
+def _request_text(request: Request, run: runs.Run, root: Path) -> str:
+    """The request file; a remote run ships the env.toml it was composed with beside it."""
+    from dataclasses import replace
+
+    from nemotron_eval.config.envtoml import find_env_file
+    from nemotron_eval.io import dump_yaml, write_text_atomic
+
+    if run.mode != "local":
+        env = find_env_file()
+        if env is not None:
+            shipped = run.folder / "env.toml"
+            write_text_atomic(root / shipped, env.read_text())
+            request = replace(request, env_file=str(shipped))
+    return dump_yaml(request.as_dict())
+
+
+def dry_run(request: Request, eval_text: str, targets: list[str], profile: str) -> int:
+    """eval.yaml on stdout; Snakemake's dry run (the jobs, and why) on stderr. Writes nothing under build/,
+    results/ or runs/."""
+    from nemotron_eval.io import dump_yaml
+
+    sys.stdout.write(eval_text)
+    sys.stdout.flush()
+    with tempfile.TemporaryDirectory(prefix="nemotron-dry-run-") as tmp:
+        request_file = Path(tmp) / "request.yaml"
+        request_file.write_text(dump_yaml(request.as_dict()))
+        proc = subprocess.run(snakemake_argv(profile, targets, request_file, "-n"), stdout=sys.stderr, stderr=sys.stderr)
+    return proc.returncode
+
+
+# --- local runs: a supervisor around Snakemake -------------------------------------------------------------------
+
+
+def _local(run: runs.Run) -> int:
+    """Start the supervisor (its own session: it outlives this shell) and follow the run until it ends."""
+    _unlock_if_stale(run)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "nemotron_eval.steps", "supervise", "--run", run.id, "--log", str(run.folder / "supervisor.log")],
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    return follow(run, supervisor)
+
+
+def _unlock_if_stale(run: runs.Run) -> None:
+    """A Snakemake killed before it could clean up leaves its lock; with no Snakemake running here, lift it."""
+    locks = Path(".snakemake/locks")
+    if locks.is_dir() and any(locks.iterdir()) and runs.pid_of_live_snakemake(Path(".")) is None:
+        print("nemotron: an earlier run left Snakemake's lock behind (nothing is running here): unlocking", file=sys.stderr)
+        subprocess.run(snakemake_argv(run.snakemake_profile, [], run.request_file, "--unlock"),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def supervise(run_id: str) -> int:
+    """Run Snakemake for a run, write its output to the run's log, keep its Slurm job ids, record how it ended.
+    SIGINT/SIGTERM cancel it: Snakemake gets SIGINT (it stops its jobs, cancels Slurm jobs), then SIGTERM."""
+    run = runs.load(run_id)
+    argv = snakemake_argv(run.snakemake_profile, run.targets, run.request_file)
+    signals: list[int] = []
+    with open(run.log_file, "ab", buffering=0) as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        run.pid = os.getpid()
+        run.save()
+
+        def cancel(signum: int, _frame: Any) -> None:  # the first: SIGINT to Snakemake's group; then SIGTERM
+            signals.append(signum)
+            _signal_group(proc.pid, signal.SIGINT if len(signals) == 1 else signal.SIGTERM)
+
+        signal.signal(signal.SIGINT, cancel)
+        signal.signal(signal.SIGTERM, cancel)
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            log.write(line)
+            runs.note_output(run, line.decode("utf-8", "replace"))
+        rc = proc.wait()
+    if signals:
+        _cancel_slurm_jobs(run)
+    runs.finish(run, rc, cancelled=bool(signals))
+    return rc
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _cancel_slurm_jobs(run: runs.Run) -> None:
+    """Snakemake cancels its Slurm jobs on SIGINT; what it could not (killed first) is cancelled here."""
+    import shutil
+
+    if run.slurm_jobs and shutil.which("scancel"):
+        subprocess.run(["scancel", *run.slurm_jobs], capture_output=True, check=False)
+
+
+def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, poll_s: float = 0.5) -> int:
+    """Print the run's log as it grows until the run ends; Ctrl-C cancels it (a second one stops following)."""
+    log = run.log_file
+    offset = 0
+    interrupted = 0
+    while True:
+        try:
+            if log.is_file():
+                with log.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                    offset += len(chunk)
+                    if chunk:
+                        sys.stderr.write(chunk.decode("utf-8", "replace"))
+                        sys.stderr.flush()
+            current = runs.load(run.id)
+            ended = current.state in runs.FINAL or (supervisor is not None and supervisor.poll() is not None)
+            if ended and current.state in runs.FINAL:
+                print(summary(current), file=sys.stderr)
+                return 0 if current.state == "done" else 1
+            if ended:  # the supervisor died without recording (killed): the run is over
+                return 1
+            time.sleep(poll_s)
+        except KeyboardInterrupt:
+            interrupted += 1
+            if interrupted > 1:
+                print(f"nemotron: stopped following; the run goes on being cancelled (nemotron status {run.id})", file=sys.stderr)
+                return 130
+            print(f"nemotron: cancelling run {run.id} (Ctrl-C again to stop following)", file=sys.stderr)
+            kill(run.id, wait=False)
+
+
+# --- remote runs -----------------------------------------------------------------------------------------------
+
+
+# What a remote run does not ship: what the pipeline builds (the cluster builds its own), other runs.
+NOT_SHIPPED = {"build", "results", "data", "run", "logs", "models", "wandb", "runs", ".snakemake"}
+
+
+def _remote(run: runs.Run, profile: Any, root: Path) -> int:
+    from dataclasses import replace
+
+    from nemotron_eval import remote
+
+    if profile.venv is None and not profile.is_ssh:
+        profile = replace(profile, venv=sys.prefix)  # on a login node: this very environment, on the shared disk
+    argv = snakemake_argv(run.snakemake_profile, run.targets, run.request_file, program=("snakemake",))
+    shipped = [f for f in remote.project_files(root) if Path(f).parts[0] not in NOT_SHIPPED]
+    own = [str(p.relative_to(root)) for p in (root / run.folder).rglob("*") if p.is_file()]
+    submission = remote.submit(profile, argv, root, files=sorted({*shipped, *own}), attached=False, check=False)
+    run.remote_id = submission.id
+    run.state = "submitted"
+    run.save()
+    print(run.id)
+    if run.mode == "batch":
+        print(f"nemotron: submitted as Slurm job {submission.job_id}; `nemotron status {run.id}`, "
+              f"`nemotron logs {run.id} -f`, `nemotron fetch {run.id}`", file=sys.stderr)
+        return 0
+    try:
+        remote.logs(submission.id, follow=True, out=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"nemotron: cancelling run {run.id}", file=sys.stderr)
+        kill(run.id)
+        return 130
+    final = remote.wait(submission.id)
+    run.state = {"done": "done", "cancelled": "cancelled"}.get(final.state, "failed")
+    run.finished_at = runs.now()
+    run.save()
+    if final.state == "done":
+        fetch(run.id)
+    print(summary(run), file=sys.stderr)
+    return 0 if run.state == "done" else 1
+
+
+def fetch(run_id: str) -> list[Path]:
+    """A remote run's results and task logs back into this project: each file of the cluster's results/<model>/
+    replaces the one of the same name here (atomically); other files here are kept."""
+    import shutil
+
+    from nemotron_eval import remote
+
+    run = runs.load(run_id)
+    if not run.remote_id:
+        raise UserError(f"run {run.id} ran here: its results are in results/ already")
+    got = []
+    for model in run.models:
+        staged = remote.fetch(run.remote_id, run.folder / "fetched" / model, path=f"results/{model}")
+        for src in sorted(p for p in staged.rglob("*") if p.is_file()):
+            dest = Path("results") / model / src.relative_to(staged)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.fetch")
+            shutil.copy2(src, tmp)
+            os.replace(tmp, dest)
+        shutil.rmtree(run.folder / "fetched")
+        got.append(Path("results") / model)
+        got.append(remote.fetch(run.remote_id, run.folder / "logs" / model, path=f"logs/evaluate_task/{model}"))
+    return got
+
+
+# --- after submission --------------------------------------------------------------------------------------------
+
+
+def kill(run_id: str, wait: bool = True, grace_s: float = 60.0) -> str:
+    """Cancel a run: a remote one through its head job (which cancels its GPU jobs), a local one through its
+    supervisor (Snakemake stops its jobs and their servers; recorded Slurm jobs are cancelled)."""
+    run = runs.load(run_id)
+    current = runs.state(run)
+    if current in runs.FINAL:
+        return current
+    if run.remote_id:
+        from nemotron_eval import remote
+
+        remote.cancel(run.remote_id)
+        run.state, run.finished_at = "cancelled", runs.now()
+        run.save()
+        return "cancelled"
+    if run.pid is not None:
+        try:
+            os.kill(run.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    if not wait:
+        return "cancelling"
+    deadline = time.monotonic() + grace_s
+    while runs.state(runs.load(run_id)) not in runs.FINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+    run = runs.load(run_id)
+    if runs.state(run) not in runs.FINAL and run.pid is not None:
+        try:
+            os.kill(run.pid, signal.SIGTERM)  # the supervisor's second signal: SIGTERM to Snakemake
+        except ProcessLookupError:
+            pass
+        time.sleep(5)
+    return runs.state(runs.load(run_id))
+
+
+def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s: float = 1.0) -> int:
+    """A run's Snakemake output (or one task's evaluation log), to stdout; `follow` until the run ends."""
+    run = runs.load(run_id)
+    if task is not None and task not in run.tasks:
+        raise UserError(f"run {run.id} has no task {task!r}; its tasks: {', '.join(run.tasks)}")
+    if run.remote_id and task is None:
+        from nemotron_eval import remote
+
+        remote.logs(run.remote_id, follow=follow, out=sys.stdout)
+        return 0
+    if run.remote_id:
+        fetch(run.id)  # the task logs come back with the results
+        files = [run.folder / "logs" / model / f"{task}.log" for model in run.models]
+    elif task is not None:
+        files = [Path("logs/evaluate_task") / model / f"{task}.log" for model in run.models]
+    else:
+        files = [run.log_file]
+    offsets = {f: 0 for f in files}
+    while True:
+        for f in files:
+            try:
+                with f.open("rb") as fh:
+                    fh.seek(offsets[f])
+                    chunk = fh.read()
+            except FileNotFoundError:
+                continue
+            offsets[f] += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", "replace"))
+        sys.stdout.flush()
+        if not follow or runs.state(runs.load(run.id)) in runs.FINAL:
+            return 0
+        time.sleep(poll_s)
+
+
+def summary(run: runs.Run) -> str:
+    state = runs.state(run)
+    lines = [f"run {run.id}: {state}"]
+    for t in runs.task_states(run):
+        detail = t.detail
+        if run.remote_id and t.state == "pending" and state == "done":
+            t = runs.TaskState(t.model, t.task, "done", f"on the cluster: nemotron fetch {run.id}")
+            detail = t.detail
+        lines.append(f"  {t.model:<24} {t.task:<16} {t.state:<9} {detail}")
+    return "\n".join(lines)

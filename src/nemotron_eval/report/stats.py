@@ -63,5 +63,8 @@ def mcnemar_exact(gains: int, losses: int) -> float:
     if n == 0:
         return 1.0
     k = min(gains, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1))
+    term, tail = 1, 1  # C(n, 0); each next binomial coefficient from the last: O(k) exact integer steps
+    for i in range(k):
+        term = term * (n - i) // (i + 1)
+        tail += term
     return min(1.0, 2 * tail / 2**n)

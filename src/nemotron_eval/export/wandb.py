@@ -350,6 +350,44 @@ def log_evaluation(run: Any, wandb: Any, payload: Payload, *, offline: bool, sta
     return {"logged": logged, "lineage": lineage}
 
 
+REPORT_PREFIX = "comparison"
+DELTA_COLUMNS = ["label", "task", "metric", "later", "earlier", "delta", "ci_low", "ci_high", "n_common", "gains",
+                 "losses", "p_value", "verdict", "same_samples"]  # fmt: skip
+
+
+def log_report(run: Any, report: Mapping[str, Any], *, wandb: Any = None, prefix: str = REPORT_PREFIX) -> dict[str, Any]:
+    """Log a comparison report (`nemotron_eval.report.build_report`) into an open W&B `run`.
+
+    Logs `<prefix>/table` (a wandb.Table of report.csv's rows and columns), `<prefix>/deltas` (one row per
+    pair with a paired difference: label, task, metric, later, earlier, delta, 95% interval, counts, p-value,
+    verdict) and `<prefix>/delta_chart` (wandb.plot.bar of the deltas by label; W&B's bar chart draws no
+    intervals, the deltas table holds them). Returns what was logged: keys and row counts.
+    """
+    from nemotron_eval.report.render import CSV_COLUMNS, table_rows
+
+    if wandb is None:
+        wandb = _import_wandb()
+    if not isinstance(report, Mapping) or not isinstance(report.get("tasks"), list):
+        raise UserError("log_report: not a comparison report (expected build_report's dict with 'tasks')")
+    rows = table_rows(report)
+    deltas = []
+    for task in report["tasks"]:
+        for metric in task["metrics"]:
+            for p in metric["pairs"]:
+                if p["delta"] is None:
+                    continue
+                label = f"{task['task']}/{metric['metric']}: {p['b']} vs {p['a']}"
+                deltas.append([label, task["task"], metric["metric"], p["b"], p["a"], p["delta"], p["ci_low"],
+                               p["ci_high"], p["n_common"], p["gains"], p["losses"], p["p_value"], p["verdict"],
+                               p["same_samples"]])  # fmt: skip
+    table = wandb.Table(columns=list(CSV_COLUMNS), data=rows)
+    delta_table = wandb.Table(columns=DELTA_COLUMNS, data=deltas)
+    chart = wandb.plot.bar(delta_table, "label", "delta", title="Paired change (later - earlier) on common items")
+    keys = {"table": f"{prefix}/table", "deltas": f"{prefix}/deltas", "chart": f"{prefix}/delta_chart"}
+    run.log({keys["table"]: table, keys["deltas"]: delta_table, keys["chart"]: chart})
+    return {"keys": keys, "rows": len(rows), "deltas": len(deltas), "columns": list(CSV_COLUMNS)}
+
+
 # --- mode and credentials ----------------------------------------------------------------------
 
 

@@ -8,8 +8,11 @@ rule stage_dataset:
         lambda wildcards: PLAN.mirror_files(wildcards.task),
     output:
         directory("data/{task}"),
+    params:
+        # decided before Snakemake removes the old folder (and with it the manifest naming its mirror)
+        mirror=lambda wildcards: str(PLAN.mirror_for(wildcards.task) or ""),
     log:
         "logs/stage_dataset/{task}.log",
     localrule: True
     run:
-        wf.stage(PLAN, wildcards.task, output[0], log[0])
+        wf.stage(wildcards.task, params.mirror, output[0], log[0])

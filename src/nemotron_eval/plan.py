@@ -161,6 +161,26 @@ class Plan:
             "add it to evaluation.tasks or drop it from the target"
         )
 
+    # -- the comparison report ------------------------------------------------------------------------------------
+
+    def compare_models(self) -> list[str]:
+        """The models of results/report.html (wildcards), baseline first: the request's `compare`, else every
+        model with a result of one of the tasks (the default model first when it has one)."""
+        if self.request.compare is not None:
+            models = [parse_spec(spec, where="compare").wildcard for spec in self.request.compare]
+            if len(models) < 1 or len(set(models)) != len(models):
+                raise UserError(f"compare={list(self.request.compare)}: name each model once")
+            return models
+        found = sorted({p.parent.name for t in self.task_names for p in Path("results").glob(f"*/{t}.json")})
+        if not found:
+            raise UserError("results/report.html compares models with results, and there are none yet; "
+                            "evaluate some or name them: --config compare='[\"sft:v2\",\"rl:latest\"]'")
+        return sorted(found, key=lambda m: (m != self.default_model, m))
+
+    def report_inputs(self) -> list[str]:
+        return [f"results/{m}/{t}{ext}" for m in self.compare_models() for t in self.task_names
+                for ext in (".json", ".items.jsonl.gz")]
+
     # -- data -------------------------------------------------------------------------------------------------
 
     def mirror_for(self, short: str) -> Path | None:

@@ -22,7 +22,7 @@ import yaml
 
 from nemotron_eval.errors import UserError
 
-KEYS = ("eval_config", "env_profile", "overrides", "tasks", "force_squash", "env_file")
+KEYS = ("eval_config", "env_profile", "overrides", "tasks", "force_squash", "env_file", "compare")
 @dataclass(frozen=True)
 class Request:
     eval_config: str = "local"
@@ -31,11 +31,13 @@ class Request:
     tasks: tuple[str, ...] | None = None
     force_squash: bool = False
     env_file: str | None = None  # the env.toml to read (default: $NEMOTRON_ENV_FILE or the one found walking up)
+    compare: tuple[str, ...] | None = None  # artifact specs for results/report.html (default: those with results)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["overrides"] = list(self.overrides)
         d["tasks"] = list(self.tasks) if self.tasks is not None else None
+        d["compare"] = list(self.compare) if self.compare is not None else None
         return d
 
 
@@ -70,6 +72,7 @@ def _typed(data: Mapping[str, Any], where: str) -> Request:
         tasks=strings("tasks"),
         force_squash=force,
         env_file=text("env_file", None),
+        compare=strings("compare"),
     )
 
 

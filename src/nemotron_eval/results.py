@@ -53,6 +53,7 @@ def build_result(
         "harness_task": task.launcher,
         "metrics": parsed["metrics"],
         "n_samples": parsed["n_samples"],
+        "items": parsed.get("items"),
         "model": {k: model.get(k) for k in ("spec", "name", "version", "digest", "path", "registry", "qualified_name")},
         "config_sha256": config_sha256,
         "task_config_sha256": task_config_sha256,

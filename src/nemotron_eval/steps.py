@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--endpoint-file", type=Path, required=True)
     s = sub.add_parser("evaluate", help="one task against the running deployment")
     s.add_argument("--task", required=True)
-    for name in ("eval", "job", "endpoint", "deployment-log", "out"):
+    for name in ("eval", "job", "endpoint", "deployment-log", "out", "items"):
         s.add_argument(f"--{name}", type=Path, required=True)
     s.add_argument("--data", type=Path, required=True, help="where a staged task's dataset lies (data/TASK)")
     s = sub.add_parser("supervise", help="run Snakemake for a `nemotron eval` run and record how it ends")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.step == "prepare-model":
                 wf.prepare_model(a.name, a.receipt)
             elif a.step == "evaluate":
-                wf.evaluate(a.task, a.eval, a.job, a.data, a.endpoint, a.deployment_log, a.out)
+                wf.evaluate(a.task, a.eval, a.job, a.data, a.endpoint, a.deployment_log, a.out, a.items)
             elif a.step == "export":
                 from nemotron_eval.export.wandb import export_from_files
 

@@ -22,7 +22,7 @@ import yaml
 from nemotron_eval import progress
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import sha256_bytes, write_text_atomic
-from nemotron_eval.plan import ModelPlan, Plan
+from nemotron_eval.plan import ModelPlan
 
 log = logging.getLogger("nemotron_eval")
 
@@ -108,12 +108,12 @@ def write_task_fingerprint(mp: ModelPlan, task: str, out: str, log_file: str) ->
 # --- data, models, images -------------------------------------------------------------------------------------
 
 
-def stage(plan: Plan, short: str, out: str, log_file: str) -> None:
-    """data/{task}: the task's dataset staged from the mirror (or the hub)."""
+def stage(short: str, mirror_dir: str, out: str, log_file: str) -> None:
+    """data/{task}: the task's dataset staged from the mirror (or the hub when `mirror_dir` is empty)."""
     from nemotron_eval.data.stage import read_manifest, stage_dataset
 
     with logged(log_file):
-        mirror = plan.mirror_for(short)
+        mirror = Path(mirror_dir) if mirror_dir else None
         log.info("staging %s from %s", short, mirror or "the Hugging Face hub")
         stage_dataset(short, Path(out), mirror=mirror)
         manifest = read_manifest(Path(out))
@@ -168,10 +168,11 @@ def harness_environment(eval_cfg: dict[str, Any]) -> dict[str, str]:
 
 def evaluate(
     task_short: str, eval_yaml: Path, job_yaml: Path, data_dir: Path, endpoint_file: Path,
-    deployment_log: Path, out: Path,
+    deployment_log: Path, out: Path, items_out: Path,
 ) -> dict[str, Any]:
-    """results/{model}/{task}.json: one task through NeMo Evaluator against the model's running deployment.
-    `data_dir` is read when the task is staged (job.yaml says so), else the harness reads the hub."""
+    """results/{model}/{task}.json and its per-item records (items.jsonl.gz): one task through NeMo Evaluator
+    against the model's running deployment. `data_dir` is read when the task is staged (job.yaml says so), else the
+    harness reads the hub."""
     from nemotron_eval import results, tasks
     from nemotron_eval.data.stage import read_manifest
     from nemotron_eval.deploy.process import EndpointNotReady, log_tail
@@ -223,6 +224,7 @@ def evaluate(
         raise HarnessError(f"{e}\nlast lines of the deployment's log {deployment_log}:\n{log_tail(deployment_log, 15)}") from None
     finished = results.now()
     parsed = parse_harness_output(raw, task)
+    parsed["items"] = write_items(raw, items_out)
     data = {**manifest, "path": str(staged_dir)} if manifest is not None else {"source": "hub (as the harness reads it)"}
     result = results.build_result(
         task=task, parsed=parsed, model=model, config_sha256=sha256_bytes(eval_bytes), data=data,
@@ -233,6 +235,20 @@ def evaluate(
     scores = ", ".join(f"{k} {v['value']:.4f}" for k, v in parsed["metrics"].items())
     log.info("%s: %s over %d samples in %.0f s -> %s", task.short, scores, parsed["n_samples"], result["duration_s"], out)
     return result
+
+
+def write_items(harness_dir: Path, out: Path) -> dict[str, Any]:
+    """The task's per-item records (for paired comparisons across models); a task whose samples this project
+    cannot read item by item gets an empty file and says why (its scores stand)."""
+    from nemotron_eval.items import extract_items, write_items as write_records
+
+    try:
+        summary = extract_items(harness_dir, out)
+    except UserError as e:
+        write_records(out, [])
+        log.warning("no per-item records: %s", e)
+        return {"file": out.name, "n": 0, "note": str(e)}
+    return {"file": out.name, "n": summary["items"]}
 
 
 def _free_port() -> int:
@@ -266,6 +282,20 @@ def summarize(result_files: list[str], json_out: str, md_out: str, log_file: str
     with logged(log_file):
         summary = summarize_results([Path(p) for p in result_files], Path(json_out), Path(md_out))
         log.info("summary of %d tasks -> %s", len(summary["tasks"]), md_out)
+
+
+def compare(inputs: list[str], html_out: str, log_file: str) -> None:
+    """results/report.{html,json,csv}: every model's every task (inputs: result and items files, in model order,
+    baseline first)."""
+    from nemotron_eval.report import compare as build
+
+    with logged(log_file):
+        results_files = [p for p in inputs if p.endswith(".json")]
+        items_files = [p for p in inputs if p.endswith(".items.jsonl.gz")]
+        report = build(results_files, items_files, Path(html_out).parent)
+        calls = [p for t in report["tasks"] for m in t["metrics"] for p in m["pairs"] if p["verdict"] in ("better", "worse")]
+        log.info("%s: %d models, %d tasks, %d significant difference(s)", html_out, len(report["models"]),
+                 len(report["tasks"]), len(calls))
 
 
 # --- the launcher as the engine -------------------------------------------------------------------------------

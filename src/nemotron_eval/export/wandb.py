@@ -474,8 +474,12 @@ def export_model(
     *,
     wandb_dir: Path | None = None,
     secret_names: Sequence[str] = (),
+    comparison: Path | None = None,
 ) -> dict[str, Any]:
     """Export one model's task results to W&B and write `receipt` (atomically); returns the receipt.
+
+    `comparison`: a report.json (`nemotron_eval.report`) whose models include this one; its table and paired
+    deltas are logged to the same run (`log_report`).
 
     `wandb_section` is the eval config's `export.wandb`, `auto_export` its `execution.auto_export`;
     `secret_names` are extra env var names whose values must not leak (the config's api_key_name values).
@@ -536,6 +540,9 @@ def export_model(
                 ) from None
             try:
                 logged = log_evaluation(run, wandb, payload, offline=offline, staging=Path(staging), secret_names=secret_names)
+                report = _comparison_with(comparison, payload.model)
+                if report is not None:
+                    logged["comparison"] = log_report(run, report, wandb=wandb)
             except BaseException:
                 run.finish(exit_code=1)
                 raise
@@ -577,6 +584,18 @@ def _write_receipt(path: Path, receipt: dict[str, Any], secret_names: Sequence[s
     write_json_atomic(Path(path), json.loads(scrub_env_values(json.dumps(receipt), secret_names)))
 
 
+def _comparison_with(path: Path | None, model: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The comparison report at `path` when it compares this model (by its spec), else None."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        report = read_json(path)
+    except ValueError:
+        return None
+    specs = {m.get("spec") for m in report.get("models", []) if isinstance(m, Mapping)}
+    return report if model.get("spec") in specs and isinstance(report.get("tasks"), list) else None
+
+
 # --- the step ------------------------------------------------------------------------------------
 
 
@@ -589,4 +608,5 @@ def export_from_files(results: Sequence[Path], config: Path, summary: Path, out:
     return export_model(
         list(results), summary, out, (cfg.get("export") or {}).get("wandb"), (cfg.get("execution") or {}).get("auto_export"),
         wandb_dir=wandb_dir, secret_names=api_key_names(cfg),
+        comparison=Path("results") / "report.json",  # read when there, as it is: a later report is logged next time
     )

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.errors import exit_code
 from nemotron_eval.report import DEFAULT_DRAWS, DEFAULT_SEED, compare
 
 
@@ -22,15 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="where results/ and logs/ live (default: here)")
     a = p.parse_args(argv)
     items = None if a.items is None else [None if i == "-" else Path(i) for i in a.items]
-    try:
+
+    def run() -> int:
         report = compare(a.results, items, a.out, seed=a.seed, draws=a.draws, workdir=a.workdir)
-    except UserError as e:
-        print(f"nemotron: error: {e}", file=sys.stderr)
-        return 2
-    calls = [p for t in report["tasks"] for m in t["metrics"] for p in m["pairs"] if p["verdict"] in ("better", "worse")]
-    print(f"{a.out / 'report.html'}: {len(report['models'])} models, {len(report['tasks'])} tasks, "
-          f"{len(calls)} significant difference(s)")
-    return 0
+        calls = [p for t in report["tasks"] for m in t["metrics"] for p in m["pairs"] if p["verdict"] in ("better", "worse")]
+        print(f"{a.out / 'report.html'}: {len(report['models'])} models, {len(report['tasks'])} tasks, "
+              f"{len(calls)} significant difference(s)")
+        return 0
+
+    return exit_code(run)
 
 
 if __name__ == "__main__":

@@ -75,11 +75,11 @@ def _load_result(path: Path) -> dict[str, Any]:
 
 def _check_items_task(records: list[dict[str, Any]], task: str, path: Path) -> None:
     """The items belong to the result's task: their subtasks are the task's lm-eval task or its subtasks."""
-    from nemotron_eval.harness import LM_EVAL_TASKS
+    from nemotron_eval.tasks import STAGED
 
-    if task not in LM_EVAL_TASKS:
+    if task not in STAGED or STAGED[task].lm_eval is None:
         return
-    name = LM_EVAL_TASKS[task][0]
+    name = str(STAGED[task].lm_eval)
     wrong = sorted({r.get("subtask") for r in records if r.get("subtask") != name and not str(r.get("subtask")).startswith(name + "_")})
     if wrong:
         raise UserError(f"{path}: items of {wrong[0]!r}, not of task {task!r} (lm-eval {name!r}); pair each result with its own items file")

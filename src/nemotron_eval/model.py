@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -94,8 +93,9 @@ def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", overwrite
 
 def _make_readable(folder: Path) -> None:
     """mkdtemp makes a private (0700) folder and safetensors writes 0600 files: open them up as the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
+    from nemotron_eval.io import current_umask
+
+    umask = current_umask()
     folder.chmod(0o777 & ~umask)
     for file in folder.iterdir():
         file.chmod(0o666 & ~umask)

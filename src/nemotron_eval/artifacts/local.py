@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
+from nemotron_eval.config.schema import checkpoint_path
 from nemotron_eval.errors import UserError, did_you_mean
 from nemotron_eval.io import sha256_tree, stat_fingerprint, write_json_atomic
 from nemotron_eval.safeload import load_json
@@ -132,6 +133,9 @@ class LocalRegistry:
         path = Path(path).expanduser().resolve()
         if not path.exists():
             raise UserError(f"artifacts add {name}: checkpoint path {path} does not exist")
+        problem = checkpoint_path(str(path))
+        if problem:
+            raise UserError(f"artifacts add {name}: checkpoint path {str(path)!r} is not {problem}")
         root = self.root.expanduser().resolve()
         if root == path or path in root.parents:
             raise UserError(

@@ -32,7 +32,7 @@ def test_alias_bomb_fails_in_under_a_second(tmp_path: Path) -> None:
     bomb.write_text("# " + "padding " * 140 + "\n" + billion_laughs())
     assert 1500 < bomb.stat().st_size < 2500  # the 1.7 KB of security.md
     started = time.monotonic()
-    with pytest.raises(UserError, match=r"bomb.yaml: expands to more than 200000 values through YAML aliases"):
+    with pytest.raises(UserError, match=r"bomb.yaml: expands to more than 200000 values \(a YAML alias"):
         load_yaml(bomb)
     assert time.monotonic() - started < 1.0
     # a few aliases are fine: what is shared is read as it expands

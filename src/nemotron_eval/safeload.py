@@ -96,8 +96,8 @@ def _check_graph(root: yaml.Node, where: str, limit: int) -> None:
         visiting.discard(key)
         if total > limit:
             raise UserError(
-                f"{where}: expands to more than {limit} values through YAML aliases (&/*); a config needs a few "
-                "hundred (write the values out, or use fewer aliases)"
+                f"{where}: expands to more than {limit} values (a YAML alias *x counts its anchor's values each time "
+                "it is used); a config needs a few hundred"
             )
         sizes[key] = total
         return total

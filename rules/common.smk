@@ -27,10 +27,11 @@ envvars:
 SEARCH_PATH = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), SEARCH_PATH])
 REQUEST = smk.or_exit(from_config, config, workflow.config_settings.config)
-if workflow.config_settings.config:
-    # Jobs Snakemake starts by re-invoking itself through a shell get the request as a file, not as values.
-    workflow.config_settings.config_args = f"request={smk.or_exit(persist, REQUEST)}"
 PLAN = smk.or_exit(plan_for, REQUEST, Path(workflow.basedir) / "configs")
+if workflow.config_settings.config:
+    # Jobs Snakemake starts by re-invoking itself through a shell get the request as a file, not as values;
+    # written only once the plan accepted it (a refused request, a secret among them, leaves no file).
+    workflow.config_settings.config_args = f"request={smk.or_exit(persist, REQUEST)}"
 smk.or_exit(PLAN.check_cluster)
 if workflow.is_main_process:
     smk.hint_after_a_kill()

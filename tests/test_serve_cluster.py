@@ -184,7 +184,7 @@ def test_a_deployment_that_dies_while_serving_marks_the_endpoint_failed(tmp_path
 
 
 def test_a_missing_squashed_image_is_named(tmp_path: Path, eval_yaml: Any) -> None:
-    cfg_file = eval_yaml("true", port=1, execution="slurm/default", overrides=("execution.container_runner=pyxis",))
+    cfg_file = eval_yaml("exit 0", port=1, execution="slurm/default", overrides=("execution.container_runner=pyxis",))
     sqsh = yaml.safe_load(cfg_file.read_text())["deployment"]["image"]
     assert sqsh == str(tmp_path / "build/images/nvcr.io+nvidia+nemo+25.11.nemotron_3_nano.sqsh")
     proc, endpoint, _ = start(tmp_path, cfg_file)

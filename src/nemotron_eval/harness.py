@@ -108,9 +108,10 @@ def framework_defaults(eval_type: str) -> dict[str, Any]:
 
 @functools.cache
 def _framework_params(eval_type: str) -> dict[str, Any]:
-    from nemo_evaluator.core.input import get_available_evaluations
+    from nemotron_eval.launcher import keep_root_logging, module
 
-    _, _, by_name = get_available_evaluations()
+    with keep_root_logging():
+        _, _, by_name = module("nemo_evaluator.core.input").get_available_evaluations()
     ev = by_name.get(eval_type)
     if isinstance(ev, list):
         ev = ev[0]

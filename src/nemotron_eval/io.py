@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes and content digests."""
+"""Small file helpers: atomic writes (with the modes the umask gives) and content digests."""
 
 from __future__ import annotations
 
@@ -16,23 +16,36 @@ from typing import Any
 import yaml
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it: a race for rules running in threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): the classic way
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temp file in the same folder, then rename."""
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder, then rename; mode as the umask allows
-    (mkstemp's own 0600 would make results unreadable to the rest of a team)."""
+    """Write `data` to `path` through a temp file in the same folder, then rename. mkstemp makes the temp file
+    0600; it gets the mode a plain open() would give (0666 less the umask), so a shared registry or results
+    folder stays readable by the team."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -105,7 +118,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; what is written here is for every job
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; it gets a plain mkdir's mode
         yield tmp
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex}.old"

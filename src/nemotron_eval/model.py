@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -98,8 +97,9 @@ def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", overwrite
 
 def _make_readable(folder: Path) -> None:
     """mkdtemp makes a private (0700) folder and safetensors writes 0600 files: open them up as the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
+    from nemotron_eval.io import current_umask
+
+    umask = current_umask()
     folder.chmod(0o777 & ~umask)
     for file in folder.iterdir():
         file.chmod(0o666 & ~umask)

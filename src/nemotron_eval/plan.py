@@ -20,14 +20,15 @@ from nemotron_eval import cluster, embedded
 from nemotron_eval import tasks as task_table
 from nemotron_eval.artifacts import Resolved
 from nemotron_eval.config import compile as comp
-from nemotron_eval.config.compose import ComposeRequest, compose, resolved_value
+from nemotron_eval.config import schema
+from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
 from nemotron_eval.data import stage
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import dump_yaml, sha256_bytes
 from nemotron_eval.request import Request
 from nemotron_eval.spec import ModelSpec, parse_spec, parse_wildcard
 
-ENGINES = ("snakemake", "launcher")
+ENGINES = schema.ENGINES
 
 
 @dataclass(frozen=True)
@@ -59,21 +60,6 @@ class ModelPlan:
         return sha256_bytes(getattr(self, f"{which}_text").encode())
 
 
-def _section(merged: dict[str, Any], key: str) -> dict[str, Any]:
-    """A section of the merged config with its interpolations resolved (it must not use ${art:...})."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        node = OmegaConf.select(OmegaConf.create(merged), key)
-        value = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    except OmegaConfBaseException as e:
-        raise UserError(f"{key}: cannot resolve: {str(e).strip().splitlines()[0]}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{key}: expected a mapping, got {value!r}")
-    return value
-
-
 class Plan:
     def __init__(self, request: Request, configs_dir: Path) -> None:
         self.request = request
@@ -85,6 +71,9 @@ class Plan:
             )
         )
         self.merged_text = dump_yaml(self.merged)
+        # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.
+        self.resolved = resolve_pending(self.merged)
+        schema.check(self.resolved, self.merged)
         self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
         self.tasks = [task_table.resolve(e["name"]) for e in self.merged["evaluation"]["tasks"]]
         self.task_names = [t.short for t in self.tasks]
@@ -93,17 +82,17 @@ class Plan:
             raise UserError(f"run.engine={self.engine!r}: valid: {', '.join(ENGINES)}")
         self.launcher_dry_run = bool((self.merged["run"].get("launcher") or {}).get("dry_run", False))
         self.force_squash_stamp: float | bool = time.time() if request.force_squash else False  # new each run
-        run_env = _section(self.merged, "run.env")
-        self.execution = _section(self.merged, "execution")
+        run_env = self.resolved["run"].get("env") or {}
+        self.execution: dict[str, Any] = self.resolved.get("execution") or {}
         self.deployment_type = str(self.merged["deployment"].get("type"))
         self.deploy_resources = cluster.deployment_resources(self.execution)
         self.squash_resources = cluster.squash_resources(run_env)
         image = comp.squashed_image({
             "execution": self.execution,
-            "deployment": {"type": self.deployment_type, "image": resolved_value(self.merged, "deployment.image")},
+            "deployment": {"type": self.deployment_type, "image": self.resolved["deployment"].get("image")},
         })
         self.images: dict[str, comp.Image] = {image.name: image} if image else {}
-        self.mirror = stage.resolve_mirror(resolved_value(self.merged, "data.mirror"))
+        self.mirror = stage.resolve_mirror((self.resolved.get("data") or {}).get("mirror"))
 
     @property
     def default_target(self) -> str:
@@ -129,6 +118,7 @@ class Plan:
         artifact = comp.resolve_model(self.merged, spec)
         resolved = comp.resolve_artifacts(self.merged, spec, artifact)
         job, eval_cfg = comp.compile_job(resolved, self.tasks)
+        schema.check(job, self.merged)  # now with the checkpoint path and the profile's mounts
         return ModelPlan(
             wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
             resolved_text=dump_yaml(resolved), job_text=dump_yaml(job), eval_text=dump_yaml(eval_cfg),

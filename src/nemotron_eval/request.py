@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nemotron_eval.errors import UserError
 
 KEYS = ("eval_config", "env_profile", "overrides", "tasks", "force_squash", "env_file", "compare")
@@ -77,12 +75,9 @@ def _typed(data: Mapping[str, Any], where: str) -> Request:
 
 
 def read_request_file(path: Path) -> Request:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"request file {path}: cannot read it ({e.strerror})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"request file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    from nemotron_eval.safeload import load_yaml
+
+    data = load_yaml(path, "request file")
     if not isinstance(data, dict):
         raise UserError(f"request file {path}: expected a mapping of {', '.join(KEYS)}")
     return _typed(data, f"request file {path}")

@@ -7,6 +7,10 @@ Two ways a secret can leak, two helpers:
 * the value of a secret environment variable pasted into text (an error message, a harness log, a
   copied results file): `scrub_env_values(text)` replaces every current value of those variables.
 
+Refusing secrets before anything is written (`looks_secret_env`, `literal_secret`): a config may name a secret
+(`api_key_name: OPENAI_API_KEY`, `HF_TOKEN: host:HF_TOKEN`) but never hold one, nor read one through
+`${oc.env:...}` (the value would be copied into build/ and Snakemake's records).
+
 Secret variables are WANDB_API_KEY and HF_TOKEN, any name a config gives in an `api_key_name` key
 (NeMo Evaluator's `target.api_endpoint.api_key_name`), and any set variable whose name looks secret
 (NGC_API_KEY, GITHUB_TOKEN, ...). A key *naming* a secret (`api_key_name`, `token_file`) is not one.
@@ -42,6 +46,72 @@ def looks_secret(key: str) -> bool:
     if not words or words[-1] in _REFERENCE_WORDS:
         return False
     return any(w in _SECRET_WORDS for w in words) or any(p in _SECRET_PAIRS for p in zip(words, words[1:]))
+
+
+# An environment variable's name is read more strictly than a config key: OPENAI_KEY, DB_PASS, GITHUB_PAT are
+# secrets; a config key `key` or `sort_key` is not.
+_SECRET_ENV_WORDS = _SECRET_WORDS | {"key", "pass", "pat", "auth", "passphrase"}
+_REFERENCE_ENV_WORDS = frozenset({"name", "names", "file", "path", "dir", "url", "type", "id", "sock", "socket"})
+# Prefixes of well-known credentials (Hugging Face, OpenAI, GitHub, NVIDIA NGC, Slack, AWS access key ids).
+_TOKEN_RE = re.compile(
+    r"(?:hf_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}"
+    r"|nvapi-[A-Za-z0-9_-]{30,}|xox[abpr]-[A-Za-z0-9-]{20,}|AKIA[A-Z0-9]{16})"
+)
+BY_NAME = (
+    "pass secrets by name: set the variable where the jobs run and name it (env_vars: NAME: host:NAME; "
+    "an endpoint's key: target.api_endpoint.api_key_name: NAME; W&B: WANDB_API_KEY or `wandb login`)"
+)
+
+
+def looks_secret_env(name: str) -> bool:
+    """True for environment variable names like OPENAI_API_KEY, OPENAI_KEY, HF_TOKEN, DB_PASS, DB_PASSWORD,
+    AWS_SECRET_ACCESS_KEY, GITHUB_PAT; False for HOME, USER, TOKENIZERS_PARALLELISM, HF_TOKEN_PATH, SSH_AUTH_SOCK."""
+    words = _words(name)
+    if not words or words[-1] in _REFERENCE_ENV_WORDS:
+        return False
+    return looks_secret(name) or any(w in _SECRET_ENV_WORDS for w in words)
+
+
+def looks_like_token(value: Any) -> bool:
+    """A string that holds a well-known credential (hf_..., sk-..., ghp_..., nvapi-..., AKIA...)."""
+    return isinstance(value, str) and _TOKEN_RE.search(value) is not None
+
+
+def _is_reference(value: str) -> bool:
+    """An env_vars value that names a variable instead of holding one (the launcher's host:/runtime: forms)."""
+    return value.startswith(("host:", "runtime:"))
+
+
+ENV_VAR_SECTIONS = ("env_vars", "deployment.env_vars", "evaluation.env_vars", "execution.env_vars")
+
+
+def literal_secret(obj: Any, path: str = "") -> str | None:
+    """The dotted key of the first secret written as a value in a config (None when there is none):
+    a non-empty value under a secret-looking key (api_key, password, ...); in an `env_vars` mapping, a
+    secret-looking variable given other than by name (`HF_TOKEN: lit:...`); any string holding a well-known
+    credential. The caller's message never repeats the value."""
+    if isinstance(obj, Mapping):
+        env_map = path.rsplit(".", 1)[-1] == "env_vars" or path == "env_vars"
+        for k, v in obj.items():
+            here = f"{path}.{k}" if path else str(k)
+            if env_map and isinstance(k, str) and isinstance(v, str):
+                if (looks_secret_env(k) or looks_like_token(v)) and not _is_reference(v) and v.strip():
+                    return here
+                continue
+            if isinstance(k, str) and looks_secret(k) and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                if str(v).strip() and str(v) != "???":
+                    return here
+            found = literal_secret(v, here)
+            if found:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = literal_secret(v, f"{path}.{i}" if path else str(i))
+            if found:
+                return found
+        return None
+    return path if looks_like_token(obj) else None
 
 
 def redact(obj: Any) -> Any:

@@ -32,7 +32,13 @@ class ModelSpec:
         return re.fullmatch(r"v\d+", self.alias) is not None
 
 
+MAX_NAME, MAX_ALIAS = 128, 64  # build/NAME_ALIAS/ must stay one file name (at most 255 bytes)
+
+
 def _normalise(name: str, alias: str) -> ModelSpec:
+    for what, value, limit in (("name", name, MAX_NAME), ("alias", alias, MAX_ALIAS)):
+        if len(value) > limit:
+            raise UserError(f"artifact {what} {value[:20]}...: {len(value)} characters; at most {limit}")
     return ModelSpec(name, f"v{alias}" if alias.isdigit() else alias)
 
 
@@ -47,7 +53,7 @@ def parse_wildcard(value: str) -> ModelSpec:
 def parse_spec(value: str, where: str = "run.model") -> ModelSpec:
     """`rl:latest`, `sft:v2`, `sft:2`, `rl:best`; a bare name means `:latest`."""
     if ":" not in value and re.fullmatch(_NAME, value or ""):
-        return ModelSpec(value, "latest")
+        return _normalise(value, "latest")
     m = _SPEC_RE.match(value or "")
     if not m:
         raise UserError(f"{where}: {value!r} is not a valid artifact spec; write NAME:ALIAS, e.g. rl:latest, sft:v2")

@@ -201,10 +201,11 @@ def catalog() -> tuple[CatalogEntry, ...]:
     """Every task the installed NeMo Evaluator Launcher knows (its packaged task definitions; about 2 s)."""
     import logging
 
-    logging.getLogger("nemo_evaluator_launcher").setLevel(logging.WARNING)
-    from nemo_evaluator_launcher.common.mapping import load_tasks_mapping
+    from nemotron_eval.launcher import keep_root_logging, module
 
-    mapping: dict[Any, Any] = load_tasks_mapping()
+    logging.getLogger("nemo_evaluator_launcher").setLevel(logging.WARNING)
+    with keep_root_logging():
+        mapping: dict[Any, Any] = module("nemo_evaluator_launcher.common.mapping").load_tasks_mapping()
     return tuple(
         sorted(
             (
@@ -224,10 +225,11 @@ def installed_harnesses() -> frozenset[str]:
     """Harnesses whose package is installed here (the harness runs in this environment, no container)."""
     import logging
 
-    logging.getLogger("nemo_evaluator").setLevel(logging.WARNING)
-    from nemo_evaluator.core.input import get_available_evaluations
+    from nemotron_eval.launcher import keep_root_logging, module
 
-    frameworks, _, _ = get_available_evaluations()
+    logging.getLogger("nemo_evaluator").setLevel(logging.WARNING)
+    with keep_root_logging():
+        frameworks, _, _ = module("nemo_evaluator.core.input").get_available_evaluations()
     return frozenset(str(name) for name in frameworks)
 
 

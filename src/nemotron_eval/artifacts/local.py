@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
+from nemotron_eval.config.schema import checkpoint_path
 from nemotron_eval.errors import UserError, did_you_mean
 from nemotron_eval.io import sha256_tree, stat_fingerprint, write_json_atomic
-from nemotron_eval.spec import ModelSpec, parse_spec
+from nemotron_eval.safeload import load_json
+from nemotron_eval.spec import MAX_ALIAS, ModelSpec, parse_spec
 
 METADATA = "metadata.json"
 ALIASES = "aliases.json"
@@ -44,10 +45,21 @@ class LocalRegistry:
 
     def aliases(self, name: str) -> dict[str, str]:
         path = self.root / name / ALIASES
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        fix = f"restore it, or delete it and move the aliases again with `nemotron artifacts add {name} PATH --alias ...`"
+        table = load_json(path, "registry file", fix=fix)
+        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+            raise UserError(f"{path}: not a registry alias table (alias -> version); {fix}")
+        return table
 
     def metadata(self, name: str, version: str) -> dict[str, Any]:
-        return json.loads((self.root / name / version / METADATA).read_text())
+        path = self.root / name / version / METADATA
+        fix = f"restore it, or delete {path.parent} and register the checkpoint again"
+        meta = load_json(path, "registry file", fix=fix)
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("path", "digest", "fingerprint")):
+            raise UserError(f"{path}: not a registry version record (path, digest, fingerprint); {fix}")
+        return meta
 
     def resolve(self, spec: ModelSpec) -> Resolved:
         names = self.names()
@@ -60,11 +72,18 @@ class LocalRegistry:
         aliases = self.aliases(spec.name)
         versions = self.versions(spec.name)
         version = spec.alias if spec.is_version else aliases.get(spec.alias)
+        if version is not None and not spec.is_version and version not in versions:
+            raise UserError(
+                f"artifact {spec.spec!r}: alias {spec.alias!r} points to {version}, which is missing from "
+                f"{self.root / spec.name} (versions: {', '.join(versions) or 'none'}); move it with "
+                f"`nemotron artifacts add {spec.name} PATH --alias {spec.alias}`"
+            )
         if version not in versions:
+            choices = [c for c in [*versions, *aliases] if c != spec.alias]
             valid = ", ".join([*versions, *aliases]) or "(none)"
             raise UserError(
                 f"artifact {spec.spec!r}: {spec.name} has no version or alias {spec.alias!r} in {self.root}"
-                f"{did_you_mean(spec.alias, [*versions, *aliases])}; valid: {valid}"
+                f"{did_you_mean(spec.alias, choices)}; valid: {valid}"
             )
         meta = self.metadata(spec.name, version)
         path = Path(meta["path"])
@@ -114,10 +133,21 @@ class LocalRegistry:
         path = Path(path).expanduser().resolve()
         if not path.exists():
             raise UserError(f"artifacts add {name}: checkpoint path {path} does not exist")
+        problem = checkpoint_path(str(path))
+        if problem:
+            raise UserError(f"artifacts add {name}: checkpoint path {str(path)!r} is not {problem}")
+        root = self.root.expanduser().resolve()
+        if root == path or path in root.parents:
+            raise UserError(
+                f"artifacts add {name}: the registry {self.root} lies inside the checkpoint {path}; registering would "
+                "change the checkpoint it records (put the registry elsewhere: --root or env.toml [artifacts] root)"
+            )
         if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
             raise UserError(f"artifacts add {name}: checkpoint folder {path} holds no file")
         aliases = aliases or ["latest"]
         for alias in aliases:
+            if len(alias) > MAX_ALIAS:
+                raise UserError(f"artifacts add {name}: alias {alias[:20]}...: {len(alias)} characters; at most {MAX_ALIAS}")
             if re.fullmatch(r"v?\d+", alias) or "_" in alias or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", alias):
                 raise UserError(f"artifacts add {name}: alias {alias!r} is not valid; use letters, digits, '.', '-' (not vN, not '_')")
         fingerprint = stat_fingerprint(path)

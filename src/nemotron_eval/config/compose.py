@@ -19,11 +19,11 @@ from omegaconf.errors import OmegaConfBaseException
 from nemotron_eval import tasks as task_registry
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.safeload import load_yaml, load_yaml_text
 
 # `run` is this project's (stripped from eval.yaml), `data` too; the rest are NeMo Evaluator Launcher's sections.
 SECTIONS = ("run", "execution", "deployment", "evaluation", "export", "data", "target", "env_vars")
 ART_RE = re.compile(r"\$\{art:([^,}]+)(?:,([^}]+))?\}")
-ENV_REF_RE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass
@@ -54,20 +54,15 @@ def find_config(name_or_path: str, configs_dir: Path) -> Path:
 
 
 def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    """A config file through the one safe reader (size cap, UTF-8, duplicate keys, bounded aliases)."""
+    return load_yaml(path, "config file")
 
 
-def _defaults_files(primary: Path, configs_dir: Path) -> list[Path]:
-    """The config-group files a primary config's `defaults:` list selects (for rerun triggers)."""
-    data = read_yaml(primary) or {}
+def _defaults_files(data: dict[str, Any], configs_dir: Path) -> list[Path]:
+    """The config-group files a primary config's `defaults:` list selects."""
     files = []
-    for entry in data.get("defaults", []) or []:
+    defaults = data.get("defaults", []) or []
+    for entry in defaults if isinstance(defaults, list) else []:
         if isinstance(entry, dict):
             for group, option in entry.items():
                 group = str(group).lstrip("+").split("@")[0].removeprefix("override ").strip()
@@ -167,11 +162,7 @@ def parse_value(raw: str, item: str) -> Any:
     if _NUMBER.fullmatch(text):
         return yaml.safe_load(text)
     if text[0] in "[{" or (len(text) > 1 and text[0] == text[-1] and text[0] in "'\""):
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise UserError(f"override {item!r}: the value is not valid YAML flow syntax ({problem})") from None
+        return load_yaml_text(text, f"override {item!r}", malformed="the value is not valid YAML flow syntax")
     return raw
 
 
@@ -193,7 +184,7 @@ def _apply_override(cfg: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise UserError(f"override {item!r}: {here} is a value, not a section; it has no key {part!r}")
         if part not in node:
-            if depth == 0:
+            if depth == 0 and (part not in SECTIONS or not add):
                 raise UserError(
                     f"override {item!r}: unknown section {part!r}{did_you_mean(part, node)}; valid: {', '.join(SECTIONS)}"
                 )
@@ -246,7 +237,7 @@ def _filter_tasks(cfg: dict[str, Any], keep: list[str] | None) -> None:
 def _check_interpolations(cfg: dict[str, Any], where: Path) -> None:
     """Every ${run.*} reference resolves and no mandatory value (???) is left unset."""
     stub = copy.deepcopy(cfg)
-    _replace_art(stub, lambda key, fld: f"<art:{key},{fld}>")
+    _replace_art(stub, pending_art)
     conf = OmegaConf.create(stub)
     try:
         OmegaConf.to_container(conf, resolve=True, throw_on_missing=True)
@@ -274,39 +265,75 @@ def _replace_art(node: Any, value_of: Any) -> Any:
     return node
 
 
-def env_references(node: Any) -> list[str]:
-    """Environment variables the config reads through ${oc.env:NAME}: their values are rerun triggers."""
-    found: set[str] = set()
+def env_reads(cfg: dict[str, Any]) -> list[str]:
+    """The environment variables a config reads through `${oc.env:...}`, as OmegaConf itself parses the calls:
+    with spaces (`${oc.env: NAME}`), quotes, defaults (`${oc.env:A,${oc.env:B}}`) and names that are themselves
+    interpolated (`${oc.env:${run.env.n}}`). Found by resolving the config once with `oc.env` replaced by a
+    recorder (restored afterwards); what does not resolve is reported by `_check_interpolations`."""
+    import os
 
-    def walk(n: Any) -> None:
-        if isinstance(n, dict):
-            for v in n.values():
-                walk(v)
-        elif isinstance(n, list):
-            for v in n:
-                walk(v)
-        elif isinstance(n, str):
-            found.update(ENV_REF_RE.findall(n))
+    from omegaconf.basecontainer import BaseContainer
 
-    walk(node)
-    return sorted(found)
+    names: list[str] = []
+
+    def record(key: Any, default: Any = None) -> Any:
+        names.append(str(key).strip())
+        return os.environ.get(str(key).strip(), default)
+
+    stub = copy.deepcopy(cfg)
+    _replace_art(stub, pending_art)
+    original = BaseContainer._resolvers.get("oc.env")
+    OmegaConf.register_new_resolver("oc.env", record, replace=True, use_cache=False)
+    try:
+        OmegaConf.to_container(OmegaConf.create(stub), resolve=True)
+    except (OmegaConfBaseException, ValueError, TypeError):
+        pass
+    finally:
+        if original is not None:
+            BaseContainer._resolvers["oc.env"] = original
+    return list(dict.fromkeys(names))
 
 
-def resolved_value(cfg: dict[str, Any], key: str) -> Any:
-    """One value of the merged config, its interpolations resolved (it must not refer to `${art:...}`)."""
-    return OmegaConf.select(OmegaConf.create(cfg), key)
+def pending_art(key: str, fld: str) -> str:
+    """How `${art:KEY,FIELD}` reads before the artifact is resolved (config.schema.PENDING starts it)."""
+    return f"<art:{key},{fld}>"
 
 
-def _refuse_secret_values(cfg: dict[str, Any], where: Path) -> None:
-    """Secrets travel by name (api_key_name, the environment), never as values in a config file."""
-    from nemotron_eval.secrets import looks_secret
+def resolve_pending(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The merged config with every interpolation resolved but `${art:...}`, which reads as `pending_art`
+    (known only per model). What the plan reads before any model is resolved, and what the schema checks."""
+    stub = copy.deepcopy(cfg)
+    _replace_art(stub, pending_art)
+    try:
+        out = OmegaConf.to_container(OmegaConf.create(stub), resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise UserError(f"cannot resolve {key}: {str(e).strip().splitlines()[0]}") from None
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
 
-    for name in env_references(cfg):
-        if looks_secret(name):
+
+def refuse_secrets(cfg: dict[str, Any]) -> None:
+    """Secrets travel by name (env_vars `host:NAME`, `api_key_name`, the environment), never as values: not read
+    through `${oc.env:...}`, not written as literals. The message never repeats a value."""
+    from nemotron_eval.secrets import BY_NAME, literal_secret, looks_secret_env
+
+    for name in env_reads(cfg):
+        if looks_secret_env(name):
             raise UserError(
-                f"{where}: ${{oc.env:{name}}} would write a secret into build/; pass it by name instead "
-                f"(e.g. deployment.api_key_name={name}); jobs read it from the environment"
+                f"${{oc.env:{name}}} in the config would copy a secret into build/ and Snakemake's records; pass it by name "
+                f"instead (env_vars: {name}: host:{name}, or target.api_endpoint.api_key_name={name}); jobs read it "
+                "from the environment"
             )
+    key = literal_secret(cfg)
+    if key and key.rsplit(".", 2)[-2:-1] == ["env_vars"]:
+        name = key.rsplit(".", 1)[-1]
+        raise UserError(
+            f"config key {key} holds a secret value (not repeated here), which would be written to build/; pass it by "
+            f"name: {key}=host:{name} (copied from the environment where the job starts)"
+        )
+    if key:
+        raise UserError(f"config key {key} holds a secret value (not repeated here), which would be written to build/; {BY_NAME}")
 
 
 def validate(cfg: dict[str, Any], where: Path) -> None:
@@ -329,10 +356,13 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{primary}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
     _check_sections({k: v for k, v in raw.items() if k != "defaults"}, primary)
-    for group_file in _defaults_files(primary, req.configs_dir):
-        if group_file.is_file():
-            read_yaml(group_file)  # malformed group files get the same one-line error
     choices = [o for o in req.overrides if group_choice(o, req.configs_dir)]
+    chosen = [req.configs_dir / k.lstrip("+") / f"{v}.yaml" for k, _, v in (c.partition("=") for c in choices)]
+    # Every file Hydra will read is read here first, through the safe reader: a malformed, oversized or
+    # alias-bomb group file gets the same one-line error instead of hanging or failing inside Hydra.
+    for group_file in [*_defaults_files(raw, req.configs_dir), *chosen]:
+        if group_file.is_file():
+            read_yaml(group_file)
     cfg = _hydra_compose(primary, req.configs_dir, choices)
     env = load_env_file(req.env_file)
     _apply_profile(cfg, env, req.env_profile)
@@ -340,8 +370,8 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
         if item not in choices:
             _apply_override(cfg, item)
     _filter_tasks(cfg, req.tasks)
+    refuse_secrets(cfg)
     validate(cfg, primary)
-    _refuse_secret_values(cfg, primary)
     cfg["run"]["compose"] = {
         "eval_config": str(primary),
         "env_file": str(env.path) if env.path else None,

@@ -9,7 +9,6 @@ up from the working directory.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,14 +52,52 @@ def find_env_file(start: Path | None = None) -> Path | None:
 
 
 def load_env_file(path: Path | None = None, start: Path | None = None) -> EnvFile:
+    from nemotron_eval.safeload import load_toml
+
     path = path or find_env_file(start)
     if path is None:
         return EnvFile(None, {})
-    try:
-        with open(path, "rb") as f:
-            return EnvFile(Path(path), tomllib.load(f))
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: malformed TOML: {e}") from None
+    tables = load_toml(path, "env.toml")
+    check_tables(tables, Path(path))
+    return EnvFile(Path(path), tables)
+
+
+SETTINGS_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "wandb": {"entity": str, "project": str},
+    "artifacts": {"backend": str, "root": str},
+}
+
+
+def check_tables(tables: dict[str, Any], where: Path) -> None:
+    """What the pipeline reads from env.toml has the type it needs, and no secret is written in it."""
+    from nemotron_eval.config import schema
+    from nemotron_eval.secrets import BY_NAME, literal_secret
+
+    secret = literal_secret(tables)
+    if secret:
+        table, _, key = secret.partition(".")
+        raise UserError(f"{where}: [{table}] {key} holds a secret value (not repeated here); env.toml is no place for it; {BY_NAME}")
+    for name, value in tables.items():
+        if not isinstance(value, dict):
+            if name in SETTINGS_TABLES:
+                raise UserError(f"{where}: {name} must be a table [{name}], got {value!r}")
+            continue
+        for key, kind in SETTINGS_KEYS.get(name, {}).items():
+            if key in value and not isinstance(value[key], kind):
+                raise UserError(f"{where}: [{name}] {key} = {value[key]!r} must be a string (in double quotes)")
+        if name in SETTINGS_TABLES:
+            continue
+        if "extends" in value and not isinstance(value["extends"], str):
+            raise UserError(f"{where}: [{name}] extends = {value['extends']!r} must be the name of another profile, in quotes")
+        mounts = value.get("mounts")
+        if mounts is not None and (not isinstance(mounts, list) or any(schema.mount_entry(m) for m in mounts)):
+            raise UserError(
+                f"{where}: [{name}] mounts = {mounts!r} must be a list of {schema.mount_entry(None)}, "
+                'e.g. mounts = ["/lustre:/lustre"]'
+            )
+        for key in ("time", "build_time"):
+            if key in value and schema.walltime(value[key]):
+                raise UserError(f"{where}: [{name}] {key} = {value[key]!r}: {schema.walltime(value[key])}")
 
 
 def _resolve(env: EnvFile, name: str, chain: list[str]) -> dict[str, Any]:

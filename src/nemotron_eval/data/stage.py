@@ -44,6 +44,7 @@ from typing import Any
 from nemotron_eval.data import readers
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import atomic_dir, sha256_file
+from nemotron_eval.safeload import load_json
 from nemotron_eval.tasks import Dataset, staged
 
 MIRROR_ENV = "NEMOTRON_DATA_MIRROR"
@@ -116,23 +117,25 @@ def stage_dataset(
 
 def staged_from_mirror(staged: Path) -> Path | None:
     """The mirror folder a staged dataset came from, if it still exists."""
-    try:
-        source = str(json.loads((Path(staged) / MANIFEST).read_text()).get("source", ""))
-    except (OSError, ValueError):
+    path = Path(staged) / MANIFEST
+    if not path.is_file():
         return None
-    path = Path(source.removeprefix("mirror:")) if source.startswith("mirror:") else None
-    return path if path is not None and path.is_dir() else None
+    try:
+        manifest = load_json(path, "staged data manifest")
+    except UserError:
+        return None  # a broken manifest: the data is staged again (from the configured mirror or the hub)
+    source = str(manifest.get("source", "")) if isinstance(manifest, dict) else ""
+    mirror = Path(source.removeprefix("mirror:")) if source.startswith("mirror:") else None
+    return mirror if mirror is not None and mirror.is_dir() else None
 
 
 def read_manifest(staged_dir: Path) -> dict[str, Any]:
     path = Path(staged_dir) / MANIFEST
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no staged dataset here (run the stage step first)") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg}); stage the dataset again") from None
-    if manifest.get("format") != FORMAT_VERSION:
+    if not path.is_file():
+        raise UserError(f"{path}: no staged dataset here (run the stage step first)")
+    manifest = load_json(path, "staged data manifest", fix=f"stage the dataset again (delete {staged_dir})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        manifest = manifest if isinstance(manifest, dict) else {}
         raise UserError(f"{path}: format {manifest.get('format')!r} is not {FORMAT_VERSION}")
     return manifest
 

@@ -106,7 +106,10 @@ def _required(dep: Mapping[str, Any], key: str) -> str:
 
 def parse_env_vars(raw: Mapping[str, Any], where: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
     """Launcher-style env vars as (plain values, name -> host variable, names set at runtime)."""
-    from nemo_evaluator_launcher.common.env_vars import EnvVarFromHost, EnvVarLiteral, parse_env_var_value
+    from nemotron_eval.launcher import module
+
+    env_vars = module("nemo_evaluator_launcher.common.env_vars")
+    EnvVarFromHost, EnvVarLiteral, parse_env_var_value = env_vars.EnvVarFromHost, env_vars.EnvVarLiteral, env_vars.parse_env_var_value
 
     plain: dict[str, str] = {}
     from_host: dict[str, str] = {}

@@ -49,6 +49,7 @@ def test_a_deployment_that_dies_at_start_up_fails_its_consumers_in_seconds(tmp_p
     with pytest.raises(EndpointNotReady, match="no tokenizer"):
         wait_for_service(endpoint, timeout_s=120)
     assert time.monotonic() - started < 20
+    proc.send_signal(signal.SIGTERM)  # as Snakemake stops the service once its consumers failed
     assert proc.wait(timeout=30) == 1
     assert json.loads(endpoint.read_text())["state"] == "failed"
 
@@ -67,6 +68,7 @@ def test_port_in_use_is_named(tmp_path: Path, eval_yaml) -> None:
         proc, endpoint, _ = start(tmp_path, eval_yaml(looks_complete, port=port))
         with pytest.raises(EndpointNotReady, match=f"port {port} on 127.0.0.1 is already in use"):
             wait_for_service(endpoint, timeout_s=60)
+        proc.send_signal(signal.SIGTERM)  # as Snakemake stops the service once its consumers failed
         assert proc.wait(timeout=30) == 1
 
 

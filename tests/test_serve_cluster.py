@@ -150,6 +150,7 @@ def test_a_command_that_exits_at_once_fails_within_seconds_with_its_log(tmp_path
     with pytest.raises(EndpointNotReady, match=r"(?s)exited with status 3 before .*CUDA driver not found"):
         wait_for_service(endpoint, timeout_s=60)
     assert time.monotonic() - started < 5
+    proc.send_signal(signal.SIGTERM)  # as Snakemake stops the service once its consumers failed
     assert proc.wait(timeout=10) == 1
     assert json.loads(endpoint.read_text())["state"] == "failed"
 
@@ -163,6 +164,7 @@ def test_a_command_that_never_answers_times_out_with_its_log(tmp_path: Path, sto
     with pytest.raises(EndpointNotReady, match=r"(?s)the generic deployment \(none\) was not ready within 2 s.*still compiling kernels"):
         wait_for_service(endpoint, timeout_s=60)
     assert time.monotonic() - started < 10
+    proc.send_signal(signal.SIGTERM)  # as Snakemake stops the service once its consumers failed
     assert proc.wait(timeout=20) == 1
     assert not process_running(int((tmp_path / "sleeper.pid").read_text()))  # the process group was stopped
 
@@ -176,6 +178,8 @@ def test_a_deployment_that_dies_while_serving_marks_the_endpoint_failed(tmp_path
     info = wait_for_service(endpoint, timeout_s=30)
     with pytest.raises(OSError):
         urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{info['url']}/quit", timeout=5)
+    wait_until(lambda: json.loads(endpoint.read_text())["state"] == "failed", 10)  # noticed within a second or so
+    proc.send_signal(signal.SIGTERM)  # as Snakemake stops the service once its consumers failed
     assert proc.wait(timeout=10) == 1
     failed = json.loads(endpoint.read_text())
     assert failed["state"] == "failed" and "exited with status 7 while serving" in failed["error"] and "asked to quit" in failed["error"]

@@ -62,6 +62,7 @@ from typing import Any
 import yaml
 
 from nemotron_eval.data.stage import read_manifest
+from nemotron_eval.deploy.process import die_with_parent
 from nemotron_eval.errors import UserError
 from nemotron_eval.tasks import Task
 
@@ -77,8 +78,9 @@ TRUNCATION_MARKERS = ("Left truncating context", "were left truncated")
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
-class HarnessError(RuntimeError):
-    """The harness failed or wrote no usable result; the message ends with the log's tail."""
+class HarnessError(UserError):
+    """The harness failed or wrote no usable result: the first line says why (the user sees it), the rest is
+    the harness log's tail (it goes to the step's log)."""
 
 
 class ContextOverflowError(UserError):
@@ -509,8 +511,11 @@ def _run_child(
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with open(log, "wb") as out:
+        # The harness gets SIGTERM when this step dies, however it dies (Snakemake kills a failed group's jobs
+        # with SIGKILL): NeMo Evaluator then stops lm-eval and its adapter itself.
         proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         try:
             while True:
@@ -527,7 +532,7 @@ def _run_child(
             for child in procs:
                 with contextlib.suppress(psutil.Error):
                     child.terminate()
-            _, alive = psutil.wait_procs(procs, timeout=30)
+            _, alive = psutil.wait_procs(procs, timeout=5)
             for child in alive:
                 with contextlib.suppress(psutil.Error):
                     child.kill()

@@ -87,7 +87,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent dies (Linux)."""
     import ctypes
 
@@ -107,7 +107,7 @@ def start(argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None 
         log.flush()
         return subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None, start_new_session=True, preexec_fn=_die_with_parent,
+            env=dict(env) if env is not None else None, start_new_session=True, preexec_fn=die_with_parent,
         )
 
 

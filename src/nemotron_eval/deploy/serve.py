@@ -56,31 +56,37 @@ def serve(eval_yaml: Path, model: str, endpoint_file: Path, log_file: Path) -> i
         write_json_atomic(endpoint_file, {"state": "failed", **base, "error": str(e)})
         raise
     try:
-        info = kind.wait_ready(plan, process, log_file, runtime, stop)
-    except EndpointNotReady as e:
-        write_json_atomic(endpoint_file, {"state": "failed", **base, "error": str(e)})
-        _say(str(e))
-        kind.stop(process)
-        return 1
-    if info is None:
-        write_json_atomic(endpoint_file, {"state": "failed", **base, "error": "the deployment step was stopped before it was ready"})
-        kind.stop(process)
+        try:
+            info = kind.wait_ready(plan, process, log_file, runtime, stop)
+        except EndpointNotReady as e:
+            return _failed(endpoint_file, base, str(e), stop)
+        if info is None:
+            write_json_atomic(endpoint_file, {"state": "failed", **base, "error": "the deployment step was stopped before it was ready"})
+            return 0
+        write_json_atomic(endpoint_file, {**info, "state": "ready", "type": plan.type, **base})
+        _say(f"deployment {deployment_id} serving {info['model_id']} at {info['completions_url']}")
+        while not stop.is_set() and (process is None or process.poll() is None):
+            stop.wait(1.0)
+        if not stop.is_set():
+            assert process is not None
+            return _failed(endpoint_file, base, f"the {plan.type} deployment exited with status {process.returncode} "
+                           f"while serving; last lines of {log_file}:\n{log_tail(log_file)}", stop)
+        _say(f"deployment {deployment_id} stopped")
         return 0
-    write_json_atomic(endpoint_file, {**info, "state": "ready", "type": plan.type, **base})
-    _say(f"deployment {deployment_id} serving {info['model_id']} at {info['completions_url']}")
-    while not stop.is_set() and (process is None or process.poll() is None):
-        stop.wait(1.0)
-    if not stop.is_set():
-        assert process is not None
-        message = (f"the {plan.type} deployment exited with status {process.returncode} while serving; "
-                   f"last lines of {log_file}:\n{log_tail(log_file)}")
-        write_json_atomic(endpoint_file, {"state": "failed", **base, "error": message})
-        _say(message)
-        kind.stop(process)
-        return 1
-    kind.stop(process)
-    _say(f"deployment {deployment_id} stopped")
-    return 0
+    finally:
+        kind.stop(process)  # whatever ended the step: no deployment outlives it
+
+
+CONSUMERS_GRACE_S = 60.0
+
+
+def _failed(endpoint_file: Path, base: dict[str, Any], message: str, stop: threading.Event) -> int:
+    """Publish the failure, then wait (until stopped, at most a minute) while the task jobs read it and fail with
+    it in their own logs: ending at once would have Snakemake kill them before they can say why."""
+    write_json_atomic(endpoint_file, {"state": "failed", **base, "error": message})
+    _say(message)
+    stop.wait(CONSUMERS_GRACE_S)
+    return 1
 
 
 def deployment_gone(endpoint_file: Path) -> str | None:

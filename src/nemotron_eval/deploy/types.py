@@ -19,7 +19,6 @@ environment). No secret value is ever part of a plan: secrets are names.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -142,6 +141,10 @@ class Deployment:
 
     name: ClassVar[str]
     runs_image: ClassVar[bool] = False  # whether deployment.image is started (and squashed for pyxis/enroot)
+    readiness_default_s: ClassVar[float] = 3600  # deployment.readiness_timeout_s when the config says none
+
+    def readiness_timeout(self, dep: Mapping[str, Any]) -> float:
+        return float(dep.get("readiness_timeout_s") or self.readiness_default_s)
 
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         raise NotImplementedError
@@ -175,6 +178,7 @@ class Local(Deployment):
     command line, to which the serve step adds where to write its address and statistics."""
 
     name = "local"
+    readiness_default_s = 300
 
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         dep = eval_cfg.get("deployment") or {}
@@ -188,7 +192,7 @@ class Local(Deployment):
             type=self.name, argv=argv, model_id=str(dep.get("served_model_name") or "model"),
             base_url=f"http://{host}:{port}",  # port 0: the server picks one and writes it to its endpoint file
             health_path="/health", completions_path="/v1/completions",
-            readiness_timeout_s=float(dep.get("readiness_timeout_s") or 300), host=host, port=port,
+            readiness_timeout_s=self.readiness_timeout(dep), host=host, port=port,
             env=plain, env_from_host=from_host, env_names=names,
         )
 
@@ -254,7 +258,7 @@ class Generic(Deployment):
             base_url=f"http://{HOST}:{port}",
             health_path=str(dep.get("health_check_path") or endpoints.get("health") or "/health"),
             completions_path=str(endpoints.get("completions") or "/v1/completions").rstrip("/") or "/v1/completions",
-            readiness_timeout_s=float(dep.get("readiness_timeout_s") or 3600),
+            readiness_timeout_s=self.readiness_timeout(dep),
             host=None if slurm else "127.0.0.1", port=port, runner=runner, image=image,
             env=plain, env_from_host=from_host, env_names=names,
         )
@@ -286,6 +290,7 @@ class Existing(Deployment):
     environment variable `target.api_endpoint.api_key_name` names."""
 
     name = "none"
+    readiness_default_s = 0
 
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         api = (eval_cfg.get("target") or {}).get("api_endpoint") or {}
@@ -294,11 +299,11 @@ class Existing(Deployment):
             raise UserError("deployment.type=none needs target.api_endpoint.url (e.g. https://host/v1/completions)")
         if not api.get("model_id") or api.get("model_id") == "???":
             raise UserError("deployment.type=none needs target.api_endpoint.model_id (the served model's name)")
-        base = url.removesuffix("/v1/completions").removesuffix("/completions")
+        # the URL is the completions endpoint itself (as the launcher takes it); its server's root serves /health
+        base = url.removesuffix("/completions").removesuffix("/v1")
         return DeploymentPlan(
             type=self.name, argv=[], model_id=str(api["model_id"]), base_url=base, health_path="/health",
-            completions_path=url[len(base):] if url.endswith("completions") else "/v1/completions",
-            readiness_timeout_s=0, api_key_name=api.get("api_key_name") or None,
+            completions_path=url[len(base):], readiness_timeout_s=0, api_key_name=api.get("api_key_name") or None,
         )
 
     def start(self, plan: DeploymentPlan, log_file: Path, runtime: Runtime) -> subprocess.Popen[bytes] | None:
@@ -344,9 +349,9 @@ def _tasks_per_node(execution: Mapping[str, Any], nodes: int) -> int:
 
 def _gpus(execution: Mapping[str, Any]) -> int | None:
     """The GPUs per node from execution.gres ("gpu:8", "gpu:h100:8"); None when not said."""
-    gres = execution.get("gres")
-    match = re.fullmatch(r"gpu(?::[^:,]+)?:(\d+)", str(gres)) if gres else None
-    return int(match.group(1)) if match else None
+    from nemotron_eval.cluster import gpus_per_node
+
+    return gpus_per_node(execution["gres"]) if execution.get("gres") else None
 
 
 def mounts(dep: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, str]:

@@ -1,0 +1,132 @@
+"""Faults lose nothing: a deployment killed mid-task, Snakemake killed outright, kills at random moments.
+
+Real parts only: the real SmolLM2 deployment, the real harness and lm-eval, the real data, the snakemake CLI and
+`nemotron eval`; processes are killed with SIGKILL as a crash would."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from conftest import BIN, SHARED_BENCHMARKS, copy_workflow
+
+MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(), reason=f"no benchmark mirror at {MIRROR}"),
+]
+LIMIT = "evaluation.nemo_evaluator_config.config.params.limit_samples"
+ENV = {**os.environ, "NEMOTRON_DATA_MIRROR": str(MIRROR), "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0"}
+
+
+def ours(work: Path) -> list[psutil.Process]:
+    """Deployments, steps, harnesses and lm-eval processes of this working directory."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd", "environ"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if not any(k in cmd for k in ("nemotron_eval.deploy.server", "nemotron-step", "lm-eval", "lm_eval", "run_eval", "snakemake")):
+                continue
+            if str(work) in cmd or (proc.info["cwd"] or "").startswith(str(work)):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_for(predicate: Any, timeout_s: float, poll_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"not within {timeout_s} s")
+
+
+def snakemake(work: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / "snakemake"), "--profile", "profiles/local", *args], cwd=work, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def harness_running(work: Path, task: str) -> bool:
+    return any((d / "progress").is_file() for d in (work / "results/smollm2_latest/harness").glob(f"{task}-*"))
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path)
+
+
+def test_a_killed_deployment_fails_its_tasks_within_30_s_with_its_log(work: Path) -> None:
+    proc = snakemake(work, "--config", f'overrides=["{LIMIT}=200"]', 'tasks=["openbookqa","winogrande"]', "--",
+                     "results/smollm2_latest/openbookqa.json", "results/smollm2_latest/winogrande.json")
+    try:
+        wait_for(lambda: harness_running(work, "openbookqa") and harness_running(work, "winogrande"), 600)
+        server = next(p for p in ours(work) if "nemotron_eval.deploy.server" in " ".join(p.cmdline()))
+        server.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = proc.communicate(timeout=120)
+        assert time.monotonic() - killed < 30, out[-3000:]
+        assert proc.returncode != 0
+        for task in ("openbookqa", "winogrande"):
+            log = (work / f"logs/evaluate_task/smollm2_latest/{task}.log").read_text()
+            assert f"{task}: stopped: " in log and "exited" in log, log[-2000:]
+            assert "loaded" in log or "serving" in log  # the deployment's log tail came with it
+        wait_for(lambda: not ours(work), 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def parses(work: Path) -> list[str]:
+    """Every JSON/YAML file the pipeline wrote that does not parse (truncated)."""
+    bad = []
+    for folder in ("build", "results", "runs", "models", "data"):
+        for path in (work / folder).rglob("*"):
+            if "harness" in path.parts or not path.is_file() or path.name.startswith("."):
+                continue
+            try:
+                if path.suffix == ".json":
+                    json.loads(path.read_text())
+                elif path.suffix in (".yaml", ".yml"):
+                    yaml.safe_load(path.read_text())
+            except (ValueError, yaml.YAMLError) as e:
+                bad.append(f"{path.relative_to(work)}: {e}")
+    return bad
+
+
+def test_kills_at_random_moments_truncate_nothing_and_leave_nothing_running(work: Path) -> None:
+    """20 SIGKILLs of Snakemake at random moments of a run (compile, staging, conversion, deployment,
+    evaluation): every JSON/YAML written parses, within 30 s nothing of the run is left, and the plain
+    `nemotron eval` rerun then finishes."""
+    rng = random.Random(1234)
+    args = ["--config", f'overrides=["{LIMIT}=3"]', 'tasks=["openbookqa","winogrande"]', "--rerun-incomplete", "--",
+            "results/smollm2_latest/summary.json"]
+    for i in range(20):
+        locks = work / ".snakemake" / "locks"
+        if locks.is_dir():
+            for lock in locks.iterdir():
+                lock.unlink()
+        proc = snakemake(work, *args)
+        time.sleep(rng.uniform(0.5, 25.0))
+        os.kill(proc.pid, signal.SIGKILL)  # Snakemake only: its jobs must notice
+        proc.communicate()
+        wait_for(lambda: not ours(work), 30)
+        assert not parses(work), (i, parses(work))
+    done = subprocess.run([str(BIN / "nemotron"), "eval", "-c", "local", "-t", "openbookqa", "-t", "winogrande", f"{LIMIT}=3"],
+                          cwd=work, env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for task in ("openbookqa", "winogrande"):
+        assert json.loads((work / f"results/smollm2_latest/{task}.json").read_text())["n_samples"] == 3
+    assert not parses(work)

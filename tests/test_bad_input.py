@@ -148,3 +148,16 @@ def test_bad_request_files(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(UserError) as e:
         read_request_file(path)
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override", [
+    "+evaluation.nemo_evaluator_config.config.params.extra.x=$(touch /tmp/pwned)<art:",
+    "deployment.served_model_name=a;id<art:model,path>",
+])
+def test_a_value_cannot_skip_the_checks_by_looking_unresolved(planner, override: str) -> None:
+    """Values still waiting for their artifact are skipped by the plan-level check; one that only looks like that
+    is checked, and a model's own check skips nothing."""
+    from nemotron_eval.errors import UserError
+
+    with pytest.raises(UserError, match="shell|letters, digits"):
+        planner("local", [override]).model("smollm2_latest")

@@ -61,6 +61,28 @@ def test_fingerprints_follow_what_the_scores_depend_on() -> None:
     assert one["hellaswag"] != base["hellaswag"] and one["openbookqa"] == base["openbookqa"]
     assert prints(["evaluation.nemo_evaluator_config.config.params.limit_samples=3"])["openbookqa"] != base["openbookqa"]
     assert prints(["deployment.dtype=bfloat16"])["openbookqa"] != base["openbookqa"]
+    # How the model is served and how requests are sent cannot change a score, even where the deployment
+    # command interpolates them; what the server computes with can.
+    serving = ["deployment.port=8123", "deployment.host=0.0.0.0", "deployment.readiness_timeout_s=900",
+               "deployment.served_model_name=other", "evaluation.nemo_evaluator_config.config.params.parallelism=16",
+               "evaluation.nemo_evaluator_config.config.params.request_timeout=30",
+               "+evaluation.tasks.4.nemo_evaluator_config.config.params.max_retries=1"]
+    assert prints(serving) == base
+    assert prints(["deployment.max_batch_size=2"])["openbookqa"] != base["openbookqa"]
+    assert prints(["deployment.command='python -m other.server'"])["openbookqa"] != base["openbookqa"]
+
+
+def test_the_served_name_counts_against_an_existing_endpoint() -> None:
+    """With no deployment, the model name sent picks the model the endpoint answers with."""
+    base = ["deployment=none", "target.api_endpoint.url=https://api.example.com/v1/completions"]
+
+    def prints(name: str) -> str:
+        cfg = resolve_artifacts(merged("default", [*base, f"target.api_endpoint.model_id={name}", f"deployment.served_model_name={name}"]), parse_wildcard("rl_latest"), RESOLVED)
+        cfg["evaluation"]["tasks"] = cfg["evaluation"]["tasks"][-1:]
+        job, _ = compile_job(cfg, [STAGED["openbookqa"]])
+        return job["run"]["tasks"]["openbookqa"]["fingerprint"]
+
+    assert prints("a/one") != prints("a/two")
 
 
 def test_unknown_art_field_and_key() -> None:

@@ -458,10 +458,13 @@ def test_scrub_env_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
     monkeypatch.setenv("MY_ENDPOINT_KEY", ENDPOINT_KEY)
+    monkeypatch.setenv("ENDPOINT_CRED_VAR", "an-innocent-looking-name-value")
+    monkeypatch.setenv("DB_PASS", "sekret-db-value")
     monkeypatch.setenv("SHORT_TOKEN", "1")
-    text = f"key={WANDB_KEY} hf={HF_TOKEN} endpoint={ENDPOINT_KEY} n=1"
-    assert scrub_env_values(text) == f"key=*** hf=*** endpoint={ENDPOINT_KEY} n=1"
-    assert scrub_env_values(text, ["MY_ENDPOINT_KEY"]) == "key=*** hf=*** endpoint=*** n=1"
+    text = f"key={WANDB_KEY} hf={HF_TOKEN} endpoint={ENDPOINT_KEY} db=sekret-db-value n=1 other=an-innocent-looking-name-value"
+    # every name the pipeline refuses to read as a secret is scrubbed (the same rule); others when named
+    assert scrub_env_values(text) == "key=*** hf=*** endpoint=*** db=*** n=1 other=an-innocent-looking-name-value"
+    assert scrub_env_values(text, ["ENDPOINT_CRED_VAR"]).endswith("other=***")
     assert {"WANDB_API_KEY", "HF_TOKEN", "MY_ENDPOINT_KEY", "SHORT_TOKEN"} <= secret_env_names(["MY_ENDPOINT_KEY"])
     assert api_key_names({"target": {"api_endpoint": {"api_key_name": "NGC_API_KEY"}}, "x": [{"api_key_name": "B"}]}) == ["NGC_API_KEY", "B"]
 

@@ -138,7 +138,7 @@ def test_registry_refuses_payload_names_and_aliases(tmp_path: Path) -> None:
 
 # --- secrets ----------------------------------------------------------------------------------------------------
 
-SECRET_VARS = ("WANDB_API_KEY", "HF_TOKEN", "OPENAI_API_KEY", "DB_PASSWORD")
+SECRET_VARS = ("WANDB_API_KEY", "HF_TOKEN", "OPENAI_API_KEY", "DB_PASSWORD", "OPENAI_KEY", "DB_PASS")
 
 
 def files_holding(roots: list[Path], needles: list[str]) -> list[str]:

@@ -21,7 +21,6 @@ from nemotron_eval.errors import UserError
 
 DOCKER_HUB = "docker.io"
 SQUASHED_RUNNERS = ("pyxis", "enroot")
-IMAGE_TYPES = ("generic", "vllm")  # deployment types that run deployment.image
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[A-Fa-f0-9]{32,}")
@@ -72,6 +71,13 @@ def parse_image(image: str) -> ImageRef:
     return ImageRef(registry, repository, tag or None, digest or None)
 
 
+def _runs_image(kind: Any) -> bool:
+    """Whether a deployment type starts deployment.image (the registry of deployment types says)."""
+    from nemotron_eval.deploy.types import TYPES
+
+    return kind in TYPES and TYPES[kind].runs_image
+
+
 def enroot_uri(image: str) -> str:
     """enroot's URI for an image: docker://[REGISTRY#]REPOSITORY:TAG.
 
@@ -98,7 +104,7 @@ def needs_squash(eval_cfg: Mapping[str, Any]) -> bool:
     return (
         execution.get("type") == "slurm"
         and execution.get("container_runner") in SQUASHED_RUNNERS
-        and dep.get("type") in IMAGE_TYPES
+        and _runs_image(dep.get("type"))
         and isinstance(image, str)
         and bool(image)
         and not is_image_file(image)

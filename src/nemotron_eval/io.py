@@ -66,10 +66,6 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def write_yaml_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, dump_yaml(data))
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -82,9 +82,6 @@ def _is_reference(value: str) -> bool:
     return value.startswith(("host:", "runtime:"))
 
 
-ENV_VAR_SECTIONS = ("env_vars", "deployment.env_vars", "evaluation.env_vars", "execution.env_vars")
-
-
 def literal_secret(obj: Any, path: str = "") -> str | None:
     """The dotted key of the first secret written as a value in a config (None when there is none):
     a non-empty value under a secret-looking key (api_key, password, ...); in an `env_vars` mapping, a
@@ -142,9 +139,10 @@ def api_key_names(config: Any) -> list[str]:
 
 
 def secret_env_names(extra: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> frozenset[str]:
-    """WANDB_API_KEY, HF_TOKEN, the names in `extra` (api_key_name values) and set variables whose name looks secret."""
+    """WANDB_API_KEY, HF_TOKEN, the names in `extra` (api_key_name values) and set variables whose name looks secret
+    (the same rule that refuses reading them in a config: `looks_secret_env`)."""
     env = os.environ if environ is None else environ
-    return SECRET_ENV_VARS | frozenset(extra) | frozenset(n for n in env if looks_secret(n))
+    return SECRET_ENV_VARS | frozenset(extra) | frozenset(n for n in env if looks_secret_env(n))
 
 
 def scrub_env_values(text: str, extra: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> str:

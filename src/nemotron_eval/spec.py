@@ -9,8 +9,8 @@ from nemotron_eval.errors import UserError
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _ALIAS = r"[A-Za-z0-9][A-Za-z0-9.-]*"
-_SPEC_RE = re.compile(rf"^(?P<name>{_NAME}):(?P<alias>{_ALIAS})$")
-_WILDCARD_RE = re.compile(rf"^(?P<name>{_NAME})_(?P<alias>{_ALIAS})$")
+_SPEC_RE = re.compile(rf"(?P<name>{_NAME}):(?P<alias>{_ALIAS})")  # fullmatch: `$` would take a trailing newline
+_WILDCARD_RE = re.compile(rf"(?P<name>{_NAME})_(?P<alias>{_ALIAS})")
 _HELP = "write NAME_ALIAS, e.g. rl_latest for rl:latest, sft_v2 for sft:v2 (the alias has no '_')"
 
 
@@ -44,7 +44,7 @@ def _normalise(name: str, alias: str) -> ModelSpec:
 
 def parse_wildcard(value: str) -> ModelSpec:
     """`rl_latest` -> rl:latest; the last `_` separates name and alias."""
-    m = _WILDCARD_RE.match(value)
+    m = _WILDCARD_RE.fullmatch(value)
     if not m:
         raise UserError(f"model {value!r} in the target path is not a valid artifact spec; {_HELP}")
     return _normalise(m["name"], m["alias"])
@@ -54,7 +54,7 @@ def parse_spec(value: str, where: str = "run.model") -> ModelSpec:
     """`rl:latest`, `sft:v2`, `sft:2`, `rl:best`; a bare name means `:latest`."""
     if ":" not in value and re.fullmatch(_NAME, value or ""):
         return _normalise(value, "latest")
-    m = _SPEC_RE.match(value or "")
+    m = _SPEC_RE.fullmatch(value or "")
     if not m:
         raise UserError(f"{where}: {value!r} is not a valid artifact spec; write NAME:ALIAS, e.g. rl:latest, sft:v2")
     return _normalise(m["name"], m["alias"])

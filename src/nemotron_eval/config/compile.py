@@ -146,11 +146,60 @@ def _add_profile_mounts(job: dict[str, Any]) -> None:
             mounts[section].setdefault(src, dst)
 
 
+# Settings that change how a task is served or sent, never what it scores: where the server listens, how long
+# to wait for it, its name, the cache size, and the harness's request concurrency, timeout and retries.
+NOT_SCORING_DEPLOYMENT = ("host", "port", "readiness_timeout_s", "health_check_path", "endpoints", "prefix_cache_mb")
+NOT_SCORING_PARAMS = ("parallelism", "request_timeout", "max_retries")
+MASKED = "<not scoring>"
+
+
+def _mask_not_scoring(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config with the settings that cannot change a score replaced by one placeholder, before
+    interpolation: a deployment command that writes `--port ${deployment.port}` does not change with the port.
+    The served model name is one of them where this pipeline deploys the model; against an existing endpoint
+    (`none`) it picks the model and counts."""
+    masked = copy.deepcopy(cfg)
+    deployment = masked.get("deployment")
+    if isinstance(deployment, dict):
+        names = NOT_SCORING_DEPLOYMENT + (("served_model_name",) if deployment.get("type") != "none" else ())
+        for key in names:
+            if key in deployment:
+                deployment[key] = MASKED
+    evaluation = masked.get("evaluation") or {}
+    blocks = [evaluation] + [t for t in evaluation.get("tasks") or [] if isinstance(t, dict)]
+    for block in blocks:
+        params = ((block.get("nemo_evaluator_config") or {}).get("config") or {}).get("params")
+        if isinstance(params, dict):
+            for key in NOT_SCORING_PARAMS:
+                if key in params:
+                    params[key] = MASKED
+    return masked
+
+
+def _drop_masked(node: Any) -> Any:
+    """After interpolation: the placeholders removed, and the blocks that held only them, so a setting added
+    (`+key=...`) weighs the same as one never written."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if value == MASKED:
+                continue
+            kept = _drop_masked(value)
+            if isinstance(value, dict) and value and not kept:
+                continue
+            out[key] = kept
+        return out
+    if isinstance(node, list):
+        return [_drop_masked(v) for v in node]
+    return node
+
+
 def fingerprint(eval_cfg: dict[str, Any], task_name: str, model_digest: str | None) -> str:
     """sha256 of what one task's scores depend on: the model's content, the deployment (the image it is squashed
     from, not where the file lies), the endpoint, the environment, the harness params and the task's own entry.
     Where the checkpoint lies is left out (its digest says what it is), and so are export, cluster and
-    data-source settings: changing them reruns no evaluation (the staged data is an input with its own digest)."""
+    data-source settings: changing them reruns no evaluation (the staged data is an input with its own digest).
+    `eval_cfg` is resolved from `_mask_not_scoring`'s copy, so serving settings are left out too."""
     evaluation = eval_cfg.get("evaluation") or {}
     deployment = dict(eval_cfg.get("deployment") or {})
     if deployment.get("source_image"):
@@ -186,8 +235,14 @@ def compile_job(resolved_cfg: dict[str, Any], tasks: list[Task], *, images_dir: 
         raise UserError(f"eval.yaml: {leftover[0]} still holds an interpolation {leftover[1]!r}")
     digest = ((job.get("run") or {}).get("artifacts") or {}).get("model", {}).get("digest")
     entries = eval_cfg["evaluation"]["tasks"]
+    if len(entries) != len(tasks):
+        raise ValueError(f"compile_job: {len(tasks)} tasks for {len(entries)} evaluation.tasks entries")
+    scoring = _drop_masked(_resolve(_mask_not_scoring(resolved_cfg)))
+    if image is not None:
+        scoring["deployment"]["source_image"] = image.reference
+    scoring.pop("run", None)
     job["run"]["tasks"] = {
-        task.short: {"name": entry["name"], "offline": task.offline, "fingerprint": fingerprint(eval_cfg, entry["name"], digest)}
+        task.short: {"name": entry["name"], "offline": task.offline, "fingerprint": fingerprint(scoring, entry["name"], digest)}
         for task, entry in zip(tasks, entries)
     }
     return job, eval_cfg

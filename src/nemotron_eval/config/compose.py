@@ -295,8 +295,10 @@ def env_reads(cfg: dict[str, Any]) -> list[str]:
 
 
 def pending_art(key: str, fld: str) -> str:
-    """How `${art:KEY,FIELD}` reads before the artifact is resolved (config.schema.PENDING starts it)."""
-    return f"<art:{key},{fld}>"
+    """How `${art:KEY,FIELD}` reads before the artifact is resolved (it starts with config.schema.PENDING)."""
+    from nemotron_eval.config.schema import PENDING
+
+    return f"{PENDING}{key},{fld}>"
 
 
 def resolve_pending(cfg: dict[str, Any]) -> dict[str, Any]:

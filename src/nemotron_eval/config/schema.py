@@ -24,12 +24,17 @@ Rules, in one place:
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from nemotron_eval.deploy.runners import RUNNERS
 from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.model import DTYPES
 
-PENDING = "<art:"  # how a value known only per model (an ${art:...} reference) reads before it is resolved
+# How a value known only per model (an ${art:...} reference) reads before it is resolved: a marker no user can
+# type (a fresh nonce per process), so a value cannot skip the checks by looking pending.
+PENDING = f"<art-pending-{secrets.token_hex(8)}:"
 
 Rule = Callable[[Any], "str | None"]  # None when the value is valid, else what would be
 
@@ -43,11 +48,9 @@ _IMAGE = re.compile(r"[A-Za-z0-9~./][A-Za-z0-9_./:@+#-]*")
 _PATH_SAFE = re.compile(r"[A-Za-z0-9_./~@%+=-][A-Za-z0-9_./~@%+=-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _URL = re.compile(r"https?://[A-Za-z0-9._~:/?#@%+=,\[\]-]+")
-_GRES = re.compile(r"gpu(?::[A-Za-z0-9_-]+)?:\d+")
 _MOUNT_FLAGS = re.compile(r"[a-z]+(?:\+[a-z]+)*")
 SHELL_SPECIAL = "'\"`$\\;&|<>()\n\r"
 SHELL_FRAGMENTS = frozenset({"deployment.command", "deployment.base_command", "deployment.extra_args"})
-DTYPES = ("float32", "bfloat16")
 ENGINES = ("snakemake", "launcher")
 EXECUTORS = ("local", "slurm", "lepton")
 ENDPOINT_TYPES = ("completions", "chat")
@@ -116,10 +119,32 @@ def no_shell(v: Any) -> str | None:
 
 
 def walltime(v: Any) -> str | None:
+    """A Slurm time, as the cluster module reads it (cluster.walltime_minutes)."""
+    from nemotron_eval.cluster import walltime_minutes
+
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (str, int)) or not re.fullmatch(r"(?:\d+-)?\d+(?::\d+){0,2}", str(v).strip()):
+    try:
+        if isinstance(v, bool) or not isinstance(v, (str, int)):
+            raise UserError("")
+        walltime_minutes(v)
+    except UserError:
         return "a Slurm time: MM, HH:MM:SS, D-HH or D-HH:MM:SS, as a quoted string"
+    return None
+
+
+def gres(v: Any) -> str | None:
+    """A GPU request, as the cluster module reads it (cluster.gpus_per_node)."""
+    from nemotron_eval.cluster import gpus_per_node
+
+    if v is None:
+        return None
+    try:
+        if not isinstance(v, str):
+            raise UserError("")
+        gpus_per_node(v)
+    except UserError:
+        return "gpu:N or gpu:TYPE:N"
     return None
 
 
@@ -292,10 +317,10 @@ RULES: list[tuple[str, Rule, Callable[[Mapping[str, Any]], bool]]] = [
     ("execution.num_instances", integer(1), _always),
     ("execution.ntasks_per_node", integer(1), _always),
     ("execution.deployment.n_tasks", integer(1), _always),
-    ("execution.gres", text(_GRES, "gpu:N or gpu:TYPE:N"), _always),
+    ("execution.gres", gres, _always),
     ("execution.walltime", walltime, _always),
     ("execution.mem_mb", integer(1, null=True), _always),
-    ("execution.container_runner", one_of("pyxis", "enroot", "apptainer", "none"), _always),
+    ("execution.container_runner", one_of(*RUNNERS), _always),
     ("execution.account", _NAME_OR_NULL, _always),
     ("execution.partition", _NAME_OR_NULL, _always),
     ("execution.username", _NAME_OR_NULL, _always),
@@ -376,10 +401,6 @@ def _matches(node: Any, parts: list[str], prefix: str = "") -> Iterator[tuple[st
     elif isinstance(node, list) and head == "*":
         for i, item in enumerate(node):
             yield from _matches(item, rest, f"{prefix}.{i}" if prefix else str(i))
-
-
-def _pending(value: Any) -> bool:
-    return PENDING in repr(value)
 
 
 def _strings(node: Any, prefix: str) -> Iterator[tuple[str, str]]:
@@ -479,10 +500,14 @@ def _check_launcher(cfg: Mapping[str, Any]) -> None:
             raise UserError(f"{key}={_show(err.get('input'))}: {err['msg']} (NeMo Evaluator Launcher's rule)") from None
 
 
-def check(resolved: Mapping[str, Any], merged: Mapping[str, Any] | None = None) -> None:
+def check(resolved: Mapping[str, Any], merged: Mapping[str, Any] | None = None, *, pending: bool = False) -> None:
     """Raise a UserError naming the first invalid key of a resolved config (see the module docstring).
-    `merged` (interpolations kept) tells which keys `deployment.command` pastes in; values still holding
-    `PENDING` (an artifact not resolved yet) are skipped."""
+    `merged` (interpolations kept) tells which keys `deployment.command` pastes in. With `pending` (the plan's
+    check before any model is resolved) values holding `PENDING` are skipped; a model's own check has none."""
+
+    def _pending(value: Any) -> bool:
+        return pending and PENDING in repr(value)
+
     for pattern, rule, applies in RULES:
         if not applies(resolved):
             continue

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import write_json_atomic
-from nemotron_eval.model import check_checkpoint
+from nemotron_eval.model import DTYPES, check_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nemotron_eval.deploy.server")
 
-DTYPES = ("float32", "bfloat16")
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 

@@ -3,6 +3,7 @@
 #   snakemake --profile profiles/local results/smollm2_latest/hellaswag.json
 #   snakemake --profile profiles/local build/demo_latest/eval.yaml       # just the compiled config
 #   snakemake --profile profiles/local -n                                # what would run, and why
+#   snakemake --profile profiles/local results/report.html               # compare the models with results
 # Targets are files; {model} is an artifact spec with ':' written '_' (rl_latest is rl:latest).
 
 include: "rules/common.smk"

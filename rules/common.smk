@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from nemotron_eval import smk
+from nemotron_eval import layout, smk
 from nemotron_eval import workflow as wf
 from nemotron_eval.embedded import EMBEDDED
 from nemotron_eval.plan import plan_for
@@ -58,14 +58,14 @@ def compiled_config(wildcards):
     """eval.yaml and job.yaml for an evaluation. Once its result exists they count as ancient(): a rewrite that
     leaves the task's own settings alone (export, cluster) reruns nothing; its fingerprint (a param) decides.
     While the result is missing they are plain inputs, so the job is scheduled after a recompile."""
-    result = Path(f"results/{wildcards.model}/{wildcards.task}.json")
+    result = Path(layout.RESULT.format(model=wildcards.model, task=wildcards.task))
     mark = ancient if result.exists() else (lambda path: path)
     return {
-        "eval": mark(f"build/{wildcards.model}/eval.yaml"),
-        "job": mark(f"build/{wildcards.model}/job.yaml"),
+        "eval": mark(layout.EVAL.format(model=wildcards.model)),
+        "job": mark(layout.JOB.format(model=wildcards.model)),
     }
 
 
 def staged_data(wildcards):
     task = smk.or_exit(PLAN.task, wildcards.task)
-    return {"data": f"data/{task.short}"} if task.offline else {}
+    return {"data": layout.STAGED.format(task=task.short)} if task.offline else {}

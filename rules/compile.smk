@@ -46,13 +46,16 @@ rule compile_eval:
 
 rule submit_launcher:
     # run.engine: launcher hands eval.yaml to NeMo Evaluator Launcher's run_eval() (its own executors) and
-    # records its invocation id beside job.yaml; run.launcher_dry_run prepares its scripts and submits nothing.
+    # records its invocation id beside job.yaml; run.launcher.dry_run prepares its scripts and submits nothing
+    # (a param: a dry run followed by a real one submits).
     input:
         eval="build/{model}/eval.yaml",
     output:
         "build/{model}/launcher.json",
+    params:
+        dry_run=PLAN.launcher_dry_run,
     log:
         "logs/submit_launcher/{model}.log",
     localrule: True
     run:
-        wf.submit_to_launcher(input.eval, output[0], log[0], dry_run=PLAN.launcher_dry_run)
+        wf.submit_to_launcher(input.eval, output[0], log[0], dry_run=params.dry_run)

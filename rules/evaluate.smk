@@ -10,9 +10,11 @@ rule serve_model:
         images=[str(image.path) for image in PLAN.images.values()],
         model=embedded_receipt,
     output:
-        service("run/{model}/endpoint.json"),
+        service(layout.ENDPOINT),
     log:
-        "logs/serve_model/{model}.log",
+        layout.SERVE_LOG,
+    params:
+        eval=lambda wildcards: layout.EVAL.format(model=wildcards.model),
     group:
         "evaluate"
     threads: 1
@@ -21,8 +23,8 @@ rule serve_model:
     # no conda/container: steps run in the project's environment (see rules/common.smk)
     shell:
         # exec: Snakemake stops a service by signalling its shell; the deployment step must get that signal
-        "exec nemotron-step serve --model {wildcards.model} --eval build/{wildcards.model}/eval.yaml "
-        "--endpoint-file {output:q} --log {log:q}"
+        "exec nemotron-step serve --model {wildcards.model:q} --eval {params.eval:q} --endpoint-file {output:q} "
+        "--log {log:q}"
 
 
 rule task_fingerprint:
@@ -45,21 +47,24 @@ rule evaluate_task:
         unpack(compiled_config),
         unpack(staged_data),
         task="build/{model}/tasks/{task}.json",
-        endpoint="run/{model}/endpoint.json",
+        endpoint=layout.ENDPOINT,
         model=embedded_receipt,
     output:
-        result="results/{model}/{task}.json",
-        per_item="results/{model}/{task}.items.jsonl.gz",
+        result=layout.RESULT,
+        per_item=layout.ITEMS,
+    params:
+        deployment_log=lambda wildcards: layout.SERVE_LOG.format(model=wildcards.model),
+        data=lambda wildcards: layout.STAGED.format(task=wildcards.task),
     log:
-        "logs/evaluate_task/{model}/{task}.log",
+        layout.TASK_LOG,
     group:
         "evaluate"
     threads: 1
     # no conda/container: steps run in the project's environment (see rules/common.smk)
     shell:
         "nemotron-step evaluate --task {wildcards.task} --eval {input.eval:q} --job {input.job:q} "
-        "--endpoint {input.endpoint:q} --deployment-log logs/serve_model/{wildcards.model}.log "
-        "--data data/{wildcards.task} --out {output.result:q} --items {output.per_item:q} --log {log:q}"
+        "--endpoint {input.endpoint:q} --deployment-log {params.deployment_log:q} --data {params.data:q} "
+        "--out {output.result:q} --items {output.per_item:q} --log {log:q}"
 
 
 rule summarize_model:

@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,33 @@ def test_command_lines(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stderr.strip() == "nemotron: error: report: 1 result files but 2 items files; give one items file (or None) per result"
     proc = subprocess.run([sys.executable, "-m", "nemotron_eval.items", str(work / "missing.json"), "x.gz"], capture_output=True, text=True, cwd=work)
     assert proc.returncode == 2 and proc.stderr.startswith("nemotron: error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_default_report_takes_models_with_every_task(planner) -> None:
+    """Without `compare`, results/report.html compares the models with results for all the tasks, default model
+    first, and names the ones with some: building the report never starts evaluations nobody asked for."""
+    plan = planner("local", tasks=["hellaswag", "openbookqa"])
+    for model, tasks in (("zeta_v1", ["hellaswag", "openbookqa"]), (plan.default_model, ["hellaswag", "openbookqa"]),
+                         ("half_v1", ["openbookqa"])):
+        for task in tasks:
+            Path("results", model).mkdir(parents=True, exist_ok=True)
+            Path("results", model, f"{task}.json").write_text("{}")
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = said.append  # type: ignore[method-assign]
+    logger = logging.getLogger("nemotron_eval.plan")  # whatever a step before set up on its parent
+    logger.addHandler(handler)
+    try:
+        assert plan.compare_models() == [plan.default_model, "zeta_v1"]
+    finally:
+        logger.removeHandler(handler)
+    assert any("without results for all of hellaswag, openbookqa: half_v1 (1/2)" in r.getMessage() for r in said)
+    assert all("half_v1" not in p for p in plan.report_inputs())
+
+
+def test_a_report_without_complete_models_says_how_to_name_them(planner) -> None:
+    plan = planner("local", tasks=["hellaswag", "openbookqa"])
+    Path("results", "half_v1").mkdir(parents=True)
+    Path("results", "half_v1", "hellaswag.json").write_text("{}")
+    with pytest.raises(UserError, match="results for all of hellaswag, openbookqa.*compare="):
+        plan.compare_models()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,9 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval import runs
+from nemotron_eval import layout, runs
 from nemotron_eval.errors import UserError
 from nemotron_eval.request import Request
+from nemotron_eval.spec import parse_wildcard
 
 LOCAL_PROFILE = "profiles/local"
 CLUSTER_PROFILE = "profiles/slurm"
@@ -52,11 +54,14 @@ def workflow_root(start: Path | None = None) -> Path:
 
 
 def snakemake_profile(config: str, remote: bool, root: Path) -> str:
-    """profiles/<config> when the config has a profile of its own (slurm-local), else local or slurm."""
-    own = f"profiles/{Path(config).stem}"
-    if remote and (root / own).is_dir():
-        return own
-    return CLUSTER_PROFILE if remote else LOCAL_PROFILE
+    """Here: profiles/local. On a cluster: profiles/<config> when the config has a Slurm profile of its own
+    (slurm-local, the test cluster's), else profiles/slurm."""
+    if not remote:
+        return LOCAL_PROFILE
+    own = root / "profiles" / Path(config).stem / "config.v8+.yaml"
+    if own.is_file() and re.search(r"^executor:\s*slurm\b", own.read_text(), re.M):
+        return str(own.parent.relative_to(root))
+    return CLUSTER_PROFILE
 
 
 def snakemake_argv(profile: str, targets: list[str], request_file: Path, *extra: str,
@@ -69,7 +74,7 @@ def snakemake_argv(profile: str, targets: list[str], request_file: Path, *extra:
 # --- the eval command ----------------------------------------------------------------------------------------------
 
 
-def plan_request(args: argparse.Namespace, root: Path) -> tuple[Request, Any, str, list[str]]:
+def plan_request(args: argparse.Namespace, root: Path, config: str | None) -> tuple[Request, Any, str, list[str]]:
     """The request of `nemotron eval ...`, its plan, the model and the targets."""
     from nemotron_eval.plan import Plan
 
@@ -77,25 +82,18 @@ def plan_request(args: argparse.Namespace, root: Path) -> tuple[Request, Any, st
         if "=" not in item:
             raise UserError(f"override {item!r}: expected KEY=VALUE (e.g. run.model=sft:v2)")
     profile = args.run or args.batch
-    config = args.config or ("default" if profile else "local")
     request = Request(
-        eval_config=config, env_profile=profile, overrides=tuple(args.overrides),
-        tasks=tuple(args.task) if args.task else None, force_squash=args.force_squash,
+        eval_config=config or ("default" if profile else "local"), env_profile=profile,
+        overrides=tuple(args.overrides), tasks=tuple(args.task) if args.task else None, force_squash=args.force_squash,
     )
     plan = Plan(request, root / "configs")
-    model = plan.default_model
-    if plan.engine == "launcher":
-        targets = [f"build/{model}/launcher.json"]
-    elif args.task:
-        targets = [f"results/{model}/{t}.json" for t in plan.task_names]
-    else:
-        targets = [f"results/{model}/summary.json"]
-    return request, plan, model, targets
+    return request, plan, plan.default_model, plan.targets(per_task=bool(args.task))
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    if args.run and args.batch:
-        raise UserError("-r/--run and -b/--batch: give one (-r follows the run, -b returns at once)")
+    config = args.config
+    if config and Path(config).expanduser().is_file():  # a file named from a subfolder: before moving to the root
+        config = str(Path(config).expanduser().resolve())
     root = workflow_root()
     os.chdir(root)
     profile_name = args.run or args.batch
@@ -104,12 +102,21 @@ def eval_command(args: argparse.Namespace) -> int:
         from nemotron_eval import remote
 
         remote_profile = remote.profile_from_env(profile_name)  # one line: unknown profile, no executor, ...
-    request, plan, model, targets = plan_request(args, root)
-    mp = plan.model(model)
-    for task in plan.task_names if plan.engine == "snakemake" else []:
-        plan.evaluation(model, task)  # what would fail at the first job fails now (no tokenizer, chat task, ...)
+    request, plan, model, targets = plan_request(args, root, config)
+    sm_profile = snakemake_profile(request.eval_config, remote_profile is not None, root)
+    snapshots: dict[str, dict[str, str]] = {}
+    try:
+        mp = plan.model(model)
+        for task in plan.task_names if plan.engine == "snakemake" else []:
+            plan.evaluation(model, task)  # what would fail at the first job fails now (no tokenizer, chat task, ...)
+        snapshots = {model: {"job.yaml": mp.job_text, "eval.yaml": mp.eval_text}}
+    except UserError as e:
+        if remote_profile is None or args.dry_run:
+            raise
+        # A remote run resolves its checkpoint on the cluster (its registry, its paths): here it may not resolve.
+        print(f"nemotron: {model} resolves on the cluster only ({e}); the run keeps no compiled copy here", file=sys.stderr)
     if args.dry_run:
-        return dry_run(request, mp.eval_text, targets, snakemake_profile(request.eval_config, bool(profile_name), root))
+        return dry_run(request, snapshots[model]["eval.yaml"], targets, sm_profile)
     if remote_profile is not None:
         from nemotron_eval import remote
 
@@ -117,19 +124,19 @@ def eval_command(args: argparse.Namespace) -> int:
     run = runs.Run(
         id=runs.new_id(), created_at=runs.now(), command=["nemotron", *sys.argv[1:]], config=request.eval_config,
         mode="local" if not profile_name else ("run" if args.run else "batch"), models=[model],
-        tasks=list(plan.task_names), targets=targets, profile=profile_name,
-        snakemake_profile=snakemake_profile(request.eval_config, bool(profile_name), root),
+        tasks=list(plan.task_names), targets=targets, profile=profile_name, snakemake_profile=sm_profile,
     )
     request_text = _request_text(request, run, root)
-    runs.create(run, request_text, {model: {"job.yaml": mp.job_text, "eval.yaml": mp.eval_text}})
-    print(f"run {run.id}: {' '.join(run.tasks)} on {mp.spec.spec} ({run.folder})", file=sys.stderr)
+    runs.create(run, request_text, snapshots)
+    print(f"run {run.id}: {' '.join(run.tasks)} on {parse_wildcard(model).spec} ({run.folder})", file=sys.stderr)
     if remote_profile is not None:
         return _remote(run, remote_profile, root)
     return _local(run)
 
 
 def _request_text(request: Request, run: runs.Run, root: Path) -> str:
-    """The request file; a remote run ships the env.toml it was composed with beside it."""
+    """The request file. A remote run ships the env.toml it was composed with beside it, and a config file from
+    outside the project's configs/ (the project's files ship with it; this one might not)."""
     from dataclasses import replace
 
     from nemotron_eval.config.envtoml import find_env_file
@@ -141,6 +148,11 @@ def _request_text(request: Request, run: runs.Run, root: Path) -> str:
             shipped = run.folder / "env.toml"
             write_text_atomic(root / shipped, env.read_text())
             request = replace(request, env_file=str(shipped))
+        config = Path(request.eval_config)
+        if config.is_absolute() and config.is_file():
+            shipped = run.folder / config.name
+            write_text_atomic(root / shipped, config.read_text())
+            request = replace(request, eval_config=str(shipped))
     return dump_yaml(request.as_dict())
 
 
@@ -168,6 +180,8 @@ def _local(run: runs.Run) -> int:
         [sys.executable, "-m", "nemotron_eval.steps", "supervise", "--run", run.id, "--log", str(run.folder / "supervisor.log")],
         stdin=subprocess.DEVNULL, start_new_session=True,
     )
+    run.pid = supervisor.pid  # from now on the run can be cancelled (it signals the supervisor)
+    run.save()
     return follow(run, supervisor)
 
 
@@ -226,26 +240,32 @@ def _cancel_slurm_jobs(run: runs.Run) -> None:
 
 def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, poll_s: float = 0.5) -> int:
     """Print the run's log as it grows until the run ends; Ctrl-C cancels it (a second one stops following)."""
-    log = run.log_file
     offset = 0
+
+    def drain() -> None:
+        nonlocal offset
+        try:
+            with run.log_file.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        offset += len(chunk)
+        if chunk:
+            sys.stderr.write(chunk.decode("utf-8", "replace"))
+            sys.stderr.flush()
+
     interrupted = 0
     while True:
         try:
-            if log.is_file():
-                with log.open("rb") as f:
-                    f.seek(offset)
-                    chunk = f.read()
-                    offset += len(chunk)
-                    if chunk:
-                        sys.stderr.write(chunk.decode("utf-8", "replace"))
-                        sys.stderr.flush()
+            drain()
             current = runs.load(run.id)
-            ended = current.state in runs.FINAL or (supervisor is not None and supervisor.poll() is not None)
-            if ended and current.state in runs.FINAL:
+            gone = supervisor is not None and supervisor.poll() is not None
+            if current.state in runs.FINAL or gone:
+                drain()  # what was written between the last read and the end
+                current = runs.load(run.id)
                 print(summary(current), file=sys.stderr)
                 return 0 if current.state == "done" else 1
-            if ended:  # the supervisor died without recording (killed): the run is over
-                return 1
             time.sleep(poll_s)
         except KeyboardInterrupt:
             interrupted += 1
@@ -273,7 +293,12 @@ def _remote(run: runs.Run, profile: Any, root: Path) -> int:
     argv = snakemake_argv(run.snakemake_profile, run.targets, run.request_file, program=("snakemake",))
     shipped = [f for f in remote.project_files(root) if Path(f).parts[0] not in NOT_SHIPPED]
     own = [str(p.relative_to(root)) for p in (root / run.folder).rglob("*") if p.is_file()]
-    submission = remote.submit(profile, argv, root, files=sorted({*shipped, *own}), attached=False, check=False)
+    try:
+        submission = remote.submit(profile, argv, root, files=sorted({*shipped, *own}), attached=False, check=False)
+    except BaseException as e:  # refused, unreachable, interrupted: the run ends here, and says why
+        run.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        runs.finish(run, 1)
+        raise
     run.remote_id = submission.id
     run.state = "submitted"
     run.save()
@@ -298,7 +323,7 @@ def _remote(run: runs.Run, profile: Any, root: Path) -> int:
     return 0 if run.state == "done" else 1
 
 
-def fetch(run_id: str) -> list[Path]:
+def fetch(run_id: str, results: bool = True) -> list[Path]:
     """A remote run's results and task logs back into this project: each file of the cluster's results/<model>/
     replaces the one of the same name here (atomically); other files here are kept."""
     import shutil
@@ -309,17 +334,18 @@ def fetch(run_id: str) -> list[Path]:
     if not run.remote_id:
         raise UserError(f"run {run.id} ran here: its results are in results/ already")
     got = []
-    for model in run.models:
+    for model in run.models if results else []:
         staged = remote.fetch(run.remote_id, run.folder / "fetched" / model, path=f"results/{model}")
         for src in sorted(p for p in staged.rglob("*") if p.is_file()):
             dest = Path("results") / model / src.relative_to(staged)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.fetch")
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.fetch")
             shutil.copy2(src, tmp)
             os.replace(tmp, dest)
         shutil.rmtree(run.folder / "fetched")
         got.append(Path("results") / model)
-        got.append(remote.fetch(run.remote_id, run.folder / "logs" / model, path=f"logs/evaluate_task/{model}"))
+    for model in run.models:
+        got.append(remote.fetch(run.remote_id, run.folder / "logs" / model, path=str(layout.task_log(model, "x").parent)))
     return got
 
 
@@ -371,10 +397,10 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
         remote.logs(run.remote_id, follow=follow, out=sys.stdout)
         return 0
     if run.remote_id:
-        fetch(run.id)  # the task logs come back with the results
+        fetch(run.id, results=False)  # the task logs only: results here stay as they are
         files = [run.folder / "logs" / model / f"{task}.log" for model in run.models]
     elif task is not None:
-        files = [Path("logs/evaluate_task") / model / f"{task}.log" for model in run.models]
+        files = [layout.task_log(model, task) for model in run.models]
     else:
         files = [run.log_file]
     offsets = {f: 0 for f in files}

@@ -11,6 +11,7 @@ content would change; input and params functions are lookups into the plan; step
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from nemotron_eval.request import Request
 from nemotron_eval.spec import ModelSpec, parse_spec, parse_wildcard
 
 ENGINES = schema.ENGINES
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,11 @@ class Plan:
         self.merged_text = dump_yaml(self.merged)
         # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.
         self.resolved = resolve_pending(self.merged)
-        schema.check(self.resolved, self.merged)
+        schema.check(self.resolved, self.merged, pending=True)
         self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
         self.tasks = [task_table.resolve(e["name"]) for e in self.merged["evaluation"]["tasks"]]
         self.task_names = [t.short for t in self.tasks]
-        self.engine = str(self.merged["run"].get("engine") or "snakemake")
-        if self.engine not in ENGINES:
-            raise UserError(f"run.engine={self.engine!r}: valid: {', '.join(ENGINES)}")
+        self.engine = str(self.merged["run"].get("engine") or "snakemake")  # checked by the schema
         self.launcher_dry_run = bool((self.merged["run"].get("launcher") or {}).get("dry_run", False))
         self.force_squash_stamp: float | bool = time.time() if request.force_squash else False  # new each run
         run_env = self.resolved["run"].get("env") or {}
@@ -97,9 +99,16 @@ class Plan:
     @property
     def default_target(self) -> str:
         """What a bare `snakemake` builds: the default model's summary, or its launcher submission."""
+        return self.targets()[0]
+
+    def targets(self, per_task: bool = False) -> list[str]:
+        """The default model's files for a run: its launcher submission (run.engine launcher), else its summary,
+        or with `per_task` (a run of chosen tasks) each task's result."""
         if self.engine == "launcher":
-            return f"build/{self.default_model}/launcher.json"
-        return f"results/{self.default_model}/summary.json"
+            return [f"build/{self.default_model}/launcher.json"]
+        if per_task:
+            return [f"results/{self.default_model}/{t}.json" for t in self.task_names]
+        return [f"results/{self.default_model}/summary.json"]
 
     def check_cluster(self) -> None:
         """On Slurm: a GPU request larger than any node, or no account where one is required, fail before
@@ -153,19 +162,29 @@ class Plan:
 
     # -- the comparison report ------------------------------------------------------------------------------------
 
+    @functools.cache
     def compare_models(self) -> list[str]:
         """The models of results/report.html (wildcards), baseline first: the request's `compare`, else every
-        model with a result of one of the tasks (the default model first when it has one)."""
+        model with results for all the tasks (the default model first when it is one). A model with some of them
+        is named, not evaluated further: the report never starts evaluations nobody asked for."""
         if self.request.compare is not None:
             models = [parse_spec(spec, where="compare").wildcard for spec in self.request.compare]
             if len(models) < 1 or len(set(models)) != len(models):
                 raise UserError(f"compare={list(self.request.compare)}: name each model once")
             return models
-        found = sorted({p.parent.name for t in self.task_names for p in Path("results").glob(f"*/{t}.json")})
-        if not found:
-            raise UserError("results/report.html compares models with results, and there are none yet; "
-                            "evaluate some or name them: --config compare='[\"sft:v2\",\"rl:latest\"]'")
-        return sorted(found, key=lambda m: (m != self.default_model, m))
+        have: dict[str, int] = {}
+        for task in self.task_names:
+            for path in Path("results").glob(f"*/{task}.json"):
+                have[path.parent.name] = have.get(path.parent.name, 0) + 1
+        complete = [m for m, n in have.items() if n == len(self.task_names)]
+        partial = sorted(f"{m} ({n}/{len(self.task_names)})" for m, n in have.items() if n < len(self.task_names))
+        if partial:
+            log.warning("results/report.html leaves out models without results for all of %s: %s; name them in "
+                        "--config compare=[...] to evaluate the rest", ", ".join(self.task_names), ", ".join(partial))
+        if not complete:
+            raise UserError(f"results/report.html compares models with results for all of {', '.join(self.task_names)}, "
+                            "and there are none yet; evaluate some or name them: --config compare='[\"sft:v2\",\"rl:latest\"]'")
+        return sorted(complete, key=lambda m: (m != self.default_model, m))
 
     def report_inputs(self) -> list[str]:
         return [f"results/{m}/{t}{ext}" for m in self.compare_models() for t in self.task_names

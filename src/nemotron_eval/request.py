@@ -1,8 +1,7 @@
 """What the user asked for: the config, the env.toml profile, the overrides, the task filter.
 
-A request comes from Snakemake's config keys (`eval_config`, `env_profile`, `overrides`, `tasks`,
-`force_squash`), or from a request file named by the one key `request` (YAML with the same keys), which is how
-`nemotron eval` passes it.
+A request comes from Snakemake's config keys (`KEYS`: the fields of `Request`), or from a request file named
+by the one key `request` (YAML with the same keys), which is how `nemotron eval` passes it.
 
 No value of a request ever reaches a shell. Snakemake re-invokes itself for cluster jobs (and, with its local
 executor, for `run:` jobs) with every `--config` value pasted into a shell command line, quoted with Python's
@@ -14,13 +13,12 @@ writes the request it parsed to a file named by its digest (`persist`) and hands
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from nemotron_eval.errors import UserError
 
-KEYS = ("eval_config", "env_profile", "overrides", "tasks", "force_squash", "env_file", "compare")
 @dataclass(frozen=True)
 class Request:
     eval_config: str = "local"
@@ -37,6 +35,9 @@ class Request:
         d["tasks"] = list(self.tasks) if self.tasks is not None else None
         d["compare"] = list(self.compare) if self.compare is not None else None
         return d
+
+
+KEYS = tuple(f.name for f in fields(Request))  # the keys of a request file and of Snakemake's --config
 
 
 def _typed(data: Mapping[str, Any], where: str) -> Request:
@@ -81,12 +82,6 @@ def read_request_file(path: Path) -> Request:
     if not isinstance(data, dict):
         raise UserError(f"request file {path}: expected a mapping of {', '.join(KEYS)}")
     return _typed(data, f"request file {path}")
-
-
-def write_request_file(path: Path, request: Request) -> None:
-    from nemotron_eval.io import write_yaml_atomic
-
-    write_yaml_atomic(path, request.as_dict())
 
 
 REQUESTS_DIR = Path(".snakemake") / "nemotron" / "requests"

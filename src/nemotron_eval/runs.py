@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval import progress
+from nemotron_eval import layout, progress
 from nemotron_eval.errors import UserError, did_you_mean
 from nemotron_eval.io import read_json, write_json_atomic, write_text_atomic
 
@@ -192,9 +192,9 @@ def task_states(run: Run, root: Path = Path(".")) -> list[TaskState]:
         for task in run.tasks:
             entry = prints.get(task) or {}
             fp = str(entry.get("fingerprint", ""))
-            result = root / "results" / model / f"{task}.json"
-            harness_dir = root / "results" / model / "harness" / f"{task}-{fp[:16]}"
-            log = root / "logs" / "evaluate_task" / model / f"{task}.log"
+            result = root / layout.RESULT.format(model=model, task=task)
+            harness_dir = root / layout.harness_dir(model, task, fp)
+            log = root / layout.task_log(model, task)
             done = _result(result, fp)
             if done is not None:
                 out.append(TaskState(model, task, "done", done))

@@ -1,4 +1,4 @@
-"""`nemotron-step STEP ...`: the rules' processes (deployment, evaluation, embedded models, export).
+"""`nemotron-step STEP ...`: the rules' processes (deployment, evaluation, embedded models, squashing, export).
 
 Every rule calls its step the same way: paths of its inputs and outputs, its wildcards, and `--log` (the rule's
 log file); values come from the files named, never from the command line. Each step ends through
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("eval", "job", "endpoint", "deployment-log", "out", "items"):
         s.add_argument(f"--{name}", type=Path, required=True)
     s.add_argument("--data", type=Path, required=True, help="where a staged task's dataset lies (data/TASK)")
+    s = sub.add_parser("squash", help="enroot import of a deployment image (its reference from a file)")
+    s.add_argument("--reference", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("supervise", help="run Snakemake for a `nemotron eval` run and record how it ends")
     s.add_argument("--run", required=True)
     s = sub.add_parser("export", help="one model's results to W&B")
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 wf.prepare_model(a.name, a.receipt)
             elif a.step == "evaluate":
                 wf.evaluate(a.task, a.eval, a.job, a.data, a.endpoint, a.deployment_log, a.out, a.items)
+            elif a.step == "squash":
+                wf.squash(a.reference, a.out, a.log)
             elif a.step == "export":
                 from nemotron_eval.export.wandb import export_from_files
 

@@ -1,8 +1,9 @@
 """The functions Snakemake rules call, one per rule: each writes its rule's outputs from the plan or from files.
 
-The compile chain (`write_config`, `resolve`, `compile_configs`), staging and the summary run inside Snakemake's
-process (`run:` rules, in threads); the deployment, the evaluation, the embedded model's conversion, squashing
-and the export run as `nemotron-step` processes (`nemotron_eval.steps`), which read everything from files.
+The compile chain (`write_config`, `resolve`, `compile_configs`, the task fingerprints, image references),
+staging, the summary and the report run inside Snakemake's process (`run:` rules, local, in threads); the
+deployment, the evaluation, the embedded models' conversion, squashing and the export run as `nemotron-step`
+processes (`nemotron_eval.steps`), which read everything from files.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval import progress
+from nemotron_eval import layout, progress
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import sha256_bytes, write_text_atomic
 from nemotron_eval.plan import ModelPlan
@@ -132,13 +133,20 @@ def prepare_model(name: str, receipt: Path) -> None:
     log.info("%s ready at %s (digest %s)", name, done["path"], done["digest"][:19])
 
 
-def squash(reference: str, out: str, log_file: str) -> None:
-    """build/images/{image}.sqsh: enroot import of the deployment's image."""
-    from nemotron_eval.images import squash as enroot_squash
-
+def write_image_reference(reference: str, out: str, log_file: str) -> None:
+    """build/images/{image}.json: the reference the squash job imports."""
     with logged(log_file):
-        log.info("squashing %s into %s", reference, out)
-        enroot_squash(reference, Path(out), log=Path(log_file).with_suffix(".enroot.log"))
+        write_text_atomic(Path(out), json.dumps({"reference": reference}) + "\n")
+
+
+def squash(reference_file: Path, out: Path, log_file: Path) -> None:
+    """build/images/{image}.sqsh: enroot import of the image its reference file names."""
+    from nemotron_eval.images import squash as enroot_squash
+    from nemotron_eval.safeload import load_json
+
+    reference = str(load_json(reference_file, "image reference file")["reference"])
+    log.info("squashing %s into %s", reference, out)
+    enroot_squash(reference, out, log=log_file.with_suffix(".enroot.log"))
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------
@@ -175,6 +183,7 @@ def evaluate(
     harness reads the hub."""
     from nemotron_eval import results, tasks
     from nemotron_eval.data.stage import read_manifest
+    from nemotron_eval.deploy import types
     from nemotron_eval.deploy.process import EndpointNotReady, log_tail
     from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
     from nemotron_eval.harness import HarnessAborted, HarnessError, parse_harness_output, run_harness
@@ -196,7 +205,8 @@ def evaluate(
     if cfg["deployment"]["type"] == "local":
         check_checkpoint(tokenizer)
     manifest = read_manifest(staged_dir) if staged_dir is not None else None
-    timeout = float(cfg["deployment"].get("readiness_timeout_s") or 600)
+    # the deployment's own readiness timeout, and a minute for its step to start
+    timeout = types.get(cfg["deployment"]["type"]).readiness_timeout(cfg["deployment"]) + 60
     log.info("%s: waiting for the deployment (%s)", task.short, endpoint_file)
     try:
         endpoint = wait_for_service(endpoint_file, timeout)
@@ -204,7 +214,7 @@ def evaluate(
         raise UserError(f"deployment for {model['spec']} is not available: {e}") from None
     # One harness folder per (model content, task, task config), read from job.yaml: a rerun after an
     # interruption answers from its request cache; a changed model or config never reuses stale answers.
-    raw = out.parent / "harness" / f"{task.short}-{entry['fingerprint'][:16]}"
+    raw = layout.harness_dir(out.parent.name, task.short, entry["fingerprint"])
     log.info("%s: deployment %s at %s; harness output in %s", task.short, endpoint["deployment_id"], endpoint["completions_url"], raw)
     # The harness's adapter proxy probes from port 3825 up, check-then-bind: concurrent tasks race for the
     # same port. Give each run its own free port instead.

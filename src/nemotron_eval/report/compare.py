@@ -22,6 +22,7 @@ from typing import Any
 
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import read_json
+from nemotron_eval import layout
 from nemotron_eval.items import read_items
 from nemotron_eval.report.stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
@@ -35,12 +36,14 @@ MODEL_KEYS = ("spec", "name", "version", "digest", "path", "registry", "qualifie
 # Checks whose failure means the models did not answer the same questions the same way: no verdict.
 BLOCKING = ("harness_task", "limit_samples", "n_samples", "data_digest", "item_set", "items_match_result")
 VERDICTS = ("better", "worse", "no significant difference", "not comparable", "no item data", "no common items")
-LOG_PATH = "logs/evaluate_task/{model}/{task}.log"
+LOG_PATH = layout.TASK_LOG
 
 
 def model_key(spec: str) -> str:
-    """The `{model}` wildcard of a spec: rl:latest -> rl_latest (the folder names under results/ and logs/)."""
-    return spec.replace(":", "_")
+    """The `{model}` wildcard of a spec: rl:latest -> rl_latest, sft:2 -> sft_v2 (the folders under results/, logs/)."""
+    from nemotron_eval.spec import parse_spec
+
+    return parse_spec(spec, where="model.spec").wildcard
 
 
 def _rel(path: Path, workdir: Path) -> str:

@@ -5,14 +5,21 @@ Why: several evaluation tasks share one deployment. A task that floods the serve
 is done: on a CPU a batch of long prompts takes tens of seconds.
 
 Each client (a task name from the URL, "default" otherwise) has its own first-in-first-out queue. Every forward
-pass starts from one *seed* prompt, taken in turn from the clients that have work (round robin), or, when a prompt
-has waited longer than `max_wait_s`, the oldest prompt of all (aging). The batch is then filled from every
-client's queue with prompts of the same kind (scoring only, or generating) and a similar number of tokens left to
-compute, closest first, within the batch's limits: at most `max_batch_size` rows, `max_batch_tokens` padded tokens,
-and padding of at most half the real tokens (small batches may pad up to 256 tokens: tiny products are slow anyway).
+pass starts from one *seed* prompt: the oldest prompt of the next client with work, in round-robin order after the
+client served last. The batch is then filled from every client's queue with prompts of the same kind (scoring
+only, or generating) and a similar number of tokens left to compute, closest first, within the batch's limits: at
+most `max_batch_size` rows, `max_batch_tokens` padded tokens, and padding of at most half the real tokens (small
+batches may pad up to 256 tokens: tiny products are slow anyway).
 
-While other clients wait, a batch is also held to `fair_batch_tokens` padded tokens, which bounds how long they
-wait for it; a client alone on the server gets batches up to `max_batch_tokens`.
+Nothing starves: a client's oldest prompt seeds a batch within one round of the clients, and every prompt becomes
+its client's oldest. A prompt waits at most (prompts ahead of it in its own queue + 1) x (active clients) batches.
+Aging by waiting time would undo this: under a flood the flooding client's prompts are always the oldest (they
+came first), so they would seed every batch again.
+
+The token limit also bounds how long a prompt that arrives while a batch runs waits for it: the engine's
+default, 2,048, is about 6 s on 2 cores, and prompt throughput on a CPU is flat from about 800 tokens a pass
+(bench/server_throughput.py --max-batch-tokens 2048,16384 shows both side by side). A client that sends one
+request at a time has nothing queued between its requests, so a bigger limit "while others wait" would not help it.
 
 Prompts that share a prefix not yet in the prefix cache (the choices of one multiple-choice item arriving
 together) are not put in the same batch: the engine's `conflicts` callback says so, and the second prompt runs in
@@ -23,7 +30,6 @@ Nothing here imports torch; the engine gives each prompt's cost (`Job.new_tokens
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -41,20 +47,14 @@ class Schedulable(Protocol):
 class FairScheduler:
     """Per-client queues and the choice of the next batch (see the module docstring)."""
 
-    def __init__(self, max_batch_size: int, max_batch_tokens: int, fair_batch_tokens: int | None = None,
-                 max_wait_s: float = 60.0) -> None:
+    def __init__(self, max_batch_size: int, max_batch_tokens: int) -> None:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.fair_batch_tokens = min(fair_batch_tokens or max_batch_tokens, max_batch_tokens)
-        self.max_wait_s = max_wait_s
-        self.queues: dict[str, deque[Schedulable]] = {}
-        self._turn: list[str] = []  # clients in round-robin order; the next seed comes from the first with work
+        self.queues: dict[str, deque[Schedulable]] = {}  # in the order clients first came: the round-robin order
+        self._last: str | None = None  # the client whose prompt seeded the last batch
 
     def add(self, job: Schedulable) -> None:
-        if job.client not in self.queues:
-            self.queues[job.client] = deque()
-            self._turn.append(job.client)
-        self.queues[job.client].append(job)
+        self.queues.setdefault(job.client, deque()).append(job)
 
     def __len__(self) -> int:
         return sum(len(q) for q in list(self.queues.values()))  # list(): read from other threads too
@@ -63,20 +63,17 @@ class FairScheduler:
         for queue in self.queues.values():
             yield from queue
 
-    def next_batch(self, conflicts: Callable[[Schedulable, list[Schedulable]], bool] = lambda job, batch: False,
-                   now: float | None = None) -> list[Schedulable]:
-        """Take the next batch out of the queues (empty when nothing is pending)."""
-        now = time.monotonic() if now is None else now
-        active = [c for c in self._turn if self.queues[c]]
+    def next_batch(self, conflicts: Callable[[Schedulable, list[Schedulable]], bool] = lambda job, batch: False
+                   ) -> list[Schedulable]:
+        """Take the next batch out of the queues (empty when nothing is pending). `conflicts(job, batch)`: the
+        job must not join this batch (it shares an uncached prefix with a prompt already in it)."""
+        clients = list(self.queues)
+        start = clients.index(self._last) + 1 if self._last in self.queues else 0
+        active = [c for c in clients[start:] + clients[:start] if self.queues[c]]
         if not active:
             return []
-        oldest = min((q[0] for q in self.queues.values() if q), key=lambda j: j.arrival)
-        seed = oldest if now - oldest.arrival > self.max_wait_s else self.queues[active[0]][0]
-        # the seed's client goes to the back of the round-robin order
-        self._turn.remove(seed.client)
-        self._turn.append(seed.client)
-        others_waiting = any(c != seed.client for c in active)
-        budget = self.fair_batch_tokens if others_waiting else self.max_batch_tokens
+        seed = self.queues[active[0]][0]
+        self._last = seed.client
 
         batch = [seed]
         width, real = seed.new_tokens, seed.new_tokens
@@ -89,7 +86,7 @@ class FairScheduler:
                 break
             wider = max(width, job.new_tokens)
             padded = wider * (len(batch) + 1)
-            if padded > budget or padded - real - job.new_tokens > max((real + job.new_tokens) // 2, 256):
+            if padded > self.max_batch_tokens or padded - real - job.new_tokens > max((real + job.new_tokens) // 2, 256):
                 continue
             if conflicts(job, batch):
                 continue

@@ -1,7 +1,7 @@
 """An OpenAI-compatible completions server for a Hugging Face causal LM on CPU.
 
     python -m nemotron_eval.deploy.server --checkpoint DIR [--port 0] [--dtype float32|bfloat16] [--endpoint-file F]
-        [--prefix-cache-mb 4096] [--stats-file F] [--max-batch-size 8] [--max-batch-tokens N] [--fair-batch-tokens N]
+        [--prefix-cache-mb 4096] [--stats-file F] [--max-batch-size 8] [--max-batch-tokens 2048]
 
 Endpoints: `POST /v1/completions`, and `POST /c/<client>/v1/completions` for a client (e.g. a task) that wants its
 own share of the model (`<client>`: 1-64 of A-Z a-z 0-9 . _ -); `GET /v1/models`, `/health`, `/stats`.
@@ -73,10 +73,10 @@ DEFAULT_CLIENT = "default"
 # than the 68,000 distinct prefix tokens of the default five-task run, and with the server's own ~1.5 GB and five
 # harness processes it stays far below this 24 GB machine's memory. Set --prefix-cache-mb for bigger models.
 DEFAULT_PREFIX_CACHE_MB = 4096
-# While other clients wait, a batch holds at most this many padded tokens: on 2 cores about 5-8 s of compute, the
-# longest another client waits for a batch that is not its own; prompt throughput is flat from ~1,000 tokens a
-# pass (bench/server_throughput.py measures it).
-DEFAULT_FAIR_BATCH_TOKENS = 2048
+# A batch holds at most this many padded tokens (the first prompt of a batch always fits): about 6 s of compute on
+# 2 cores, the longest a client's prompt waits for a batch that is not its own; prompt throughput is flat from
+# about 800 tokens a pass (bench/server_throughput.py --max-batch-tokens 2048,16384).
+DEFAULT_MAX_BATCH_TOKENS = 2048
 MIN_SHARED_TOKENS = 32
 HEAD_ROWS = 64  # rows per block of the output projection (see Engine._logits)  # prompts sharing this many tokens not yet cached run one after the other, not together
 
@@ -139,10 +139,9 @@ class Engine:
         *,
         dtype: str = "float32",
         max_batch_size: int = 8,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         batch_wait_s: float = 0.005,
         prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB,
-        fair_batch_tokens: int = DEFAULT_FAIR_BATCH_TOKENS,
     ) -> None:
         started = time.monotonic()
         import torch
@@ -170,7 +169,7 @@ class Engine:
         self._cache_arg = "cache" if "cache" in inspect.signature(self._body.forward).parameters else "past_key_values"
         self._split = self._split_matches_full()
         self.kv_bytes_per_token = self._kv_bytes_per_token()
-        self.scheduler = FairScheduler(max_batch_size, max_batch_tokens, fair_batch_tokens)
+        self.scheduler = FairScheduler(max_batch_size, max_batch_tokens)
         self.stats = ServerStats(model_load_s=0.0)  # replaced below: the self-check's batches do not count
         self.cache: PrefixCache | None = None
         if prefix_cache_mb > 0:
@@ -853,20 +852,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="float32 (default) is exact")
     parser.add_argument("--served-model-name", help="model id clients use (default: the checkpoint folder's name)")
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+                        help=f"padded tokens per forward pass (default {DEFAULT_MAX_BATCH_TOKENS})")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long to wait for a batch to fill")
     parser.add_argument("--endpoint-file", type=Path, help="JSON written once the server is listening")
     parser.add_argument("--deployment-id")
     parser.add_argument("--prefix-cache-mb", type=int, default=DEFAULT_PREFIX_CACHE_MB,
                         help=f"memory for the exact prefix cache, MiB (default {DEFAULT_PREFIX_CACHE_MB}; 0: off)")
-    parser.add_argument("--fair-batch-tokens", type=int, default=DEFAULT_FAIR_BATCH_TOKENS,
-                        help="padded tokens per forward pass while other clients wait "
-                             f"(default {DEFAULT_FAIR_BATCH_TOKENS})")
     parser.add_argument("--stats-file", type=Path,
                         help="JSON statistics, written atomically every ~10 s while serving and at shutdown")
     args = parser.parse_args(argv)
-    if args.max_batch_size < 1 or args.max_batch_tokens < 1 or args.fair_batch_tokens < 1:
-        parser.error("--max-batch-size, --max-batch-tokens and --fair-batch-tokens must be at least 1")
+    if args.max_batch_size < 1 or args.max_batch_tokens < 1:
+        parser.error("--max-batch-size and --max-batch-tokens must be at least 1")
     if args.prefix_cache_mb < 0:
         parser.error(f"--prefix-cache-mb must be 0 (off) or a positive number of MiB, got {args.prefix_cache_mb}")
     return args
@@ -900,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         engine = Engine(args.checkpoint, dtype=args.dtype, max_batch_size=args.max_batch_size,
                         max_batch_tokens=args.max_batch_tokens, batch_wait_s=args.batch_wait_ms / 1000,
-                        prefix_cache_mb=args.prefix_cache_mb, fair_batch_tokens=args.fair_batch_tokens)
+                        prefix_cache_mb=args.prefix_cache_mb)
     except Exception as exc:
         log.debug("loading failed", exc_info=True)
         print(f"error: checkpoint {args.checkpoint} could not be loaded: {type(exc).__name__}: {exc}", file=sys.stderr)

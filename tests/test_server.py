@@ -482,7 +482,7 @@ def test_a_bad_client_tag_gets_400(server: dict[str, Any], client: httpx.Client,
 
 @pytest.mark.slow
 def test_stats_endpoint_and_stats_file(checkpoint: Path, tmp_path: Path) -> None:
-    """/stats while serving; --stats-file written once ready, and again, final, at SIGTERM."""
+    """/stats while serving; --stats-file written once ready, every ~10 s while serving, and at SIGTERM."""
     stats_file = tmp_path / "stats.json"
     process = start_server(checkpoint, endpoint_file=tmp_path / "endpoint.json", log_file=tmp_path / "server.log",
                            extra_args=["--stats-file", str(stats_file)])
@@ -498,6 +498,10 @@ def test_stats_endpoint_and_stats_file(checkpoint: Path, tmp_path: Path) -> None
                 assert r.status_code == 200
             c.post(info["completions_url"], json={"prompt": [ctx, "Paris"], "max_tokens": 2})  # client "default"
             live = c.get(info["url"] + "/stats").json()
+        deadline = time.monotonic() + 15  # rewritten every ~10 s while serving
+        while json.loads(stats_file.read_text())["requests"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert json.loads(stats_file.read_text())["requests"] == 4
     finally:
         returncode = stop_server(process)
     assert returncode == 0

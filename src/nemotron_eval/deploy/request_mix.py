@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "prompts"
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "prompts"  # in a source checkout
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

@@ -1,10 +1,13 @@
 """Prompt-scoring throughput of the CPU deployment (what every log-likelihood task pays for).
 
     .venv/bin/python bench/server_throughput.py CHECKPOINT [--dtype float32|bfloat16] [--clients 8] [--requests 32]
+        [--tokens 800] [--max-batch-tokens 2048,16384]
 
 Starts the server on the checkpoint (e.g. models/smollm2 after `make eval`), sends `--requests` echo+logprobs
 requests (max_tokens=1, as lm-eval does) of about `--tokens` prompt tokens from `--clients` threads, and prints
-prompt tokens per second. Compare numbers from the same machine only.
+prompt tokens per second; with several `--max-batch-tokens` values, one server each, side by side. The prompts
+share no prefix (the prefix cache does not help; bench/request_mix.py measures it). Compare numbers from the same
+machine only.
 """
 
 from __future__ import annotations
@@ -36,20 +39,27 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--tokens", type=int, default=800, help="approximate prompt length")
+    p.add_argument("--max-batch-tokens", help="the server's --max-batch-tokens, several comma-separated "
+                                              "(default: the server's default)")
     a = p.parse_args()
     prompts = [f"{i}: " + TEXT * max(1, a.tokens // 20) for i in range(a.requests)]
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, info = start_and_wait(a.checkpoint, endpoint_file=Path(tmp) / "endpoint.json", log_file=Path(tmp) / "server.log",
-                                    dtype=a.dtype, max_batch_size=a.clients)
-        try:
-            score(info["url"], prompts[0])  # warm-up
-            started = time.perf_counter()
-            with ThreadPoolExecutor(a.clients) as pool:
-                tokens = sum(pool.map(lambda prompt: score(info["url"], prompt), prompts))
-            seconds = time.perf_counter() - started
-        finally:
-            stop_server(proc)
-    print(f"{a.dtype}, {a.clients} clients: {tokens} prompt tokens in {seconds:.1f} s = {tokens / seconds:.0f} tokens/s")
+    budgets = [int(b) for b in a.max_batch_tokens.split(",")] if a.max_batch_tokens else [None]
+    for budget in budgets:
+        extra = ["--max-batch-tokens", str(budget)] if budget else []
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, info = start_and_wait(a.checkpoint, endpoint_file=Path(tmp) / "endpoint.json",
+                                        log_file=Path(tmp) / "server.log", dtype=a.dtype, max_batch_size=a.clients,
+                                        extra_args=extra)
+            try:
+                score(info["url"], prompts[0])  # warm-up
+                started = time.perf_counter()
+                with ThreadPoolExecutor(a.clients) as pool:
+                    tokens = sum(pool.map(lambda prompt: score(info["url"], prompt), prompts))
+                seconds = time.perf_counter() - started
+            finally:
+                stop_server(proc)
+        print(f"{a.dtype}, {a.clients} clients, max batch tokens {budget or 'default'}: {tokens} prompt tokens "
+              f"in {seconds:.1f} s = {tokens / seconds:.0f} tokens/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from nemotron_eval.deploy.ready import (
     stop_server,
     wait_for_endpoint,
 )
-from nemotron_eval.deploy.server import Job, plan_batches
+from nemotron_eval.deploy.request_mix import FIXTURES, Request, load_requests
+from nemotron_eval.deploy.server import Job
 
 from conftest import converted_smollm2  # one cached conversion for every module
 
@@ -53,8 +54,29 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
+def server_nocache(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The same server with its prefix cache off: the reference for exactness, and for scheduling tests where
+    only the scheduler may help."""
+    run = tmp_path_factory.mktemp("serve-nocache")
+    process = start_server(checkpoint, endpoint_file=run / "endpoint.json", log_file=run / "server.log",
+                           served_model_name="smollm2", max_batch_size=8, extra_args=["--prefix-cache-mb", "0"])
+    try:
+        info = wait_for_endpoint(run / "endpoint.json", pid=process.pid, log_file=run / "server.log", timeout_s=180)
+        yield {**info, "process": process, "log": run / "server.log"}
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(trust_env=False, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def patient() -> Iterator[httpx.Client]:
+    """A client for requests that queue behind minutes of work (real 25-shot prompts on 2 shared cores)."""
+    with httpx.Client(trust_env=False, timeout=1800, limits=httpx.Limits(max_connections=20)) as c:
         yield c
 
 
@@ -312,21 +334,6 @@ def test_log_tail(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ units
 
 
-def test_plan_batches_groups_by_kind_length_and_budget() -> None:
-    def job(n: int, max_tokens: int = 1) -> Job:
-        return Job(ids=[0] * n, max_tokens=max_tokens, score_prompt=True, top_logprobs=1)
-
-    def lengths(batches: list[list[Job]]) -> list[list[int]]:
-        return [[len(j.ids) for j in b] for b in batches]
-
-    jobs = [job(50), job(10), job(5, max_tokens=8), job(40), job(30), job(12)]
-    assert lengths(plan_batches(jobs, max_batch_size=2, max_batch_tokens=1000)) == [[10, 12], [30, 40], [50], [5]]
-    assert lengths(plan_batches(jobs, max_batch_size=8, max_batch_tokens=100)) == [[10, 12, 30], [40, 50], [5]]
-    # padding beyond half the real tokens (and over 256) closes a batch
-    jobs = [job(1000), job(1100), job(100), job(3000)]
-    assert lengths(plan_batches(jobs, max_batch_size=8, max_batch_tokens=10**6)) == [[100], [1000, 1100], [3000]]
-
-
 def test_importing_the_server_does_not_import_torch() -> None:
     code = "import sys, nemotron_eval.deploy.server, nemotron_eval.deploy.ready; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
@@ -342,8 +349,184 @@ def test_bfloat16_is_selectable_and_close_to_float32(checkpoint: Path, reference
     assert engine.model.dtype == torch.bfloat16
     ids, expected, _ = reference.logprobs(PROMPTS[2])
     with torch.inference_mode():
-        results, passes = engine._forward_batch([Job(ids=ids, max_tokens=1, score_prompt=True, top_logprobs=1)])
+        results, passes, _ = engine._forward_batch([Job(ids=ids, max_tokens=1, score_prompt=True, top_logprobs=1)])
     got = results[0].prompt_logprobs[1:]
     assert passes == 1 and len(got) == len(expected)
     mean_error = sum(abs(a - b) for a, b in zip(got, expected)) / len(got)
     assert mean_error < 0.1  # bf16: close, not exact
+
+
+# ------------------------------------------------------------------------------------------------ prefix cache
+
+
+def tagged(client: httpx.Client, server: dict[str, Any], request: Request) -> dict[str, Any]:
+    response = client.post(f"{server['url']}/c/{request.task}/v1/completions", json={"model": "smollm2",
+                                                                                        **request.body})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def server_stats(client: httpx.Client, server: dict[str, Any]) -> dict[str, Any]:
+    return dict(client.get(server["url"] + "/stats").json())
+
+
+def two_items_per_task() -> list[Request]:
+    """Real harness requests (tests/fixtures/prompts): the first two items of each of the five tasks, every
+    answer choice of each."""
+    requests = [r for r in load_requests() if r.doc_id in _first_two_docs()[r.task]]
+    assert {r.task for r in requests} == {"arc_challenge", "hellaswag", "mmlu", "openbookqa", "winogrande"}
+    return requests
+
+
+def _first_two_docs() -> dict[str, set[int]]:
+    docs: dict[str, list[int]] = {}
+    for r in load_requests():
+        if r.doc_id not in docs.setdefault(r.task, []):
+            docs[r.task].append(r.doc_id)
+    return {task: set(ids[:2]) for task, ids in docs.items()}
+
+
+@pytest.mark.slow
+def test_prefix_cache_is_exact_on_real_task_prompts(server: dict[str, Any], server_nocache: dict[str, Any],
+                                                   patient: httpx.Client) -> None:
+    """Every prompt log-prob (and top log-prob, and generated text) with the cache equals the cache-off server's
+    within 1e-5: requests sent 8 at a time, so batches mix rows with different cached prefix lengths; then all
+    again, now answered almost entirely from the cache."""
+    requests = two_items_per_task()
+    before = server_stats(patient, server)
+    with ThreadPoolExecutor(8) as pool:
+        cached = list(pool.map(lambda r: tagged(patient, server, r), requests))
+        fresh = list(pool.map(lambda r: tagged(patient, server_nocache, r), requests))
+    middle = server_stats(patient, server)
+    with ThreadPoolExecutor(8) as pool:
+        again = list(pool.map(lambda r: tagged(patient, server, r), requests))
+    after = server_stats(patient, server)
+
+    worst = 0.0
+    scored_tokens = 0
+    for request, a, b, c in zip(requests, cached, fresh, again):
+        for x in (a, c):
+            cx, cb = x["choices"][0], b["choices"][0]
+            assert cx["text"] == cb["text"], request
+            if not request.scoring:
+                continue
+            lx, lb = cx["logprobs"], cb["logprobs"]
+            assert lx["tokens"] == lb["tokens"] and lx["text_offset"] == lb["text_offset"]
+            assert lx["token_logprobs"][0] is None and lb["token_logprobs"][0] is None
+            for u, v, tu, tv in zip(lx["token_logprobs"][1:], lb["token_logprobs"][1:], lx["top_logprobs"][1:],
+                                    lb["top_logprobs"][1:]):
+                worst = max(worst, abs(u - v))
+                assert tu.keys() == tv.keys() and all(abs(tu[k] - tv[k]) <= 1e-5 for k in tu)
+            scored_tokens += len(lx["token_logprobs"]) - 1
+    assert scored_tokens > 30000 and worst <= 1e-5, f"largest difference {worst:.3g}"
+
+    # the cache did its work: each item's context computed once, so ARC's four choices cost little more than one
+    first = {k: middle["clients"][k]["computed_tokens"] - before["clients"].get(k, {}).get("computed_tokens", 0)
+             for k in middle["clients"]}
+    asked = {k: middle["clients"][k]["prompt_tokens"] - before["clients"].get(k, {}).get("prompt_tokens", 0)
+             for k in middle["clients"]}
+    assert first["arc_challenge"] < 0.35 * asked["arc_challenge"], (first, asked)
+    nocache = server_stats(patient, server_nocache)
+    assert nocache["cache_hit_tokens"] == 0 and nocache["computed_tokens"] == nocache["prompt_tokens"]
+    assert nocache["prefix_cache"] is None
+    # the second round: a scoring prompt seen before recomputes only its last token, a generation prompt nothing
+    # but the token that starts its decoding
+    assert after["computed_tokens"] - middle["computed_tokens"] == len(requests)
+    assert after["prefix_cache"]["bytes"] <= after["prefix_cache"]["capacity_bytes"]
+
+
+@pytest.mark.slow
+def test_a_short_client_is_not_stuck_behind_another_clients_long_prompts(server_nocache: dict[str, Any],
+                                                                         patient: httpx.Client) -> None:
+    """One client floods the server with eight 25-shot ARC prompts (~1,600 tokens each, 8 in flight); another
+    then sends OpenBookQA prompts (~20 tokens) one after the other. Its first answer must come long before the
+    flood is done (without per-client scheduling the eight long prompts ran as one batch first). Cache off: the
+    scheduler alone must do it."""
+    long = [r for r in load_requests(FIXTURES, ["arc_challenge"])][:8]
+    short = [r for r in load_requests(FIXTURES, ["openbookqa"])][:4]
+    assert len(long) == 8 and min(len(r.prompt) for r in long) > 4000 and max(len(r.prompt) for r in short) < 400
+    url = server_nocache["url"]
+    started = time.monotonic()
+    times: dict[str, list[float]] = {"flood": [], "short": []}
+
+    def send(name: str, request: Request) -> None:
+        response = patient.post(f"{url}/c/{name}/v1/completions", json={"model": "smollm2", **request.body})
+        assert response.status_code == 200, response.text
+        times[name].append(time.monotonic() - started)
+
+    with ThreadPoolExecutor(9) as pool:
+        flood = [pool.submit(send, "flood", r) for r in long]
+        time.sleep(0.5)  # the flood is queued (and its first batch running) before the short client starts
+        short_started = time.monotonic() - started
+        for r in short:
+            send("short", r)
+        for f in flood:
+            f.result()
+    flood_s = max(times["flood"])
+    first_short = times["short"][0] - short_started
+    assert first_short < 0.3 * flood_s, (times, short_started)
+    assert max(times["short"]) < flood_s, times
+    stats = server_stats(patient, server_nocache)
+    assert stats["clients"]["short"]["requests"] == 4 and stats["clients"]["flood"]["requests"] == 8
+    assert stats["clients"]["short"]["first_answer_s"] < stats["clients"]["flood"]["last_answer_s"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/c/bad tag/v1/completions", "/c/a/b/v1/completions", "/c//v1/completions",
+                                  "/c/" + "x" * 65 + "/v1/completions", "/c/caf\u00e9/v1/completions"])
+def test_a_bad_client_tag_gets_400(server: dict[str, Any], client: httpx.Client, path: str) -> None:
+    response = client.post(server["url"] + path, json={"prompt": "x", "max_tokens": 1})
+    assert response.status_code == 400, response.text
+    assert "A-Z, a-z, 0-9" in response.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_stats_endpoint_and_stats_file(checkpoint: Path, tmp_path: Path) -> None:
+    """/stats while serving; --stats-file written once ready, every ~10 s while serving, and at SIGTERM."""
+    stats_file = tmp_path / "stats.json"
+    process = start_server(checkpoint, endpoint_file=tmp_path / "endpoint.json", log_file=tmp_path / "server.log",
+                           extra_args=["--stats-file", str(stats_file)])
+    try:
+        info = wait_for_endpoint(tmp_path / "endpoint.json", pid=process.pid, log_file=tmp_path / "server.log",
+                                 timeout_s=180)
+        assert json.loads(stats_file.read_text())["requests"] == 0  # written as soon as the server is ready
+        ctx = "Question: Which gas do plants absorb from the air?\nAnswer:" * 5
+        with httpx.Client(trust_env=False, timeout=120) as c:
+            for tag, suffix in (("taskA", " Carbon dioxide."), ("taskA", " Oxygen."), ("taskB", " Nitrogen.")):
+                r = c.post(f"{info['url']}/c/{tag}/v1/completions",
+                           json={"prompt": ctx + suffix, "max_tokens": 1, "echo": True, "logprobs": 1})
+                assert r.status_code == 200
+            c.post(info["completions_url"], json={"prompt": [ctx, "Paris"], "max_tokens": 2})  # client "default"
+            live = c.get(info["url"] + "/stats").json()
+        deadline = time.monotonic() + 15  # rewritten every ~10 s while serving
+        while json.loads(stats_file.read_text())["requests"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert json.loads(stats_file.read_text())["requests"] == 4
+    finally:
+        returncode = stop_server(process)
+    assert returncode == 0
+    final = json.loads(stats_file.read_text())
+    for stats in (live, final):
+        assert stats["requests"] == 4 and stats["prompts"] == 5 and stats["loads"] == 1
+        assert set(stats["clients"]) == {"taskA", "taskB", "default"}
+        assert stats["prompt_tokens"] == sum(c["prompt_tokens"] for c in stats["clients"].values())
+        assert stats["computed_tokens"] + stats["cache_hit_tokens"] == stats["prompt_tokens"]
+        assert stats["cache_hit_tokens"] > 0  # the second and third prompts reuse the first one's context
+        assert 0 < stats["busy_s"] <= stats["wall_s"] and stats["model_load_s"] > 0
+        assert stats["busy_s"] == pytest.approx(sum(c["busy_s"] for c in stats["clients"].values()), abs=0.01)
+        a = stats["clients"]["taskA"]
+        assert a["requests"] == 2 and 0 < a["first_answer_s"] <= a["last_answer_s"]
+        assert stats["clients"]["default"]["prompts"] == 2 and stats["generated_tokens"] >= 3
+    assert final["wall_s"] >= live["wall_s"]
+
+
+def test_stats_file_in_a_missing_folder_fails_at_once(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (tmp_path / "ckpt" / name).write_text("{}")
+    started = time.monotonic()
+    proc = subprocess.run([*SERVER, "--checkpoint", str(tmp_path / "ckpt"), "--stats-file",
+                           str(tmp_path / "nope" / "stats.json")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and time.monotonic() - started < 10
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--stats-file" in lines[0] and "does not exist" in lines[0], proc.stderr

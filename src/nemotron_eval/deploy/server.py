@@ -1,14 +1,22 @@
 """An OpenAI-compatible completions server for a Hugging Face causal LM on CPU.
 
     python -m nemotron_eval.deploy.server --checkpoint DIR [--port 0] [--dtype float32|bfloat16] [--endpoint-file F]
+        [--prefix-cache-mb 4096] [--stats-file F] [--max-batch-size 8] [--max-batch-tokens 2048]
 
-One worker thread owns the model. It gathers pending prompts (up to --max-batch-size, waiting a few milliseconds
-for more), left-pads them with an attention mask and explicit position ids, and runs them in one forward pass; the
-prompt's log-probs and the first new token come from that same pass, so `echo` + `max_tokens=1` (what lm-eval sends
-for log-likelihoods) costs one pass. Further tokens are decoded with the KV cache.
+Endpoints: `POST /v1/completions`, and `POST /c/<client>/v1/completions` for a client (e.g. a task) that wants its
+own share of the model (`<client>`: 1-64 of A-Z a-z 0-9 . _ -); `GET /v1/models`, `/health`, `/stats`.
 
-The checks a user can get wrong (checkpoint folder, port) run before torch is imported, so they fail in well under
-a second; heavy imports happen inside `Engine` and `build_app`.
+One worker thread owns the model. Prompts wait in per-client queues; each forward pass takes one client's prompt
+in turn and fills up with prompts of similar length (scheduler.py), so one task's long prompts do not hold up
+another task's short ones. A prompt's longest prefix already computed comes from the exact prefix cache
+(prefix_cache.py: KV states and prompt log-probs, LRU-bounded by --prefix-cache-mb); only the rest runs through the
+model. Rows attend to exactly their own tokens (row_attention.py), so a log-prob does not depend on the batch or the
+cache. The prompt's log-probs and the first new token come from the same pass, so `echo` + `max_tokens=1` (what
+lm-eval sends for log-likelihoods) costs one pass; further tokens are decoded with the KV cache. What the server
+did, per client, is at /stats and in --stats-file (stats.py).
+
+The checks a user can get wrong (checkpoint folder, port, stats file) run before torch is imported, so they fail in
+well under a second; heavy imports happen inside `Engine` and `build_app`.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import itertools
 import logging
 import os
 import queue
+import re
+import signal
 import socket
 import sys
 import threading
@@ -31,6 +41,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nemotron_eval.deploy import row_attention
+from nemotron_eval.deploy.prefix_cache import Match, PrefixCache, Scores
+from nemotron_eval.deploy.row_attention import MIN_QUERY_ROWS, RowSpan
+from nemotron_eval.deploy.scheduler import FairScheduler
+from nemotron_eval.deploy.stats import ServerStats, StatsWriter
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import write_json_atomic
 from nemotron_eval.model import DTYPES, check_checkpoint
@@ -43,6 +58,7 @@ log = logging.getLogger("nemotron_eval.deploy.server")
 
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+CLIENT_TAG = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class BadRequest(ValueError):
@@ -51,8 +67,22 @@ class BadRequest(ValueError):
 
 # --------------------------------------------------------------------------------------------------- the engine
 
+DEFAULT_CLIENT = "default"
+# 4 GiB holds about 91,000 tokens of SmolLM2-135M's fp32 KV states (46,080 bytes a token, measured at load; 182,000
+# in bf16): more than the 68,000 distinct prefix tokens of the default five-task run, so nothing reusable is ever
+# evicted there. Measured on bench/request_mix.py: peak RSS 1.7 GB without the cache, 3.2 GB holding 0.77 GB of
+# it; with a full cache and five harness processes (~0.7 GB each) the run stays near 10 GB of this 24 GB machine.
+# Bigger models need more per token: set --prefix-cache-mb (0 turns the cache off).
+DEFAULT_PREFIX_CACHE_MB = 4096
+# A batch holds at most this many padded tokens (the first prompt of a batch always fits): about 6 s of compute on
+# 2 cores, the longest a client's prompt waits for a batch that is not its own; prompt throughput is flat from
+# about 800 tokens a pass (bench/server_throughput.py --max-batch-tokens 2048,16384).
+DEFAULT_MAX_BATCH_TOKENS = 2048
+MIN_SHARED_TOKENS = 32  # prompts sharing this many tokens not yet cached run one after the other, not together
+HEAD_ROWS = 64  # rows per block of the output projection (see Engine._logits)
 
-@dataclass
+
+@dataclass(eq=False)
 class Job:
     """One prompt of one request, as the worker sees it."""
 
@@ -65,6 +95,21 @@ class Job:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     done: Callable[[Result | BaseException], None] = lambda _: None
+    client: str = DEFAULT_CLIENT
+    arrival: float = field(default_factory=time.monotonic)
+    # set before each planning round: the prompt's first `reuse` tokens come from the prefix cache (`match`)
+    reuse: int = 0
+    match: Match | None = None
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens the model must run for this prompt."""
+        return len(self.ids) - self.reuse
+
+    @property
+    def generating(self) -> bool:
+        """Whether it needs decode steps after the prompt's pass (the first new token comes from that pass)."""
+        return self.max_tokens > 1
 
 
 @dataclass
@@ -79,33 +124,15 @@ class Result:
     finished: bool = False
 
 
-def plan_batches(jobs: Sequence[Job], max_batch_size: int, max_batch_tokens: int) -> list[list[Job]]:
-    """Split gathered jobs into forward passes: generating jobs apart from scoring-only ones (which need no
-    decode steps), similar lengths together, at most `max_batch_size` rows and `max_batch_tokens` padded tokens.
-
-    On CPU a padded token costs as much as a real one, so a batch is also closed before padding would exceed
-    half its real tokens (small batches may waste up to 256 tokens: tiny matrix products are slow anyway)."""
-    batches: list[list[Job]] = []
-    for decoding in (False, True):
-        group = sorted((j for j in jobs if (j.max_tokens > 1) == decoding), key=lambda j: len(j.ids))
-        current: list[Job] = []
-        real = 0
-        for job in group:
-            padded = (len(current) + 1) * len(job.ids)  # sorted: this job is the longest so far
-            waste = padded - real - len(job.ids)
-            if current and (len(current) >= max_batch_size or padded > max_batch_tokens
-                            or waste > max((real + len(job.ids)) // 2, 256)):
-                batches.append(current)
-                current, real = [], 0
-            current.append(job)
-            real += len(job.ids)
-        if current:
-            batches.append(current)
-    return batches
-
-
 class Engine:
-    """Loads the model and runs batched forward passes on one worker thread."""
+    """Loads the model and runs batched forward passes on one worker thread.
+
+    A batch's rows may each start from a different cached prefix. Row i reuses r_i cached tokens and computes
+    n_i new ones: its cached states sit right-aligned in a past-KV tensor of width P (the longest reused prefix),
+    its new tokens left-aligned in the input of width N (at least MIN_QUERY_ROWS), so that its tokens are one
+    contiguous run of P + N key columns (`RowSpan`); the attention mask and explicit position ids (r_i onwards)
+    say the same for attention implementations that read them. Decoding steps append one column per step.
+    """
 
     def __init__(
         self,
@@ -113,9 +140,11 @@ class Engine:
         *,
         dtype: str = "float32",
         max_batch_size: int = 8,
-        max_batch_tokens: int = 16384,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         batch_wait_s: float = 0.005,
+        prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB,
     ) -> None:
+        started = time.monotonic()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -129,6 +158,7 @@ class Engine:
         self.batch_wait_s = batch_wait_s
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
+        self.row_exact = self._use_row_exact_attention()
         config = self.model.config
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
@@ -139,18 +169,26 @@ class Engine:
         self._head = self.model.get_output_embeddings()
         self._cache_arg = "cache" if "cache" in inspect.signature(self._body.forward).parameters else "past_key_values"
         self._split = self._split_matches_full()
-        self.stats = {"requests": 0, "batches": 0, "forward_passes": 0, "prompt_tokens": 0, "generated_tokens": 0}
+        self.kv_bytes_per_token = self._kv_bytes_per_token()
+        self.scheduler = FairScheduler(max_batch_size, max_batch_tokens)
+        self.stats = ServerStats(model_load_s=0.0)  # replaced below: the self-check's batches do not count
+        self.cache: PrefixCache | None = None
+        if prefix_cache_mb > 0:
+            self.cache = PrefixCache(prefix_cache_mb * 2**20)
+            if not self._prefix_cache_works():
+                self.cache = None
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="model-worker", daemon=True)
+        self.stats = ServerStats(model_load_s=time.monotonic() - started)
 
     # -- public
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30) -> None:
         self._queue.put(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=timeout_s)
 
     @property
     def alive(self) -> bool:
@@ -165,93 +203,199 @@ class Engine:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The statistics of `ServerStats`, with the prefix cache's state and the settings they depend on."""
+        cache = self.cache.stats() if self.cache is not None else None
+        return self.stats.snapshot(
+            model=str(self.checkpoint), dtype=self.dtype, kv_bytes_per_token=self.kv_bytes_per_token,
+            prefix_cache=cache, pending=len(self.scheduler) + self._queue.qsize(),
+        )
+
+    def run(self, jobs: Sequence[Job]) -> list[Result]:
+        """Plan and run `jobs` on the calling thread, as the worker would (tests and benchmarks)."""
+        for job in jobs:
+            self.scheduler.add(job)
+        out: dict[int, Result] = {}
+        with self.torch.inference_mode():
+            while len(self.scheduler):
+                self._plan()
+                batch = self.scheduler.next_batch(self._conflicts)
+                for job, result in zip(batch, self._run_batch(batch)):
+                    if isinstance(result, BaseException):
+                        raise result
+                    out[id(job)] = result
+        return [out[id(j)] for j in jobs]
+
     # -- the worker thread
 
     def _work(self) -> None:
         with self.torch.inference_mode():
-            while (jobs := self._gather()) is not None:
-                for batch in plan_batches(jobs, self.max_batch_size, self.max_batch_tokens):
-                    self._run_batch(batch)
+            while self._gather():
+                self._plan()
+                batch = self.scheduler.next_batch(self._conflicts)
+                for job, result in zip(batch, self._run_batch(batch)):
+                    job.done(result)
+        for job in list(self.scheduler.pending()):
+            job.done(RuntimeError("the server is stopping"))
 
-    def _gather(self) -> list[Job] | None:
-        first = self._queue.get()
-        if first is None:
-            return None
-        jobs = [first]
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(jobs) < self.max_batch_size:
+    def _gather(self) -> bool:
+        """Move submitted jobs into the scheduler. With none pending, wait for one, then `batch_wait_s` for
+        more. False once `stop` was called."""
+        if len(self.scheduler):
+            deadline = 0.0
+        else:
+            first = self._queue.get()
+            if first is None:
+                return False
+            self.scheduler.add(first)
+            deadline = time.monotonic() + self.batch_wait_s
+        while True:
             try:
                 job = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
             except queue.Empty:
-                break
+                return True
             if job is None:
-                self._queue.put(None)  # stop after this batch
-                break
-            jobs.append(job)
-        return jobs
+                return False
+            self.scheduler.add(job)
 
-    def _run_batch(self, batch: list[Job]) -> None:
+    def _plan(self) -> None:
+        """How much of each pending prompt the prefix cache holds (a scoring prompt needs the cached tokens'
+        scores too). The last cached token of a scoring prompt is run again: the distribution after it, which
+        scores the first new token, is not cached."""
+        for job in self.scheduler.pending():
+            job.reuse, job.match = 0, None
+            if self.cache is None:
+                continue
+            match = self.cache.match(job.ids, job.top_logprobs if job.score_prompt else None)
+            reuse = match.length - 1 if job.score_prompt else min(match.length, len(job.ids) - 1)
+            if reuse > 0:
+                job.reuse, job.match = reuse, match
+
+    def _conflicts(self, job: Job, batch: Sequence[Job]) -> bool:
+        """Whether `job` shares at least MIN_SHARED_TOKENS not yet cached tokens with a prompt of `batch`: it then
+        waits for a later batch and reuses them."""
+        if self.cache is None:
+            return False
+        for other in batch:
+            t = max(job.reuse, other.reuse) + MIN_SHARED_TOKENS
+            if (t <= min(len(job.ids), len(other.ids)) and job.ids[:t] == other.ids[:t]
+                    and t * self.kv_bytes_per_token * 2 < self.cache.capacity_bytes):
+                return True
+        return False
+
+    def _run_batch(self, batch: list[Job]) -> list[Result | BaseException]:
         started = time.monotonic()
+        if self.cache is not None:
+            for job in batch:
+                if job.match is not None:
+                    self.cache.touch(job.match)
         try:
-            results, passes = self._forward_batch(batch)
+            results, passes, padded = self._forward_batch(batch)
         except Exception as exc:  # a failed batch fails its requests, not the server
             log.exception("batch of %d failed", len(batch))
-            for job in batch:
-                job.done(exc)
-            return
-        prompt_tokens = sum(len(j.ids) for j in batch)
+            return [exc] * len(batch)
+        busy = time.monotonic() - started
         generated = sum(len(r.gen_ids) for r in results)
-        for key, value in (("batches", 1), ("forward_passes", passes), ("requests", len(batch)),
-                           ("prompt_tokens", prompt_tokens), ("generated_tokens", generated)):
-            self.stats[key] += value
+        self.stats.batch(busy_s=busy, passes=passes, padded_tokens=padded, generated_tokens=generated,
+                         jobs=[(j.client, len(j.ids), j.new_tokens) for j in batch])
         log.info(
-            "batch size=%d prompt_tokens=%d padded=%d generated=%d passes=%d %.3fs",
-            len(batch), prompt_tokens, len(batch) * max(len(j.ids) for j in batch), generated, passes,
-            time.monotonic() - started,
+            "batch size=%d clients=%s prompt_tokens=%d computed=%d padded=%d generated=%d passes=%d %.3fs",
+            len(batch), ",".join(sorted({j.client for j in batch})), sum(len(j.ids) for j in batch),
+            sum(j.new_tokens for j in batch), padded, generated, passes, busy,
         )
-        for job, result in zip(batch, results):
-            job.done(result)
+        return list(results)
 
-    def _forward_batch(self, batch: list[Job]) -> tuple[list[Result], int]:
+    def _forward_batch(self, batch: list[Job]) -> tuple[list[Result], int, int]:
+        """Results, forward passes and padded tokens of one batch (see the class docstring for its layout)."""
         torch = self.torch
-        width = max(len(j.ids) for j in batch)
+        past_width = max(j.reuse for j in batch)
+        width = max(max(j.new_tokens for j in batch), MIN_QUERY_ROWS)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, job in enumerate(batch):  # left padding: every row's next token comes from the last column
-            input_ids[row, width - len(job.ids):] = torch.tensor(job.ids, dtype=torch.long)
-            mask[row, width - len(job.ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        decoding = any(j.max_tokens > 1 for j in batch)
+        mask = torch.zeros((len(batch), past_width + width), dtype=torch.long)
+        positions = torch.zeros((len(batch), width), dtype=torch.long)
+        spans = []
+        for row, job in enumerate(batch):  # [padding, cached prefix | new tokens, padding]
+            input_ids[row, :job.new_tokens] = torch.tensor(job.ids[job.reuse:], dtype=torch.long)
+            mask[row, past_width - job.reuse:past_width + job.new_tokens] = 1
+            positions[row] = torch.arange(job.reuse, job.reuse + width)
+            spans.append(RowSpan(past_width - job.reuse, len(job.ids), job.new_tokens))
+        decoding = any(j.generating for j in batch)
+        past = self._past(batch, past_width) if past_width else None
 
-        hidden, cache = self._forward(input_ids, mask, positions, None, decoding)
-        passes = 1
+        hidden, kv = self._forward(input_ids, mask, positions, past, decoding or self.cache is not None, spans)
+        passes, padded = 1, len(batch) * width
         results = [Result() for _ in batch]
         next_logits: list[torch.Tensor | None] = [None] * len(batch)
+        computed: list[Scores | None] = [None] * len(batch)
         for row, (job, result) in enumerate(zip(batch, results)):
             if job.score_prompt:
-                logits = self._logits(hidden[row, width - len(job.ids):])
-                self._score_prompt(job, result, logits)
-                next_logits[row] = logits[-1]
+                computed[row], next_logits[row] = self._score_prompt(job, result, hidden[row, :job.new_tokens])
         rest = [row for row, lg in enumerate(next_logits) if lg is None]
         if rest:
-            for row, logits in zip(rest, self._logits(hidden[rest, -1])):
+            last = torch.stack([hidden[row, batch[row].new_tokens - 1] for row in rest])
+            for row, logits in zip(rest, self._logits(last)):
                 next_logits[row] = logits
+        if self.cache is not None:
+            for row, job in enumerate(batch):
+                self._remember(job, row, kv, past_width, computed[row])
         self._advance(batch, results, torch.stack(next_logits))  # type: ignore[arg-type]
 
+        step_positions = torch.tensor([[len(j.ids)] for j in batch], dtype=torch.long)
         while not all(r.finished for r in results):
             step = torch.tensor([[r.gen_ids[-1] if r.gen_ids else self.pad_id] for r in results], dtype=torch.long)
             mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long)], dim=1)
-            positions = positions[:, -1:] + 1
-            hidden, cache = self._forward(step, mask, positions, cache, True)
+            hidden, kv = self._forward(step, mask, step_positions, kv, True)
+            step_positions = step_positions + 1
             passes += 1
+            padded += len(batch)
             self._advance(batch, results, self._logits(hidden[:, -1]))
-        return results, passes
+        return results, passes, padded
+
+    def _past(self, batch: list[Job], past_width: int) -> Any:
+        """The cached prefixes of a batch's rows, right-aligned in one `past_width`-wide KV cache."""
+        from transformers import DynamicCache
+
+        assert self.cache is not None
+        rows = {row: self.cache.kv(job.match, job.reuse) for row, job in enumerate(batch) if job.match is not None}
+        layers, _, heads, _, head_dim = next(iter(rows.values())).shape
+        past = self.torch.zeros((layers, 2, len(batch), heads, past_width, head_dim), dtype=self.model.dtype)
+        for row, states in rows.items():
+            past[:, :, row, :, past_width - states.shape[3]:] = states
+        return DynamicCache(ddp_cache_data=[(past[i, 0], past[i, 1]) for i in range(layers)], config=self.model.config)
+
+    def _remember(self, job: Job, row: int, kv: Any, first: int, scores: Scores | None) -> None:
+        """Put a prompt's newly computed states (from column `first` of the batch's KV cache, row `row`) and
+        scores into the prefix cache."""
+        torch = self.torch
+        assert self.cache is not None
+
+        def states(a: int, b: int) -> torch.Tensor:
+            lo, hi = first + a - job.reuse, first + b - job.reuse
+            return torch.stack([torch.stack((layer.keys[row, :, lo:hi], layer.values[row, :, lo:hi]))
+                                for layer in kv.layers])
+
+        def scored(a: int, b: int) -> Scores:
+            assert scores is not None
+            parts = []
+            if a == 0:  # position 0 has no score: a placeholder row
+                k = scores.top_k
+                parts.append(Scores(torch.full((1,), float("nan")), torch.zeros((1, k), dtype=torch.long),
+                                    torch.full((1, k), float("nan")), k))
+                a = 1
+            if b > a:  # `scores` holds positions reuse+1..
+                parts.append(scores.slice(a - job.reuse - 1, b - job.reuse - 1))
+            return Scores.cat(parts).clone()
+
+        self.cache.insert(job.ids, job.reuse, states, scored if scores is not None else None)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-                 use_cache: bool) -> tuple[torch.Tensor, Any]:
-        """Hidden states (logits when the model's head is not a plain projection) and the KV cache."""
+                 use_cache: bool, spans: list[RowSpan] | None = None) -> tuple[torch.Tensor, Any]:
+        """Hidden states (logits when the model's head is not a plain projection) and the KV cache. With `spans`
+        (and the row-exact attention in place), each row attends to exactly its own keys."""
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": use_cache,
                   self._cache_arg: cache}
+        if spans is not None and self.row_exact:
+            kwargs["row_spans"] = spans
         if self._split:
             out = self._body(**kwargs)
             hidden = out.last_hidden_state
@@ -261,9 +405,21 @@ class Engine:
         return hidden, getattr(out, self._cache_arg, None) if use_cache else None
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits for hidden states of shape [..., hidden] (computed per row: full [B, L, vocab] logits
-        of a long batch would take gigabytes)."""
-        return (self._head(hidden) if self._split else hidden).float()
+        """float32 logits for hidden states of shape [n, hidden], HEAD_ROWS rows at a time (the last block
+        zero-padded): a matrix product's result for one row depends on how many rows it is computed with (by up
+        to 3e-5 in a log-prob), so a fixed block size makes a position's logits the same whether it is computed
+        alone, in a batch or after a cached prefix. Blocks also bound memory: [B, L, vocab] logits of a long
+        batch would take gigabytes."""
+        if not self._split:
+            return hidden.float()
+        blocks = []
+        for start in range(0, hidden.shape[0], HEAD_ROWS):
+            block = hidden[start:start + HEAD_ROWS]
+            rows = block.shape[0]
+            if rows < HEAD_ROWS:
+                block = self.torch.cat([block, block.new_zeros((HEAD_ROWS - rows, block.shape[1]))])
+            blocks.append(self._head(block)[:rows].float())
+        return blocks[0] if len(blocks) == 1 else self.torch.cat(blocks)
 
     def _split_matches_full(self) -> bool:
         """Whether head(body(x)) reproduces the model's own logits (false for heads with soft-capping or scaling)."""
@@ -277,28 +433,79 @@ class Engine:
             log.warning("the model's head is not a plain projection: computing full logits per batch")
         return same
 
-    def _score_prompt(self, job: Job, result: Result, logits: torch.Tensor) -> None:
-        torch = self.torch
-        logprobs = torch.log_softmax(logits[:-1], dim=-1)
-        targets = torch.tensor(job.ids[1:], dtype=torch.long)
-        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-        result.prompt_logprobs = [None, *chosen]
-        result.prompt_top = [None]
-        if job.top_logprobs is not None and len(job.ids) > 1:
-            result.prompt_top += self._top(logprobs, job.top_logprobs, job.ids[1:])
+    def _use_row_exact_attention(self) -> bool:
+        """Switch the model to the row-exact attention (see row_attention.py); false when it cannot take it."""
+        name = row_attention.register()
+        try:
+            self.model.set_attn_implementation(name)
+        except Exception as exc:  # a model without transformers' attention interface
+            log.warning("row-exact attention unavailable (%s): log-probs may vary by ~1e-5 with batching", exc)
+            return False
+        if self.model.config._attn_implementation != name:
+            log.warning("row-exact attention unavailable: log-probs may vary by ~1e-5 with batching")
+            return False
+        return True
 
-    def _top(self, logprobs: torch.Tensor, k: int, chosen: Sequence[int]) -> list[dict[int, float]]:
-        """For each row of [N, vocab] log-probs: its k most likely tokens, plus the token chosen there."""
+    def _kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes in this model (measured on a one-token pass)."""
         torch = self.torch
-        if k:
+        ids = torch.tensor([[self.pad_id]], dtype=torch.long)
+        with torch.inference_mode():
+            _, kv = self._forward(ids, torch.ones_like(ids), torch.zeros_like(ids), None, True)
+        return sum(t.nbytes for layer in kv.layers for t in (layer.keys, layer.values))
+
+    def _prefix_cache_works(self) -> bool:
+        """Whether prompts scored from a cached prefix match scoring them from scratch (a model whose cache is not
+        plain per-token keys and values, e.g. sliding windows or recurrent state, would not): checked once on a
+        short prompt through the worker's own code path. The cache starts empty again."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        assert self.cache is not None
+        if not all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers):
+            log.warning("the model's KV cache is not plain per-layer keys and values: prefix cache off")
+            return False
+        vocab = self.model.config.vocab_size
+        base = [(7 * i + 11) % vocab for i in range(24)]
+        prompts = [base, base[:16] + [(13 * i + 5) % vocab for i in range(8)]]
+        cached = self.run([Job(ids=p, max_tokens=1, score_prompt=True, top_logprobs=1) for p in prompts])
+        saved, self.cache = self.cache, None
+        fresh = self.run([Job(ids=p, max_tokens=1, score_prompt=True, top_logprobs=1) for p in prompts])
+        self.cache = saved
+        self.cache.clear()
+        self.cache.evicted_tokens = 0
+        tolerance = 1e-5 if self.dtype == "float32" else 0.25  # what the cache promises; bf16 is never exact
+        worst = max(abs(a - b) for c, f in zip(cached, fresh) for a, b in zip(c.prompt_logprobs[1:], f.prompt_logprobs[1:]))
+        if worst > tolerance:
+            log.warning("prompt log-probs from cached prefixes differ by %.3g from fresh ones: prefix cache off", worst)
+            return False
+        return True
+
+    def _score_prompt(self, job: Job, result: Result, hidden: torch.Tensor) -> tuple[Scores, torch.Tensor]:
+        """Fill in the prompt's log-probs: cached ones for positions 1..reuse, the rest from `hidden` (the rows of
+        positions reuse..end), HEAD_ROWS rows of logits at a time. Returns the computed scores (positions
+        reuse+1..) and the logits after the prompt's last token."""
+        torch = self.torch
+        k = job.top_logprobs or 0
+        targets = torch.tensor(job.ids[job.reuse + 1:] + [0], dtype=torch.long)
+        parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for start in range(0, hidden.shape[0], HEAD_ROWS):
+            logits = self._logits(hidden[start:start + HEAD_ROWS])
+            logprobs = torch.log_softmax(logits, dim=-1)
             values, ids = logprobs.topk(k, dim=-1)
-            tops = [dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
-        else:
-            tops = [{} for _ in chosen]
-        chosen_lp = logprobs.gather(1, torch.tensor(chosen, dtype=torch.long)[:, None])[:, 0].tolist()
-        for top, token, lp in zip(tops, chosen, chosen_lp):
-            top.setdefault(token, lp)
-        return tops
+            parts.append((logprobs.gather(1, targets[start:start + HEAD_ROWS, None])[:, 0], ids, values))
+        last = logits[-1]  # the last block holds the prompt's last position: its row is the next token's
+        chosen, ids, values = (torch.cat(column)[:-1] for column in zip(*parts))
+        computed = Scores(chosen, ids, values, k)
+        scores = computed
+        if job.reuse and self.cache is not None and job.match is not None:
+            scores = Scores.cat([self.cache.scores(job.match, 1, job.reuse + 1, k), computed])
+        lps = scores.logprobs.tolist()
+        result.prompt_logprobs = [None, *lps]
+        result.prompt_top = [None]
+        if job.top_logprobs is not None:
+            result.prompt_top += _tops(scores.top_ids.tolist(), scores.top_values.tolist(), job.ids[1:], lps)
+        return computed, last
 
     def _advance(self, batch: list[Job], results: list[Result], logits: torch.Tensor) -> None:
         """Pick each unfinished row's next token from its logits [B, vocab] and decide whether it is done."""
@@ -314,7 +521,9 @@ class Engine:
             result.gen_ids.append(token)
             result.gen_logprobs.append(float(logprobs[row, token]))
             if job.top_logprobs is not None:
-                result.gen_top += self._top(logprobs[row : row + 1], job.top_logprobs, [token])
+                k = job.top_logprobs
+                values, ids = logprobs[row : row + 1].topk(k, dim=-1)
+                result.gen_top += _tops(ids.tolist(), values.tolist(), [token], [float(logprobs[row, token])])
             result.text = self.decode([t for t in result.gen_ids if t not in self.eos_ids])
             cut = min((i for i in (result.text.find(s) for s in job.stop if s) if i >= 0), default=-1)
             if cut >= 0:
@@ -337,6 +546,17 @@ class Engine:
         generator = torch.Generator()
         generator.manual_seed(job.seed + step if job.seed is not None else int.from_bytes(os.urandom(6), "little"))
         return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _tops(top_ids: list[list[int]], top_values: list[list[float]], chosen: Sequence[int],
+          chosen_lp: Sequence[float]) -> list[dict[int, float]]:
+    """Per position: its top-k tokens and their log-probs, plus the token chosen there (when not among them)."""
+    tops = []
+    for ids, values, token, lp in zip(top_ids, top_values, chosen, chosen_lp):
+        top = dict(zip(ids, values))
+        top.setdefault(token, lp)
+        tops.append(top)
+    return tops
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -500,6 +720,10 @@ def build_app(engine: Engine, model_id: str) -> FastAPI:
         return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
 
     async def completions(request: Request) -> JSONResponse:
+        client = request.path_params.get("client", DEFAULT_CLIENT)
+        if not CLIENT_TAG.fullmatch(client):
+            return error(400, f"client tag {client!r} in the URL path /c/<client>/v1/completions must be 1 to 64 "
+                              "characters of A-Z, a-z, 0-9, '.', '_' or '-' (e.g. a task name)")
         try:
             body = await request.json()
         except ValueError:
@@ -517,7 +741,7 @@ def build_app(engine: Engine, model_id: str) -> FastAPI:
                 ids=p.ids, max_tokens=params["max_tokens"],
                 score_prompt=params["echo"] and params["logprobs"] is not None,
                 top_logprobs=params["logprobs"], temperature=params["temperature"], top_p=params["top_p"],
-                seed=params["seed"], stop=params["stop"], done=_resolver(loop, future),
+                seed=params["seed"], stop=params["stop"], done=_resolver(loop, future), client=client,
             ))
         try:
             results = await asyncio.gather(*futures)
@@ -525,6 +749,7 @@ def build_app(engine: Engine, model_id: str) -> FastAPI:
             return error(500, f"the model failed on this request: {exc}", "server_error")
         prompt_tokens = sum(len(p.ids) for p in prompts)
         completion_tokens = sum(len(r.gen_ids) for r in results)
+        engine.stats.answered(client, len(prompts))
         return JSONResponse({
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
@@ -543,14 +768,26 @@ def build_app(engine: Engine, model_id: str) -> FastAPI:
 
     async def health(request: Request) -> JSONResponse:
         status = 200 if engine.alive else 503
+        totals = {k: v for k, v in engine.snapshot().items() if isinstance(v, (int, float))}
         return JSONResponse({"status": "ok" if engine.alive else "model worker stopped", "model": model_id,
-                             "dtype": engine.dtype, **engine.stats}, status)
+                             "dtype": engine.dtype, **totals}, status)
+
+    async def stats(request: Request) -> JSONResponse:
+        return JSONResponse(engine.snapshot())
+
+    async def bad_client(request: Request) -> JSONResponse:
+        return error(400, f"the URL path {request.url.path!r} has no valid client tag: use /c/<client>/v1/completions "
+                          "with 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-' (e.g. a task name)")
 
     # Plain Starlette routes: the handlers read the request themselves (no FastAPI dependency injection).
-    app.add_route("/v1/completions", completions, methods=["POST"])
-    app.add_route("/v1/models", models, methods=["GET"])
-    app.add_route("/health", health, methods=["GET"])
-    app.add_route("/v1/health", health, methods=["GET"])
+    # A client (task) tags its requests through the path: /c/<client>/v1/... (plain /v1/...: "default").
+    for prefix in ("", "/c/{client}"):
+        app.add_route(f"{prefix}/v1/completions", completions, methods=["POST"])
+        app.add_route(f"{prefix}/v1/models", models, methods=["GET"])
+        app.add_route(f"{prefix}/health", health, methods=["GET"])
+        app.add_route(f"{prefix}/v1/health", health, methods=["GET"])
+    app.add_route("/c/{rest:path}", bad_client, methods=["GET", "POST"])
+    app.add_route("/stats", stats, methods=["GET"])
     return app
 
 
@@ -563,7 +800,13 @@ def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Result]) -
         else:
             future.set_result(value)
 
-    return lambda value: loop.call_soon_threadsafe(settle, value)
+    def resolve(value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, value)
+        except RuntimeError:  # the event loop is closed: the server is stopping, nobody waits for this answer
+            pass
+
+    return resolve
 
 
 # --------------------------------------------------------------------------------------------------- start-up
@@ -589,6 +832,8 @@ def endpoint_info(args: argparse.Namespace, port: int, model_id: str) -> dict[st
     return {
         "url": url,
         "completions_url": f"{url}/v1/completions",
+        "client_completions_url": f"{url}/c/{{client}}/v1/completions",  # {client}: the caller's tag, e.g. a task
+        "stats_url": f"{url}/stats",
         "health_url": f"{url}/health",
         "port": port,
         "pid": os.getpid(),
@@ -608,14 +853,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="float32 (default) is exact")
     parser.add_argument("--served-model-name", help="model id clients use (default: the checkpoint folder's name)")
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+                        help=f"padded tokens per forward pass (default {DEFAULT_MAX_BATCH_TOKENS})")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long to wait for a batch to fill")
     parser.add_argument("--endpoint-file", type=Path, help="JSON written once the server is listening")
     parser.add_argument("--deployment-id")
+    parser.add_argument("--prefix-cache-mb", type=int, default=DEFAULT_PREFIX_CACHE_MB,
+                        help=f"memory for the exact prefix cache, MiB (default {DEFAULT_PREFIX_CACHE_MB}; 0: off)")
+    parser.add_argument("--stats-file", type=Path,
+                        help="JSON statistics, written atomically every ~10 s while serving and at shutdown")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1 or args.max_batch_tokens < 1:
         parser.error("--max-batch-size and --max-batch-tokens must be at least 1")
+    if args.prefix_cache_mb < 0:
+        parser.error(f"--prefix-cache-mb must be 0 (off) or a positive number of MiB, got {args.prefix_cache_mb}")
     return args
+
+
+def check_stats_file(path: Path) -> None:
+    """UserError unless `path` can be written: its folder exists and is writable, and it is not a folder."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"--stats-file {path} is a folder: give a file path")
+    if not folder.is_dir():
+        raise UserError(f"--stats-file {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--stats-file {path}: the folder {folder} is not writable")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -623,6 +886,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         check_checkpoint(args.checkpoint)
+        if args.stats_file:
+            check_stats_file(args.stats_file)
         sock = bind(args.host, args.port)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -632,14 +897,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         engine = Engine(args.checkpoint, dtype=args.dtype, max_batch_size=args.max_batch_size,
-                        max_batch_tokens=args.max_batch_tokens, batch_wait_s=args.batch_wait_ms / 1000)
+                        max_batch_tokens=args.max_batch_tokens, batch_wait_s=args.batch_wait_ms / 1000,
+                        prefix_cache_mb=args.prefix_cache_mb)
     except Exception as exc:
         log.debug("loading failed", exc_info=True)
         print(f"error: checkpoint {args.checkpoint} could not be loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    log.info("loaded %s (%s, context %s) in %.1fs", args.checkpoint, args.dtype, engine.context_length,
-             time.monotonic() - started)
+    log.info("loaded %s (%s, context %s) in %.1fs; prefix cache %s (%d bytes of KV a token)", args.checkpoint,
+             args.dtype, engine.context_length, time.monotonic() - started,
+             f"{args.prefix_cache_mb} MiB" if engine.cache is not None else "off", engine.kv_bytes_per_token)
     engine.start()
+    writer = StatsWriter(args.stats_file, engine.snapshot) if args.stats_file else None
 
     import uvicorn
 
@@ -647,14 +915,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
+                engine.stats.ready()
+                if writer is not None:
+                    writer.start()
                 info = endpoint_info(args, port, model_id)
                 if args.endpoint_file:
                     write_json_atomic(args.endpoint_file, info)
                 log.info("serving %s at %s", model_id, info["completions_url"])
 
-    config = uvicorn.Config(build_app(engine, model_id), log_level="warning", access_log=False, lifespan="off")
+    # uvicorn takes SIGTERM/SIGINT while serving and, once shut down, raises the signal again with the handler
+    # that was installed before it: this one, so that the statistics are written and the worker stopped first.
+    stopped_by: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopped_by.append(signum))
+    config = uvicorn.Config(build_app(engine, model_id), log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=2)
     asyncio.run(Server(config).serve(sockets=[sock]))
-    engine.stop()
+    if writer is not None:
+        writer.stop()
+    engine.stop(timeout_s=5)
+    log.info("stopped%s", f" by signal {stopped_by[0]}" if stopped_by else "")
     return 0
 
 

@@ -51,6 +51,22 @@ def test_results_have_scores_and_provenance(evaluated) -> None:
         assert r["data"]["source"] == f"mirror:{MIRROR.resolve()}" and r["data"]["digest"].startswith("sha256:")
         assert (work / r["raw"] / "results.yml").is_file()
     assert results[0]["deployment"]["id"] == results[1]["deployment"]["id"]  # one deployment served both
+
+
+def test_the_deployment_reports_what_it_did(evaluated) -> None:
+    """Each task asked under its own name, so the server counts per task; the figures reach the results and,
+    when the deployment stops, run/{model}/stats.json."""
+    work, _ = evaluated
+    stats = json.loads((work / "run/smollm2_latest/stats.json").read_text())
+    assert stats["loads"] == 1 and set(stats["clients"]) == set(TASKS)
+    assert stats["cache_hit_tokens"] > 0 and stats["computed_tokens"] + stats["cache_hit_tokens"] == stats["prompt_tokens"]
+    assert 0 < stats["busy_s"] < stats["wall_s"]
+    for task in TASKS:
+        server = json.loads((work / f"results/smollm2_latest/{task}.json").read_text())["deployment"]["server"]
+        mine = stats["clients"][task]
+        assert server["task"]["requests"] == mine["requests"] > 0  # the task was done when it asked
+        assert server["task"]["first_answer_s"] == mine["first_answer_s"]
+        assert server["deployment"]["requests"] <= stats["requests"]
     receipt = json.loads((work / "models/smollm2.json").read_text())
     assert receipt["lineage"]["source_sha256"] and receipt["digest"] == results[0]["model"]["digest"]
 

@@ -24,6 +24,7 @@ from nemotron_eval import layout, progress
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import sha256_bytes, write_text_atomic
 from nemotron_eval.plan import ModelPlan
+from nemotron_eval.slots import available_cores, task_slot
 
 log = logging.getLogger("nemotron_eval")
 
@@ -215,19 +216,25 @@ def evaluate(
     # One harness folder per (model content, task, task config), read from job.yaml: a rerun after an
     # interruption answers from its request cache; a changed model or config never reuses stale answers.
     raw = layout.harness_dir(out.parent.name, task.short, entry["fingerprint"])
-    log.info("%s: deployment %s at %s; harness output in %s", task.short, endpoint["deployment_id"], endpoint["completions_url"], raw)
+    # The CPU server schedules its clients fairly: each task asks under its own name (/c/<task>/v1/completions).
+    url = str(endpoint.get("client_completions_url") or endpoint["completions_url"]).replace("{client}", task.short)
+    log.info("%s: deployment %s at %s; harness output in %s", task.short, endpoint["deployment_id"], url, raw)
     # The harness's adapter proxy probes from port 3825 up, check-then-bind: concurrent tasks race for the
     # same port. Give each run its own free port instead.
     os.environ["ADAPTER_PORT"] = str(_free_port())
     os.environ.update(harness_environment(cfg))
-    started = results.now()
+    kind = types.get(cfg["deployment"]["type"])
+    at_once = job["run"].get("tasks_at_once") or kind.tasks_at_once(available_cores())
     try:
-        with progress.Receiver() as receiver, _heartbeat(task.short, raw):
-            run_harness(
-                task, staged_dir, endpoint_url=endpoint["completions_url"], model_id=endpoint["model_id"],
-                tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=receiver.url,
-                abort=lambda: deployment_gone(endpoint_file),
-            )
+        with task_slot(endpoint_file.parent / "slots", at_once, gone=lambda: deployment_gone(endpoint_file),
+                       waiting=lambda: log.info("%s: waiting: %d task(s) at once against this deployment", task.short, at_once)):
+            started = results.now()
+            with progress.Receiver() as receiver, _heartbeat(task.short, raw):
+                run_harness(
+                    task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
+                    tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=receiver.url,
+                    abort=lambda: deployment_gone(endpoint_file),
+                )
     except HarnessAborted as e:
         raise UserError(f"{task.short}: stopped: {e}") from None
     except HarnessError as e:
@@ -239,12 +246,28 @@ def evaluate(
     result = results.build_result(
         task=task, parsed=parsed, model=model, config_sha256=sha256_bytes(eval_bytes), data=data,
         deployment=endpoint, params=params, started_at=started, finished_at=finished, raw=str(raw),
-        task_config_sha256=entry["fingerprint"],
+        task_config_sha256=entry["fingerprint"], server=server_figures(endpoint, task.short),
     )
     results.write_result(out, result)
     scores = ", ".join(f"{k} {v['value']:.4f}" for k, v in parsed["metrics"].items())
     log.info("%s: %s over %d samples in %.0f s -> %s", task.short, scores, parsed["n_samples"], result["duration_s"], out)
     return result
+
+
+def server_figures(endpoint: dict[str, Any], client: str) -> dict[str, Any] | None:
+    """What the deployment did for this task (its client's figures) and in all so far (`GET /stats`), when it
+    keeps statistics (the CPU server); None otherwise or when it no longer answers (the scores stand)."""
+    from nemotron_eval.deploy.types import get_json
+
+    if not endpoint.get("stats_url"):
+        return None
+    try:
+        stats = get_json(str(endpoint["stats_url"]))
+    except (OSError, ValueError) as e:
+        log.warning("%s: no statistics from the deployment (%s)", client, e)
+        return None
+    totals = {k: v for k, v in stats.items() if k != "clients"}
+    return {"task": (stats.get("clients") or {}).get(client), "deployment": totals}
 
 
 def write_items(harness_dir: Path, out: Path) -> dict[str, Any]:

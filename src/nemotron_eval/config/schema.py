@@ -269,7 +269,7 @@ _PARAMS = {
 }
 _LOCAL_DEPLOYMENT_KEYS = (
     "type", "image", "checkpoint_path", "served_model_name", "host", "port", "dtype", "max_batch_size",
-    "readiness_timeout_s", "health_check_path", "endpoints", "command", "env_vars",
+    "prefix_cache_mb", "readiness_timeout_s", "health_check_path", "endpoints", "command", "env_vars",
 )
 
 
@@ -292,6 +292,7 @@ RULES: list[tuple[str, Rule, Callable[[Mapping[str, Any]], bool]]] = [
     ("run.engine", one_of(*ENGINES, null=True), _always),
     ("run.launcher", mapping, _always),
     ("run.launcher.dry_run", boolean, _always),
+    ("run.tasks_at_once", integer(1, null=True), _always),
     ("run.env", mapping, _always),
     ("run.env.executor", one_of(*EXECUTORS, null=True), _always),
     ("run.env.time", walltime, _always),
@@ -341,6 +342,7 @@ RULES: list[tuple[str, Rule, Callable[[Mapping[str, Any]], bool]]] = [
     ("deployment.host", text(_HOST, "a host name or address"), _always),
     ("deployment.dtype", one_of(*DTYPES), _is("local")),
     ("deployment.max_batch_size", integer(1), _always),
+    ("deployment.prefix_cache_mb", integer(0), _is("local")),
     ("deployment.readiness_timeout_s", number(gt=0), _always),
     ("deployment.health_check_path", url_path, _always),
     ("deployment.endpoints.*", url_path, _always),
@@ -370,7 +372,7 @@ RULES: list[tuple[str, Rule, Callable[[Mapping[str, Any]], bool]]] = [
 ]
 
 CLOSED: dict[str, tuple[str, ...]] = {
-    "run": ("model", "engine", "launcher", "env", "wandb", "compose", "artifacts", "tasks"),
+    "run": ("model", "engine", "launcher", "tasks_at_once", "env", "wandb", "compose", "artifacts", "tasks"),
     "run.launcher": ("dry_run",),
     "run.wandb": ("entity", "project"),
     "data": ("mirror",),

@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from nemotron_eval import layout
 from nemotron_eval.deploy import process as proc
 from nemotron_eval.deploy.runners import check_runner, container_runner_wrap, unescape_dollars
 from nemotron_eval.errors import UserError, did_you_mean
 
 CHECKPOINT_MOUNT = "/checkpoint"
 HOST = "{host}"  # placeholder in a plan's URLs for the node the serve step resolves at run time
+TASKS_PER_CORE = 1.0  # the CPU server's tasks at once per core (Local.tasks_at_once)
 PASS_THROUGH = ("HF_TOKEN",)  # host variables handed to a deployment by name whenever they are set
 
 
@@ -52,7 +54,7 @@ class Runtime:
 
     @property
     def stats_file(self) -> Path:
-        return self.run_dir / "stats.json"
+        return self.run_dir / Path(layout.STATS).name
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,11 @@ class Deployment:
     def readiness_timeout(self, dep: Mapping[str, Any]) -> float:
         return float(dep.get("readiness_timeout_s") or self.readiness_default_s)
 
+    def tasks_at_once(self, cores: int) -> int | None:
+        """How many of a model's tasks run their harness together when `run.tasks_at_once` is not set (None: all
+        of them). A deployment on its own GPUs leaves the job's cores to the harnesses: all at once."""
+        return None
+
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         raise NotImplementedError
 
@@ -180,12 +187,17 @@ class Local(Deployment):
     name = "local"
     readiness_default_s = 300
 
+    def tasks_at_once(self, cores: int) -> int | None:
+        """The server shares the cores with the harnesses: TASKS_PER_CORE tasks per core (measured in bench/)."""
+        return max(1, int(cores * TASKS_PER_CORE))
+
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         dep = eval_cfg.get("deployment") or {}
         argv = shlex.split(_required(dep, "command"))
         if argv and argv[0] == "python":
             argv[0] = sys.executable  # the server runs with this environment's interpreter
-        argv += ["--endpoint-file", str(runtime.server_endpoint_file), "--deployment-id", runtime.deployment_id]
+        argv += ["--endpoint-file", str(runtime.server_endpoint_file), "--deployment-id", runtime.deployment_id,
+                 "--stats-file", str(runtime.stats_file)]
         plain, from_host, names = environment(eval_cfg, runtime.environ)
         host, port = str(dep.get("host") or "127.0.0.1"), int(dep.get("port") or 0)
         return DeploymentPlan(
@@ -400,13 +412,23 @@ def read_endpoint(endpoint_file: Path | str) -> dict[str, Any] | None:
     return info if isinstance(info, dict) and "url" in info else None
 
 
-def is_healthy(health_url: str, timeout_s: float = 2.0) -> bool:
-    import urllib.error
+def _opener() -> Any:
     import urllib.request
 
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send localhost through a proxy
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never send localhost through a proxy
+
+
+def is_healthy(health_url: str, timeout_s: float = 2.0) -> bool:
     try:
-        with opener.open(health_url, timeout=timeout_s) as response:
+        with _opener().open(health_url, timeout=timeout_s) as response:
             return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
+    except (OSError, ValueError):  # URLError is an OSError
         return False
+
+
+def get_json(url: str, timeout_s: float = 10.0) -> Any:
+    """GET `url` and parse its JSON (OSError when it does not answer, ValueError when it is not JSON)."""
+    import json
+
+    with _opener().open(url, timeout=timeout_s) as response:
+        return json.loads(response.read())

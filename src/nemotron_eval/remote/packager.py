@@ -31,6 +31,7 @@ class ProjectPackager(Packager):
         if out.exists():
             return str(out)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=job_dir)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600: the mode a plain open() would give
         os.close(fd)
         try:
             with tarfile.open(tmp, "w:gz") as tar:

@@ -7,7 +7,7 @@ rule serve_model:
     # eval.yaml is read by path, not declared: the group starts only once its task jobs' inputs (eval.yaml
     # among them) are built, and a rewrite that changes no task's settings must not restart evaluations.
     input:
-        images=[str(image.path) for image in PLAN.images.values()],
+        images=[image.target for image in PLAN.images.values()],
         model=embedded_receipt,
     output:
         service(layout.ENDPOINT),

@@ -51,6 +51,8 @@ def test_results_have_scores_and_provenance(evaluated) -> None:
         assert r["data"]["source"] == f"mirror:{MIRROR.resolve()}" and r["data"]["digest"].startswith("sha256:")
         assert (work / r["raw"] / "results.yml").is_file()
     assert results[0]["deployment"]["id"] == results[1]["deployment"]["id"]  # one deployment served both
+    receipt = json.loads((work / "models/smollm2.json").read_text())
+    assert receipt["lineage"]["source_sha256"] and receipt["digest"] == results[0]["model"]["digest"]
 
 
 def test_the_deployment_reports_what_it_did(evaluated) -> None:
@@ -67,8 +69,6 @@ def test_the_deployment_reports_what_it_did(evaluated) -> None:
         assert server["task"]["requests"] == mine["requests"] > 0  # the task was done when it asked
         assert server["task"]["first_answer_s"] == mine["first_answer_s"]
         assert server["deployment"]["requests"] <= stats["requests"]
-    receipt = json.loads((work / "models/smollm2.json").read_text())
-    assert receipt["lineage"]["source_sha256"] and receipt["digest"] == results[0]["model"]["digest"]
 
 
 def test_second_run_has_nothing_to_do(evaluated) -> None:

@@ -245,7 +245,7 @@ def test_inside_a_slurm_job_step_the_deployment_is_a_nested_step(tmp_path: Path,
 srun -n1 {serve} --endpoint-file {endpoint} --log {log} &
 for i in $(seq 1 100); do grep -qs '"ready"\\|"failed"' {endpoint} && break; sleep 0.2; done
 squeue -h -s -j $SLURM_JOB_ID -o %i > {report}
-pkill -TERM -f "^{serve}"
+pkill -TERM -f "^[^ ]*python[^ ]* {serve}"  # the step itself (its script's interpreter), not srun
 wait $!; echo "exit=$?" >> {report}
 """)
     res = subprocess.run(["sbatch", "--wait", "-c", "2", f"--output={tmp_path / 'job.out'}", str(script)],

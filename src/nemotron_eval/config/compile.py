@@ -100,7 +100,8 @@ class Image:
 
     name: str  # the file's stem
     reference: str  # what it is squashed from
-    path: Path  # absolute
+    path: Path  # absolute: what eval.yaml names (pyxis and compute nodes need it)
+    target: str  # the same file as the Snakemake target that builds it (relative to the working directory)
 
 
 def squashed_image(cfg: dict[str, Any], images_dir: Path = IMAGES_DIR) -> Image | None:
@@ -111,7 +112,8 @@ def squashed_image(cfg: dict[str, Any], images_dir: Path = IMAGES_DIR) -> Image 
         return None
     reference = str(cfg["deployment"]["image"])
     name = sqsh_name(reference)
-    return Image(name.removesuffix(".sqsh"), reference, (Path(images_dir) / name).absolute())
+    target = Path(images_dir) / name
+    return Image(name.removesuffix(".sqsh"), reference, target.absolute(), str(target))
 
 
 def _resolve(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nemo_run.core.packaging.base import Packager
 
+from nemotron_eval.io import current_umask
 from nemotron_eval.remote.shipping import CONTROL
 
 

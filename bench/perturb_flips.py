@@ -21,7 +21,6 @@ import itertools
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from nemotron_eval.data.readers import read_hellaswag_txt, read_obqa_jsonl
 from nemotron_eval.model import perturb_checkpoint
@@ -78,7 +77,7 @@ def main() -> None:
     def acc(task: str, picks: list[int]) -> float:
         return sum(pk == gold for pk, (_, _, gold) in zip(picks, tasks[task])) / len(picks)
 
-    print(f"source: " + ", ".join(f"{t} acc {acc(t, base[t]):.2f}" for t in tasks), flush=True)
+    print("source: " + ", ".join(f"{t} acc {acc(t, base[t]):.2f}" for t in tasks), flush=True)
     for scale in a.scales:
         with tempfile.TemporaryDirectory(prefix="perturb-bench-") as tmp:
             started = time.monotonic()

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, free_port, run, slurm_problem
+from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, run, slurm_problem
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 LIMIT = "evaluation.nemo_evaluator_config.config.params.limit_samples"

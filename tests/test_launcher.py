@@ -6,7 +6,6 @@ Docker daemon here)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

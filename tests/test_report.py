@@ -4,7 +4,6 @@ from one real run of the pipeline's server and harness), plus edited copies of t
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import logging

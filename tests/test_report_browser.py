@@ -21,7 +21,7 @@ import pytest
 from nemotron_eval.report import compare
 
 from conftest import SHARED_BENCHMARKS, copy_workflow, snakemake
-from test_report import MODELS, TASKS, inputs, make_workdir
+from test_report import MODELS, inputs, make_workdir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from nemotron_eval.deploy.ready import EndpointNotReady, process_running
 from nemotron_eval.deploy.serve import wait_for_service

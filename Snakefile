@@ -17,5 +17,5 @@ include: "rules/export.smk"
 
 rule all:
     input:
-        PLAN.default_target,
+        lambda wildcards: smk.or_exit(lambda: PLAN.default_targets),  # evaluated only when `all` is wanted
     default_target: True

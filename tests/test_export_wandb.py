@@ -503,3 +503,14 @@ def test_credentials_from_env_or_netrc_choose_online(tmp_path: Path, monkeypatch
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
     assert export.choose_mode(wandb, None)[2] == "WANDB_API_KEY"
     assert export.choose_mode(wandb, "offline") == ("offline", "WANDB_MODE=offline is set", None)
+
+
+def test_a_run_exports_when_auto_export_asks_and_says_early_what_is_missing(planner) -> None:
+    """As in the recipe, a run's targets include the W&B export when execution.auto_export names wandb; its
+    settings are checked when the plan is made, not after the evaluation."""
+    on = ["execution.auto_export.destinations=[wandb]"]
+    assert planner("local").targets() == ["results/smollm2_latest/summary.json"]
+    with pytest.raises(UserError, match="export.wandb.entity is not set .*set \\[wandb\\] entity in env.toml"):
+        planner("local", on).targets()
+    plan = planner("local", [*on, "export.wandb.entity=team", "export.wandb.project=evals"], tasks=["openbookqa"])
+    assert plan.targets(per_task=True) == ["results/smollm2_latest/openbookqa.json", "results/smollm2_latest/wandb.json"]

@@ -97,18 +97,25 @@ class Plan:
         self.mirror = stage.resolve_mirror((self.resolved.get("data") or {}).get("mirror"))
 
     @property
-    def default_target(self) -> str:
-        """What a bare `snakemake` builds: the default model's summary, or its launcher submission."""
-        return self.targets()[0]
+    def default_targets(self) -> list[str]:
+        """What a bare `snakemake` builds (rule all): the default model's run."""
+        return self.targets()
 
     def targets(self, per_task: bool = False) -> list[str]:
         """The default model's files for a run: its launcher submission (run.engine launcher), else its summary,
-        or with `per_task` (a run of chosen tasks) each task's result."""
+        or with `per_task` (a run of chosen tasks) each task's result; and its W&B export when
+        `execution.auto_export` asks for one (as the recipe exports after evaluating), whose settings are
+        checked now rather than after hours of evaluation."""
+        from nemotron_eval.export.wandb import export_requested, parse_config
+
         if self.engine == "launcher":
             return [f"build/{self.default_model}/launcher.json"]
-        if per_task:
-            return [f"results/{self.default_model}/{t}.json" for t in self.task_names]
-        return [f"results/{self.default_model}/summary.json"]
+        model = self.default_model
+        out = [f"results/{model}/{t}.json" for t in self.task_names] if per_task else [f"results/{model}/summary.json"]
+        if export_requested(self.execution.get("auto_export"))[0]:
+            parse_config(self.resolved.get("export", {}).get("wandb"))
+            out.append(f"results/{model}/wandb.json")
+        return out
 
     def check_cluster(self) -> None:
         """On Slurm: a GPU request larger than any node, or no account where one is required, fail before

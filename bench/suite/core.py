@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -189,13 +190,20 @@ def timed(cmd: Sequence[str], cwd: Path, *, extra_env: Mapping[str, str] | None 
                           text=True, errors="replace", start_new_session=True) as proc:
         assert proc.stdout is not None
         deadline = None if timeout_s is None else started + timeout_s
-        for line in proc.stdout:
-            out.append(line)
-            if echo is not None and echo(line):
-                print(f"    {line.rstrip()}", file=sys.stderr, flush=True)
-            if deadline is not None and time.monotonic() > deadline:
-                proc.kill()
-                break
+        try:
+            for line in proc.stdout:
+                out.append(line)
+                if echo is not None and echo(line):
+                    print(f"    {line.rstrip()}", file=sys.stderr, flush=True)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise BenchError(f"{cmd[0]} still running after {timeout_s:g} s")
+        except BaseException:  # Ctrl-C or the deadline: the command (its own session) stops with us
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
         rc = proc.wait()
     seconds = time.monotonic() - started
     text = "".join(out)

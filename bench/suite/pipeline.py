@@ -48,7 +48,7 @@ class PipelineRun:
     config_args: list[str]
     wall_s: float
     started_at: dt.datetime
-    output: str
+    snakemake_log: Path  # the run's own log (.snakemake/log/)
     prep_s: float
     stats: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +90,8 @@ def run_pipeline(parent: Path, mirror: Path, tasks: list[str], quick: bool, prog
         started = dt.datetime.now(dt.timezone.utc)
         run = snakemake(work, *args, log=logs / "pipeline.log", echo=snakemake_progress,
                         extra_env=extra).check("the pipeline run")
-    pr = PipelineRun(work, mirror, tasks, args, run.seconds, started, run.output, prep.seconds)
+    smk_logs = sorted((work / ".snakemake" / "log").glob("*.snakemake.log"))  # named by start time
+    pr = PipelineRun(work, mirror, tasks, args, run.seconds, started, smk_logs[-1], prep.seconds)
     pr.stats = json.loads((work / "run" / MODEL / "stats.json").read_text())
     pr.summary = json.loads((work / "results" / MODEL / "summary.json").read_text())
     pr.results = {t: json.loads((work / "results" / MODEL / f"{t}.json").read_text()) for t in tasks}
@@ -98,15 +99,16 @@ def run_pipeline(parent: Path, mirror: Path, tasks: list[str], quick: bool, prog
 
 
 def p1(pr: PipelineRun) -> list[Row]:
-    serve_jobs = sum(1 for j in jobs_in_dry_run(pr.output) if j["rule"] == "serve_model" and j.get("model") == MODEL)
+    jobs = jobs_in_dry_run(pr.snakemake_log.read_text(errors="replace"))
+    serve_jobs = sum(1 for j in jobs if j["rule"] == "serve_model" and j.get("model") == MODEL)
     loads = int(pr.stats["loads"])
     log = pr.work / "logs" / "serve_model" / f"{MODEL}.log"
     loaded_lines = sum(1 for line in log.read_text(errors="replace").splitlines() if " loaded " in line)
     return [Row("P1", "model_loads", f"model loads per checkpoint, {len(pr.tasks)}-task run",
                 ours=serve_jobs * loads, unit="loads", ours_is="serve_model jobs in the Snakemake log x stats.json loads",
                 op="==", goal=1.0,
-                details={"serve_model_jobs": serve_jobs, "stats_loads": loads, "deployment_log_loaded_lines": loaded_lines,
-                         "model_load_s": pr.stats.get("model_load_s")})]
+                details={"snakemake_log": pr.snakemake_log.name, "serve_model_jobs": serve_jobs, "stats_loads": loads,
+                         "deployment_log_loaded_lines": loaded_lines, "model_load_s": pr.stats.get("model_load_s")})]
 
 
 def p2_busy(pr: PipelineRun) -> list[Row]:

@@ -52,9 +52,13 @@ def markdown(data: dict[str, Any], rows: list[Row]) -> str:
         "|---|---:|---:|---:|---|---|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells(r)) + " |" for r in rows]
-    notes = [f"- {r.part} {r.key}: {r.note}" for r in rows if r.note]
-    if notes:
-        lines += ["", *notes]
+    compared = [f"- {r.part} {r.key}: ours = {r.ours_is or '-'}; reference = {r.reference_is or '-'}"
+                + (f" ({r.note})" if r.note else "") for r in rows if r.ours_is or r.reference_is or r.note]
+    if compared:
+        lines += ["", "What each number is:", "", *compared]
+    missing = [f"- {r.part} {r.key}: {r.not_measured}" for r in rows if r.not_measured]
+    if missing:
+        lines += ["", "Not measured:", "", *missing]
     return "\n".join(lines) + "\n"
 
 

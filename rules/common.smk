@@ -54,16 +54,18 @@ def embedded_receipt(wildcards):
     return [ancient(str(model.receipt))] if model else []
 
 
-def compiled_config(wildcards):
-    """eval.yaml and job.yaml for an evaluation. Once its result exists they count as ancient(): a rewrite that
-    leaves the task's own settings alone (export, cluster) reruns nothing; its fingerprint (a param) decides.
-    While the result is missing they are plain inputs, so the job is scheduled after a recompile."""
-    result = Path(layout.RESULT.format(model=wildcards.model, task=wildcards.task))
-    mark = ancient if result.exists() else (lambda path: path)
-    return {
-        "eval": mark(layout.EVAL.format(model=wildcards.model)),
-        "job": mark(layout.JOB.format(model=wildcards.model)),
-    }
+def evaluation_inputs(wildcards):
+    """eval.yaml, job.yaml and the deployment's endpoint for an evaluation. Once its result exists the configs
+    count as ancient(): a rewrite that leaves the task's own settings alone (export, cluster) reruns nothing; the
+    task's fingerprint file decides. The endpoint (a service) is declared only while the evaluation is due: else
+    the deployment started for another task of the model would make Snakemake run this one again too."""
+    model, task = wildcards.model, wildcards.task
+    configs = {"eval": layout.EVAL.format(model=model), "job": layout.JOB.format(model=model)}
+    endpoint = {"endpoint": layout.ENDPOINT.format(model=model)}
+    if not Path(layout.RESULT.format(model=model, task=task)).exists():
+        return {**configs, **endpoint}
+    due = smk.or_exit(smk.evaluation_due, PLAN, model, task, workflow.dag_settings)
+    return {**{k: ancient(v) for k, v in configs.items()}, **(endpoint if due else {})}
 
 
 def staged_data(wildcards):

@@ -32,7 +32,7 @@ rule task_fingerprint:
     # through this file. Not through eval.yaml, an ancient() input once a result exists, because Snakemake skips
     # a job's own param check when the job behind an ancient input reruns (recompiling for an export setting).
     output:
-        "build/{model}/tasks/{task}.json",
+        layout.TASK_FINGERPRINT,
     params:
         fingerprint=lambda wildcards: smk.or_exit(PLAN.evaluation, wildcards.model, wildcards.task)["fingerprint"],
     log:
@@ -44,15 +44,16 @@ rule task_fingerprint:
 
 rule evaluate_task:
     input:
-        unpack(compiled_config),
+        unpack(evaluation_inputs),
         unpack(staged_data),
-        task="build/{model}/tasks/{task}.json",
-        endpoint=layout.ENDPOINT,
+        task=layout.TASK_FINGERPRINT,
         model=embedded_receipt,
     output:
         result=layout.RESULT,
         per_item=layout.ITEMS,
     params:
+        # by path: an input only while the evaluation is due (see evaluation_inputs in rules/common.smk)
+        endpoint=lambda wildcards: layout.ENDPOINT.format(model=wildcards.model),
         deployment_log=lambda wildcards: layout.SERVE_LOG.format(model=wildcards.model),
         data=lambda wildcards: layout.STAGED.format(task=wildcards.task),
     log:
@@ -63,7 +64,7 @@ rule evaluate_task:
     # no conda/container: steps run in the project's environment (see rules/common.smk)
     shell:
         "nemotron-step evaluate --task {wildcards.task} --eval {input.eval:q} --job {input.job:q} "
-        "--endpoint {input.endpoint:q} --deployment-log {params.deployment_log:q} --data {params.data:q} "
+        "--endpoint {params.endpoint:q} --deployment-log {params.deployment_log:q} --data {params.data:q} "
         "--out {output.result:q} --items {output.per_item:q} --log {log:q}"
 
 
@@ -73,6 +74,8 @@ rule summarize_model:
     output:
         json="results/{model}/summary.json",
         md="results/{model}/summary.md",
+    params:
+        tasks=lambda wildcards: PLAN.task_names,  # its inputs (rerun-triggers has no `input`)
     log:
         "logs/summarize_model/{model}.log",
     localrule: True
@@ -90,6 +93,7 @@ rule compare_models:
         html=report("results/report.html", caption="../report/comparison.rst", category="Comparison"),
     params:
         models=lambda wildcards: smk.or_exit(PLAN.compare_models),
+        tasks=lambda wildcards: PLAN.task_names,
     log:
         "logs/compare_models/report.log",
     localrule: True

@@ -10,6 +10,8 @@ rule export_wandb:
         config="build/{model}/eval.yaml",
     output:
         "results/{model}/wandb.json",
+    params:
+        tasks=lambda wildcards: PLAN.task_names,  # its inputs (rerun-triggers has no `input`)
     log:
         "logs/export_wandb/{model}.log",
     localrule: True

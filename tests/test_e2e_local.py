@@ -96,6 +96,19 @@ def test_a_changed_task_setting_reruns_its_evaluation_in_the_same_run(evaluated)
     assert proc.returncode == 0 and "compile_eval" in stats and "evaluate_task            2" in stats, stats
 
 
+def test_one_tasks_changed_setting_reruns_that_task_only(evaluated) -> None:
+    """OpenBookQA gets its own limit (configs/local.yaml lists it fifth): its evaluation reruns, with the deployment
+    it needs; Winogrande's result stands (a new deployment is no reason to evaluate again)."""
+    work, _ = evaluated
+    proc = snakemake(work, "-n", "--config", 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=5",'
+                     '"+evaluation.tasks.4.nemo_evaluator_config.config.params.limit_samples=6"]', "--",
+                     *[f"results/smollm2_latest/{t}.json" for t in TASKS], env=ENV)
+    out = proc.stdout + proc.stderr
+    stats = out.split("Job stats:")[1].split("total")[0]
+    assert proc.returncode == 0 and "evaluate_task            1" in stats and "serve_model              1" in stats, stats
+    assert "output: results/smollm2_latest/openbookqa.json" in out and "output: results/smollm2_latest/winogrande" not in out
+
+
 def test_export_to_wandb_offline_and_no_secret_in_any_file(evaluated) -> None:
     """The real wandb library, offline (no W&B server here); then every file of the working directory is
     searched for the secrets' values (build/, results/, logs/, .snakemake/, wandb/, data/, models/)."""

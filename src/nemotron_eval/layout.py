@@ -13,6 +13,7 @@ ENDPOINT = "run/{model}/endpoint.json"
 STATS = "run/{model}/stats.json"
 EVAL = "build/{model}/eval.yaml"
 JOB = "build/{model}/job.yaml"
+TASK_FINGERPRINT = "build/{model}/tasks/{task}.json"
 STAGED = "data/{task}"
 
 

@@ -54,6 +54,37 @@ def validate_config(config: dict[str, Any]) -> None:
     fail(f"Snakemake config key {key!r}: {e.message}")
 
 
+def evaluation_due(plan: Any, model: str, task: str, dag_settings: Any) -> bool:
+    """Whether the evaluation of a task whose result exists will run in this invocation: only such a job may
+    declare the model's deployment (a service) as its input, because Snakemake runs every consumer of a service it
+    starts, and one task's changed setting must not rerun the model's other tasks. Errs towards True (a declared
+    input of a job that does not run costs nothing): forced runs, a fingerprint that differs from the plan's or is
+    missing, staged data newer than the result or about to be restaged from newer mirror files."""
+    import json
+    import os
+
+    from nemotron_eval import layout
+
+    if dag_settings.forceall or dag_settings.forcetargets or "evaluate_task" in dag_settings.forcerun:
+        return True
+    result = Path(layout.RESULT.format(model=model, task=task))
+    try:
+        recorded = json.loads(Path(layout.TASK_FINGERPRINT.format(model=model, task=task)).read_text())["fingerprint"]
+        done_at = result.stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    if recorded != plan.evaluation(model, task)["fingerprint"]:
+        return True
+    if not plan.task(task).offline:
+        return False
+    staged = Path(layout.STAGED.format(task=task))
+    if not staged.is_dir():
+        return True
+    staged_at = [p.stat().st_mtime for p in (staged, *staged.rglob("*"))]
+    sources = [os.stat(f).st_mtime for f in plan.mirror_files(task) if os.path.exists(f)]
+    return max(staged_at) > done_at or max(sources, default=0.0) > min(staged_at)
+
+
 def hint_after_a_kill(workdir: Path = Path(".")) -> None:
     """A Snakemake killed outright leaves its lock and incomplete markers, and the next plain run stops on them
     with Snakemake's own advice. Say in one line what to add (`nemotron eval` adds both itself)."""

@@ -23,6 +23,27 @@ def say(text: str) -> None:
     print(f"lm_eval_hf: {text}", flush=True)
 
 
+def upstream_task_config() -> set[str]:
+    """The task YAMLs NeMo Evaluator ran come from nvidia-lm-eval, whose TaskConfig has keys upstream's lacks (e.g.
+    `instruction`, used only with its `add_instruction` option, which the run's commands do not pass): upstream
+    refuses unknown keys, so they are dropped here. Returns the set the run dropped (reported in OUT.json)."""
+    import dataclasses
+
+    import lm_eval.api.task as task_module
+
+    base = task_module.TaskConfig
+    known = {f.name for f in dataclasses.fields(base)}
+    dropped: set[str] = set()
+
+    class UpstreamTaskConfig(base):  # type: ignore[misc, valid-type]
+        def __init__(self, **config: Any) -> None:
+            dropped.update(k for k in config if k not in known)
+            super().__init__(**{k: v for k, v in config.items() if k in known})
+
+    task_module.TaskConfig = UpstreamTaskConfig
+    return dropped
+
+
 def main() -> int:
     job = json.loads(Path(sys.argv[1]).read_text())
     started = time.monotonic()
@@ -30,6 +51,7 @@ def main() -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    dropped = upstream_task_config()
     imported = time.monotonic()
     lm = HFLM(pretrained=job["checkpoint"], dtype="float32", batch_size=job["batch_size"], device="cpu")
     loaded = time.monotonic()
@@ -53,6 +75,7 @@ def main() -> int:
                                "n_samples": (result or {}).get("n-samples", {}).get(spec["task"])}
         say(f"{short} done ({n}/{len(job['tasks'])}) in {wall:.1f} s: {metrics}")
     out["total_s"] = round(time.monotonic() - started, 2)
+    out["dropped_task_keys"] = sorted(dropped)
     Path(sys.argv[2]).write_text(json.dumps(out, indent=1, default=str))
     return 0
 

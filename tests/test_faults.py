@@ -130,3 +130,84 @@ def test_kills_at_random_moments_truncate_nothing_and_leave_nothing_running(work
     for task in ("openbookqa", "winogrande"):
         assert json.loads((work / f"results/smollm2_latest/{task}.json").read_text())["n_samples"] == 3
     assert not parses(work)
+
+
+# --- counted at the server ---------------------------------------------------------------------------------------
+
+
+def harness_dir(work: Path, task: str) -> Path:
+    (found,) = (work / "results/smollm2_latest/harness").glob(f"{task}-*")
+    return found
+
+
+def cached_answers(work: Path, task: str) -> int:
+    """Responses the harness holds in its request cache (NeMo Evaluator's caching interceptor, a diskcache)."""
+    import sqlite3
+
+    db = harness_dir(work, task) / "cache" / "responses" / "cache.db"
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(db) as con:
+        return int(con.execute("select count(*) from Cache").fetchone()[0])
+
+
+def probes(work: Path, task: str) -> int:
+    """Requests NeMo Evaluator sends before a run to check the endpoint's capabilities (one per capability, e.g.
+    "3 + 3 = 6" with echo and logprobs for log-likelihood tasks); they bypass its cache."""
+    config = yaml.safe_load((harness_dir(work, task) / "run_config.yml").read_text())
+    return len(config["config"].get("required_capabilities") or [])
+
+
+def server_stats(work: Path) -> dict[str, Any] | None:
+    import urllib.request
+
+    try:
+        endpoint = json.loads((work / "run/smollm2_latest/endpoint.json").read_text())
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(endpoint["stats_url"], timeout=5) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def nemotron_eval(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "nemotron"), "eval", "-c", "local", *args], cwd=work, env=ENV,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def test_a_rerun_after_a_kill_asks_only_what_was_not_answered(work: Path) -> None:
+    """Snakemake killed (SIGKILL) in the middle of a task; the plain `nemotron eval` rerun sends the server only
+    the requests the first run did not get answers for (counted by the new deployment), and finishes."""
+    proc = snakemake(work, "--config", f'overrides=["{LIMIT}=20"]', 'tasks=["hellaswag"]', "--",
+                     "results/smollm2_latest/hellaswag.json")
+    try:
+        wait_for(lambda: ((server_stats(work) or {}).get("clients") or {}).get("hellaswag", {}).get("requests", 0) >= 20, 600)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        wait_for(lambda: not ours(work), 30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = cached_answers(work, "hellaswag")
+    assert before >= 10
+    done = nemotron_eval(work, "-t", "hellaswag", f"{LIMIT}=20")
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = cached_answers(work, "hellaswag")
+    assert after == 80  # 20 items x 4 endings
+    rerun = json.loads((work / "run/smollm2_latest/stats.json").read_text())["clients"]["hellaswag"]
+    assert rerun["requests"] == after - before + probes(work, "hellaswag"), (rerun, before, after)
+
+
+def test_five_tasks_at_parallelism_8_get_each_answer_once(work: Path) -> None:
+    """Five harnesses at once, eight requests in flight each, one deployment: the server answered exactly the
+    requests each harness made (its cached answers and its capability probes), none twice, none timed out."""
+    done = nemotron_eval(work, f"{LIMIT}=3", "evaluation.tasks.0.nemo_evaluator_config.config.params.limit_samples=1",
+                         "evaluation.nemo_evaluator_config.config.params.parallelism=8", "run.tasks_at_once=5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads((work / "run/smollm2_latest/stats.json").read_text())
+    tasks = ("mmlu", "arc_challenge", "winogrande", "hellaswag", "openbookqa")
+    assert set(stats["clients"]) == set(tasks)
+    for task in tasks:
+        metrics = json.loads((harness_dir(work, task) / "eval_factory_metrics.json").read_text())["response_stats"]
+        assert metrics["status_codes"] == {"200": metrics["count"]}, (task, metrics)  # no error, no timeout
+        assert stats["clients"][task]["requests"] == cached_answers(work, task) + probes(work, task) == metrics["count"] + probes(work, task), task

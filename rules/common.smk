@@ -64,7 +64,7 @@ def evaluation_inputs(wildcards):
     endpoint = {"endpoint": layout.ENDPOINT.format(model=model)}
     if not Path(layout.RESULT.format(model=model, task=task)).exists():
         return {**configs, **endpoint}
-    due = smk.or_exit(smk.evaluation_due, PLAN, model, task, workflow.dag_settings)
+    due = smk.or_exit(smk.evaluation_due, PLAN, model, task, workflow)
     return {**{k: ancient(v) for k, v in configs.items()}, **(endpoint if due else {})}
 
 

@@ -52,8 +52,9 @@ rule evaluate_task:
         result=layout.RESULT,
         per_item=layout.ITEMS,
     params:
-        # by path: an input only while the evaluation is due (see evaluation_inputs in rules/common.smk)
-        endpoint=lambda wildcards: layout.ENDPOINT.format(model=wildcards.model),
+        # the deployment's endpoint when it is an input (only while the evaluation is due: evaluation_inputs in
+        # rules/common.smk), else "-" and the step stops at once; derived from input: no rerun trigger
+        endpoint=lambda wildcards, input: input.get("endpoint", "-"),
         deployment_log=lambda wildcards: layout.SERVE_LOG.format(model=wildcards.model),
         data=lambda wildcards: layout.STAGED.format(task=wildcards.task),
     log:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,29 @@ def test_one_tasks_changed_setting_reruns_that_task_only(evaluated) -> None:
                      *[f"results/smollm2_latest/{t}.json" for t in TASKS], env=ENV)
     out = proc.stdout + proc.stderr
     stats = out.split("Job stats:")[1].split("total")[0]
-    assert proc.returncode == 0 and "evaluate_task            1" in stats and "serve_model              1" in stats, stats
+    assert proc.returncode == 0 and re.search(r"evaluate_task\s+1\n", stats) and re.search(r"serve_model\s+1\n", stats), stats
     assert "output: results/smollm2_latest/openbookqa.json" in out and "output: results/smollm2_latest/winogrande" not in out
+
+
+def test_an_evaluation_snakemake_reruns_for_its_own_reasons_gets_its_deployment(evaluated) -> None:
+    """A run stopped after Winogrande's new fingerprint was written and before its evaluation ran: the file is newer
+    than the result and differs from what the result was made with, so Snakemake reruns the evaluation; the plan
+    declares the deployment for it (else the rerun would have none to talk to). The other tests expect the old
+    fingerprint back: it is restored (same content as the result's record: no rerun)."""
+    work, _ = evaluated
+    changed = ('overrides=["evaluation.nemo_evaluator_config.config.params.limit_samples=5",'
+               '"+evaluation.tasks.2.nemo_evaluator_config.config.params.limit_samples=4"]')
+    fingerprint = "build/smollm2_latest/tasks/winogrande.json"
+    try:
+        # the run recompiled and wrote the new fingerprint, then it stopped
+        assert snakemake(work, "build/smollm2_latest/job.yaml", fingerprint, "--config", changed, env=ENV).returncode == 0
+        proc = snakemake(work, "-n", "--config", changed, "--", *[f"results/smollm2_latest/{t}.json" for t in TASKS], env=ENV)
+        out = proc.stdout + proc.stderr
+        stats = out.split("Job stats:")[1].split("total")[0]
+        assert proc.returncode == 0 and re.search(r"evaluate_task\s+1\n", stats) and re.search(r"serve_model\s+1\n", stats), stats
+        assert "output: results/smollm2_latest/winogrande.json" in out
+    finally:
+        assert snakemake(work, "build/smollm2_latest/job.yaml", fingerprint, "--config", LIMIT, env=ENV).returncode == 0
 
 
 def test_export_to_wandb_offline_and_no_secret_in_any_file(evaluated) -> None:

@@ -29,3 +29,12 @@ def test_user_errors_are_left_to_the_caller(tmp_path: Path) -> None:
         with wf.logged(log):
             raise UserError("bad input")
     assert "Traceback" not in log.read_text()
+
+
+def test_an_evaluation_without_its_deployment_stops_at_once(tmp_path: Path) -> None:
+    """When Snakemake reruns an evaluation the plan did not declare the deployment for, the step says so before
+    reading anything or waiting for a deployment that nobody starts."""
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(UserError, match=r"openbookqa: Snakemake reran this evaluation .* run the same command again"):
+        wf.evaluate("openbookqa", missing, missing, missing, Path("-"), missing, tmp_path / "r.json", tmp_path / "i.gz")
+    assert not list(tmp_path.iterdir())

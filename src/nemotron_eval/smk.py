@@ -54,26 +54,33 @@ def validate_config(config: dict[str, Any]) -> None:
     fail(f"Snakemake config key {key!r}: {e.message}")
 
 
-def evaluation_due(plan: Any, model: str, task: str, dag_settings: Any) -> bool:
+def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
     """Whether the evaluation of a task whose result exists will run in this invocation: only such a job may
     declare the model's deployment (a service) as its input, because Snakemake runs every consumer of a service it
-    starts, and one task's changed setting must not rerun the model's other tasks. Errs towards True (a declared
-    input of a job that does not run costs nothing): forced runs, a fingerprint that differs from the plan's or is
-    missing, staged data newer than the result or about to be restaged from newer mirror files."""
+    starts, and one task's changed setting must not rerun the model's other tasks. Leans towards True wherever
+    Snakemake might rerun the job: anything forced, no or incomplete metadata for the result, a fingerprint that is
+    missing, differs from the plan's or is newer than the result, staged data newer than the result or about to be
+    restaged. (When it guesses wrong anyway, the step says so at once: see `workflow.evaluate`.)"""
     import json
     import os
 
     from nemotron_eval import layout
 
-    if dag_settings.forceall or dag_settings.forcetargets or "evaluate_task" in dag_settings.forcerun:
+    settings = workflow.dag_settings
+    if settings.forceall or settings.forcetargets or settings.forcerun or settings.target_jobs:
         return True
     result = Path(layout.RESULT.format(model=model, task=task))
+    fingerprint = Path(layout.TASK_FINGERPRINT.format(model=model, task=task))
     try:
-        recorded = json.loads(Path(layout.TASK_FINGERPRINT.format(model=model, task=task)).read_text())["fingerprint"]
-        done_at = result.stat().st_mtime
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = json.loads(fingerprint.read_text())["fingerprint"]
+        done_at, fingerprinted_at = result.stat().st_mtime, fingerprint.stat().st_mtime
+        # Snakemake's record of the result, keyed by its path (no public API takes a plain path)
+        persistence, key = workflow.persistence, str(result)
+        if not persistence._read_record(key) or persistence._filter_incomplete_keys([key]):
+            return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
         return True
-    if recorded != plan.evaluation(model, task)["fingerprint"]:
+    if recorded != plan.evaluation(model, task)["fingerprint"] or fingerprinted_at > done_at:
         return True
     if not plan.task(task).offline:
         return False

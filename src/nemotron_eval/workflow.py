@@ -190,6 +190,11 @@ def evaluate(
     from nemotron_eval.harness import HarnessAborted, HarnessError, parse_harness_output, run_harness
     from nemotron_eval.model import check_checkpoint
 
+    if str(endpoint_file) == "-":
+        raise UserError(
+            f"{task_short}: Snakemake reran this evaluation for a reason the plan did not foresee, without starting "
+            f"its deployment (smk.evaluation_due); its old result is gone: run the same command again and the "
+            f"deployment starts with it")
     eval_bytes = eval_yaml.read_bytes()  # the very bytes used, hashed as read
     cfg = yaml.safe_load(eval_bytes)
     job = yaml.safe_load(job_yaml.read_text())

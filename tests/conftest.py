@@ -230,3 +230,14 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 known.unlink()
         if created_dir and known.parent.is_dir() and not any(known.parent.iterdir()):
             known.parent.rmdir()
+
+
+def wait_for(predicate: Any, timeout_s: float, poll_s: float = 0.5) -> Any:
+    """The predicate's first truthy value, polled every `poll_s`; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"not within {timeout_s} s")

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, SHARED_BENCHMARKS, copy_workflow
+from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, wait_for
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 pytestmark = [
@@ -42,16 +42,6 @@ def ours(work: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def wait_for(predicate: Any, timeout_s: float, poll_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"not within {timeout_s} s")
 
 
 def snakemake(work: Path, *args: str) -> subprocess.Popen[str]:

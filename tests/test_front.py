@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, run, slurm_problem
+from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, run, slurm_problem, wait_for
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 LIMIT = "evaluation.nemo_evaluator_config.config.params.limit_samples"
@@ -120,16 +120,6 @@ def our_processes(work: Path) -> list[str]:
         except psutil.Error:
             continue
     return found
-
-
-def wait_for(predicate: Any, timeout_s: float, poll_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"not within {timeout_s} s")
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from nemotron_eval.deploy.process import alive as process_running
 from nemotron_eval.deploy.serve import wait_for_service
 from nemotron_eval.deploy.types import first_node
 
-from conftest import BIN, slurm_problem
+from conftest import BIN, slurm_problem, wait_for
 
 SERVER = '''
 import http.server, os, sys, threading
@@ -105,13 +105,6 @@ def start(tmp_path: Path, eval_file: Path) -> tuple[subprocess.Popen[bytes], Pat
     return proc, endpoint, log
 
 
-def wait_until(predicate: Any, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def stop_later() -> Any:
     procs: list[subprocess.Popen[bytes]] = []
@@ -126,7 +119,7 @@ def test_reaches_ready_serves_and_stops_with_its_process_group(tmp_path: Path, s
     port = free_port()
     proc, endpoint, log = start(tmp_path, eval_yaml(server_command(tmp_path, port), port=port))
     stop_later(proc)
-    wait_until(endpoint.exists, 10)
+    wait_for(endpoint.exists, 10, poll_s=0.1)
     assert json.loads(endpoint.read_text())["state"] in ("starting", "ready")
     info = wait_for_service(endpoint, timeout_s=30)
     assert info["state"] == "ready" and info["type"] == "generic" and info["model_id"] == "nemo-model"
@@ -178,7 +171,7 @@ def test_a_deployment_that_dies_while_serving_marks_the_endpoint_failed(tmp_path
     info = wait_for_service(endpoint, timeout_s=30)
     with pytest.raises(OSError):
         urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"{info['url']}/quit", timeout=5)
-    wait_until(lambda: json.loads(endpoint.read_text())["state"] == "failed", 10)  # noticed within a second or so
+    wait_for(lambda: json.loads(endpoint.read_text())["state"] == "failed", 10, poll_s=0.1)  # noticed within a second or so
     proc.send_signal(signal.SIGTERM)  # as Snakemake stops the service once its consumers failed
     assert proc.wait(timeout=10) == 1
     failed = json.loads(endpoint.read_text())
@@ -206,7 +199,7 @@ def test_none_publishes_the_existing_endpoint_until_stopped(tmp_path: Path, plan
     (tmp_path / "eval.yaml").write_text(plan.model("demo_latest").eval_text)
     proc, endpoint, _ = start(tmp_path, tmp_path / "eval.yaml")
     try:
-        wait_until(lambda: endpoint.exists() and json.loads(endpoint.read_text())["state"] == "ready")
+        wait_for(lambda: endpoint.exists() and json.loads(endpoint.read_text())["state"] == "ready", 15, poll_s=0.1)
         info = json.loads(endpoint.read_text())
         assert {k: info[k] for k in ("type", "url", "completions_url", "health_url", "model_id", "api_key_name")} == {
             "type": "none", "url": "https://llm.example.com", "completions_url": "https://llm.example.com/v1/completions",

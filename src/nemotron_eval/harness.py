@@ -64,6 +64,7 @@ import yaml
 from nemotron_eval.data.stage import read_manifest
 from nemotron_eval.deploy.process import die_with_parent
 from nemotron_eval.errors import UserError
+from nemotron_eval.io import log_tail
 from nemotron_eval.tasks import Task
 
 STAGED_PREFIX = "staged_"
@@ -545,16 +546,6 @@ def _descendants(psutil: Any, pid: int) -> list[Any]:
         return [root, *root.children(recursive=True)]
     except psutil.Error:
         return []
-
-
-def log_tail(log: Path, lines: int = 40) -> str:
-    """Last `lines` lines of a log, progress-bar redraws (\\r) collapsed."""
-    try:
-        data = log.read_bytes()[-200_000:].decode("utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    kept = [ln.split("\r")[-1].rstrip() for ln in data.split("\n")]
-    return "\n".join([ln for ln in kept if ln][-lines:])
 
 
 # --- context check --------------------------------------------------------------------------

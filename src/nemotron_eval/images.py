@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.deploy.ready import log_tail
+from nemotron_eval.io import log_tail
 from nemotron_eval.errors import UserError
 
 DOCKER_HUB = "docker.io"

@@ -126,3 +126,20 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def log_tail(path: Path | str | None, n: int = 30) -> str:
+    """The last `n` lines of a log file (progress-bar redraws collapsed), or a line saying there is none."""
+    if path is None:
+        return "(no log file given)"
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 400 * n, 0))  # a generous guess at n lines' size
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    lines = [line.split("\r")[-1].rstrip() for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    return "\n".join(lines[-n:]) if lines else f"({path} is empty)"

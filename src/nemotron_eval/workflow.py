@@ -185,7 +185,8 @@ def evaluate(
     from nemotron_eval import results, tasks
     from nemotron_eval.data.stage import read_manifest
     from nemotron_eval.deploy import types
-    from nemotron_eval.deploy.process import EndpointNotReady, log_tail
+    from nemotron_eval.deploy.process import EndpointNotReady
+    from nemotron_eval.io import log_tail
     from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
     from nemotron_eval.harness import HarnessAborted, HarnessError, parse_harness_output, run_harness
     from nemotron_eval.model import check_checkpoint

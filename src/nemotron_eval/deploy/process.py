@@ -18,29 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from nemotron_eval.io import log_tail
+
 T = TypeVar("T")
 STOP_GRACE_S = 30.0  # srun needs a moment to cancel its step on every node
 
 
 class EndpointNotReady(RuntimeError):
     """The deployment exited or did not answer in time; the message ends with the tail of its log."""
-
-
-def log_tail(path: Path | str | None, n: int = 30) -> str:
-    """The last `n` lines of a log file (progress-bar redraws collapsed), or a line saying there is none."""
-    if path is None:
-        return "(no log file given)"
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - 400 * n, 0))  # a generous guess at n lines' size
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return f"(no log at {path})"
-    lines = [line.split("\r")[-1].rstrip() for line in text.split("\n")]
-    lines = [line for line in lines if line]
-    return "\n".join(lines[-n:]) if lines else f"({path} is empty)"
 
 
 def _stat(pid: int) -> list[str] | None:

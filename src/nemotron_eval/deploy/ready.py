@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.deploy.process import EndpointNotReady, alive, exit_status, log_tail, wait_until
+from nemotron_eval.deploy.process import EndpointNotReady, alive, exit_status, wait_until
+from nemotron_eval.io import log_tail
 from nemotron_eval.deploy.process import start as start_process
 from nemotron_eval.deploy.process import stop as stop_process
 from nemotron_eval.deploy.types import is_healthy, read_endpoint

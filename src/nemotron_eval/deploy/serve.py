@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from nemotron_eval.deploy import types
-from nemotron_eval.deploy.process import EndpointNotReady, alive, log_tail
+from nemotron_eval.deploy.process import EndpointNotReady, alive
+from nemotron_eval.io import log_tail
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import read_json, write_json_atomic
 

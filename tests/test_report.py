@@ -240,30 +240,16 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         build_report(results, items, seed=-1)
 
 
-def test_command_lines(tmp_path: Path) -> None:
-    """The shell entry points a rule can call: items from a result file, then the report; errors in one line."""
-    import subprocess
-    import sys
-
+def test_items_must_pair_with_results(tmp_path: Path) -> None:
+    """One items file (or None) per result, by position; a mismatch is one line, nothing written. (The report is
+    built by the `compare_models` rule through `compare`; the package has no other entry point for it.)"""
     work = make_workdir(tmp_path, tasks=("openbookqa",))
     results, items = inputs(work, tasks=("openbookqa",))
-    for res, it in zip(results, items):
-        data = json.loads(res.read_text())
-        data["raw"] = str(FIXTURES / data["model"]["spec"].replace(":", "_") / "harness" / "openbookqa")
-        res.write_text(json.dumps(data))
-        it.unlink()
-        proc = subprocess.run([sys.executable, "-m", "nemotron_eval.items", str(res), str(it)], capture_output=True, text=True, cwd=work)
-        assert proc.returncode == 0 and it.is_file() and ": 20 items from 1 samples file(s)" in proc.stdout, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "nemotron_eval.report", "--out", "out", "--results", *map(str, results),
-                           "--items", str(items[0]), "-"], capture_output=True, text=True, cwd=work)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    rep = json.loads((work / "out" / "report.json").read_text())
+    with pytest.raises(UserError, match="report: 1 result files but 2 items files; give one items file"):
+        compare(results[:1], items[:1] * 2, work / "out")
+    assert not (work / "out").exists()
+    rep = compare(results, [items[0], None], work / "out")
     assert rep["tasks"][0]["metrics"][0]["pairs"][0]["verdict"] == "no item data"
-    proc = subprocess.run([sys.executable, "-m", "nemotron_eval.report", "--out", "out", "--results", str(results[0]),
-                           "--items", "a", "b"], capture_output=True, text=True, cwd=work)  # fmt: skip
-    assert proc.returncode == 2 and proc.stderr.strip() == "nemotron: error: report: 1 result files but 2 items files; give one items file (or None) per result"
-    proc = subprocess.run([sys.executable, "-m", "nemotron_eval.items", str(work / "missing.json"), "x.gz"], capture_output=True, text=True, cwd=work)
-    assert proc.returncode == 2 and proc.stderr.startswith("nemotron: error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_the_default_report_takes_models_with_every_task(planner) -> None:

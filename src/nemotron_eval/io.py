@@ -143,3 +143,32 @@ def log_tail(path: Path | str | None, n: int = 30) -> str:
     lines = [line.split("\r")[-1].rstrip() for line in text.split("\n")]
     lines = [line for line in lines if line]
     return "\n".join(lines[-n:]) if lines else f"({path} is empty)"
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell: None empty, booleans true/false, floats in full (repr), and text that a spreadsheet would
+    run as a formula (a model or task name starting with = + - @) quoted with a leading apostrophe (OWASP's rule)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    """A table as CSV text (every cell through `csv_cell`): the one writer of the project's CSV files."""
+    import csv
+    import io as _io
+
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow([csv_cell(v) for v in row])
+    return buf.getvalue()

@@ -9,8 +9,6 @@ The same report gives the same bytes in all three files: no time of writing, no 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Mapping
@@ -20,7 +18,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from nemotron_eval.io import write_text_atomic
+from nemotron_eval.io import csv_text, write_text_atomic
 from nemotron_eval.report import charts
 
 FILES = ("report.json", "report.csv", "report.html")
@@ -29,16 +27,6 @@ CSV_COLUMNS = (
     "n_common", "a_value", "b_value", "gains", "losses", "answers_changed", "p_value", "test", "verdict",
     "same_samples",
 )  # fmt: skip
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def table_rows(report: Mapping[str, Any]) -> list[list[Any]]:
@@ -62,13 +50,8 @@ def table_rows(report: Mapping[str, Any]) -> list[list[Any]]:
 
 
 def to_csv(report: Mapping[str, Any]) -> str:
-    """`table_rows` as CSV; floats written in full (repr), as in report.json."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for row in table_rows(report):
-        w.writerow([_cell(v) for v in row])
-    return buf.getvalue()
+    """`table_rows` as CSV; floats written in full (repr), as in report.json; names guarded against formulas."""
+    return csv_text(list(CSV_COLUMNS), table_rows(report))
 
 
 def _href(path: str | None, workdir: Path, out_dir: Path) -> str | None:

@@ -140,3 +140,41 @@ def test_a_registry_inside_its_checkpoint_is_refused(tmp_path: Path) -> None:
         with pytest.raises(UserError, match=r"the registry .* lies inside the checkpoint .*ck; registering would change"):
             LocalRegistry(root).add("demo", ck)
     assert sorted(p.name for p in ck.iterdir()) == ["weights.bin"]  # nothing written into it
+
+
+@pytest.mark.parametrize("loader", [load_yaml, load_json, load_toml])
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path, loader) -> None:
+    """A named pipe with no writer would block open() forever; a FIFO with a writer would never end. Both kinds
+    of special file are refused by what they are, before anything is read."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"config\.yaml: not a regular file \(a pipe, device or socket\)"):
+        loader(fifo)
+    assert time.monotonic() - start < 2
+
+
+def test_a_device_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="/dev/zero: not a regular file"):
+        load_yaml("/dev/zero")
+
+
+@pytest.mark.parametrize("kind", ["yaml", "json", "toml"])
+@pytest.mark.parametrize("depth", [65, 400, 5000])
+def test_deep_nesting_is_one_line(tmp_path: Path, kind: str, depth: int) -> None:
+    """A document a few hundred or thousand levels deep ends in one line naming the file (never RecursionError)."""
+    path = tmp_path / f"deep.{kind}"
+    if kind == "toml":
+        path.write_text("a = " + "[" * depth + "]" * depth + "\n")
+        loader = load_toml
+    else:
+        path.write_text("{\"a\": " * depth + "1" + "}" * depth + "\n")
+        loader = load_yaml if kind == "yaml" else load_json
+    with pytest.raises(UserError, match=rf"deep\.{kind}: (nested more than 64 levels deep|nested too deeply)"):
+        loader(path)
+
+
+def test_nesting_a_config_needs_passes(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text("{\"a\": " * 20 + "1" + "}" * 20 + "\n")
+    assert load_yaml(path) is not None

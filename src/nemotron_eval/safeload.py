@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,26 +29,49 @@ from nemotron_eval.errors import UserError
 
 MAX_BYTES = 1 << 20  # 1 MB
 MAX_YAML_VALUES = 200_000  # values after alias expansion; a real config has a few hundred
+MAX_DEPTH = 64  # levels of nesting; a real config has fewer than ten
 
 
 def read_text(path: Path | str, what: str = "file", *, max_bytes: int = MAX_BYTES) -> str:
-    """The file's text: at most `max_bytes`, valid UTF-8; else a UserError naming the file."""
+    """The file's text: a regular file (a FIFO, device or socket would block or never end: refused without
+    waiting), at most `max_bytes`, valid UTF-8; else a UserError naming the file."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO with no writer opens at once instead of blocking
     except FileNotFoundError:
         raise UserError(f"{path}: no such {what}") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not a {what}") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read this {what} ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{path}: is a folder, not a {what}")
+        raise UserError(f"{path}: not a regular file (a pipe, device or socket); a {what} must be a file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise UserError(f"{path}: larger than {max_bytes // 1024} KB; a {what} is a few KB (is this the right file?)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as UTF-8") from None
+
+
+def check_depth(value: Any, where: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse data nested deeper than `limit` levels (a config has fewer than ten); iterative, so a document
+    thousands of levels deep is refused in one line rather than by a RecursionError somewhere later."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise UserError(f"{where}: nested more than {limit} levels deep; a config needs fewer than ten")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 # --- YAML ---------------------------------------------------------------------------------------------------
@@ -131,6 +156,7 @@ def load_yaml_text(text: str, where: str, *, limit: int = MAX_YAML_VALUES, malfo
             return None
         _check_graph(node, where, limit)
         data = loader.construct_document(node)
+        check_depth(data, where)
         _check_types(data, where)
     except RecursionError:
         raise UserError(f"{where}: nested too deeply to be a config") from None
@@ -175,6 +201,7 @@ def load_toml(path: Path | str, what: str = "TOML file") -> dict[str, Any]:
         raise UserError(f"{path}: malformed TOML: {e}") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a {what}") from None
+    check_depth(data, str(path))
     _refuse_toml_times(data, str(path))
     return data
 
@@ -195,7 +222,7 @@ def load_json(path: Path | str, what: str = "JSON file", *, fix: str = "") -> An
 
     text = read_text(path, what)
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
+        data = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as e:
         raise UserError(
             f"{path}: this {what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; truncated?)"
@@ -203,3 +230,5 @@ def load_json(path: Path | str, what: str = "JSON file", *, fix: str = "") -> An
         ) from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a {what}") from None
+    check_depth(data, str(path))
+    return data

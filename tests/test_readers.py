@@ -331,3 +331,45 @@ def test_stage_real_mirror(task: str, tmp_path: Path) -> None:
     assert manifest["splits"] == REAL_COUNTS[task]
     again = read_manifest(stage_dataset(task, tmp_path / "again", mirror=REAL_MIRROR))
     assert again["digest"] == manifest["digest"]
+
+
+# --- what a mirror file is, not only what it says --------------------------------------------------------------
+
+
+def test_a_bz2_bomb_stops_at_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few hundred bytes of bz2 that expand far past the cap: the read stops at the cap (memory stays bounded)
+    and the file is named in one line. The cap is lowered here so the test inflates 2 MB, not 256."""
+    import bz2 as bz2mod
+
+    monkeypatch.setattr(readers, "MAX_DATA_BYTES", 1 << 20)
+    bomb = tmp_path / "hellaswag_val_full.txt.bz2"
+    bomb.write_bytes(bz2mod.compress(b"\0" * (2 << 20), 9))
+    assert bomb.stat().st_size < 200
+    with pytest.raises(UserError, match=r"hellaswag_val_full\.txt\.bz2: more than 1 MB of text \(decompressed\)"):
+        list(readers.read_hellaswag_txt(bomb))
+
+
+def test_corrupt_bz2_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "hellaswag_val_full.txt.bz2"
+    bad.write_bytes(b"BZh9not really bz2")
+    with pytest.raises(UserError, match=r"hellaswag_val_full\.txt\.bz2: cannot read it"):
+        list(readers.read_hellaswag_txt(bad))
+
+
+@pytest.mark.parametrize("reader, name, good, line", [
+    (readers.read_mmlu_csv, "anatomy_test.csv", 'q,a,b,c,d,A\n', 2),
+    (readers.read_obqa_jsonl, "test.jsonl", '{"id": "1"}\n', 2),
+    (readers.read_hellaswag_txt, "hellaswag_val_full.txt", "a: b\n0\nx\ny\nz\nw\n", 7),
+])
+def test_non_utf8_mirror_file_names_file_and_line(tmp_path: Path, reader, name: str, good: str, line: int) -> None:
+    path = tmp_path / name
+    path.write_bytes(good.encode() + b"caf\xe9\n")
+    with pytest.raises(UserError, match=rf"{re.escape(name)}:{line}: not UTF-8 text \(byte \d+: b'\\xe9'\)"):
+        list(reader(path))
+
+
+def test_a_fifo_in_the_mirror_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "anatomy_test.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=r"anatomy_test\.csv: not a regular file"):
+        list(readers.read_mmlu_csv(fifo))

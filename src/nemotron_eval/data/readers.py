@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import bz2
 import csv
+import io
 import json
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,33 @@ def _fail(path: Path, line: int | None, what: str) -> UserError:
     return UserError(f"{where}: {what}")
 
 
+MAX_DATA_BYTES = 256 << 20  # a benchmark file, decompressed; the five originals are at most a few MB
+
+
+def _text(path: Path, newline: str | None = None) -> io.StringIO:
+    """A mirror file's text, read through one gate: a regular file (a FIFO would block), at most MAX_DATA_BYTES
+    after decompression (a few hundred bytes of bz2 can expand to gigabytes: the read stops at the cap), strict
+    UTF-8 with the line of the first bad byte named. Every reader opens its file here."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise _fail(path, None, "not a regular file (a pipe, device or socket)")
+        raw = bz2.BZ2File(path) if path.suffix == ".bz2" else open(path, "rb")
+        with raw as f:
+            data = f.read(MAX_DATA_BYTES + 1)
+    except (OSError, EOFError, ValueError) as e:
+        raise _fail(path, None, f"cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if len(data) > MAX_DATA_BYTES:
+        raise _fail(path, None, f"more than {MAX_DATA_BYTES >> 20} MB of text (decompressed); not a benchmark file")
+    try:
+        return io.StringIO(data.decode("utf-8"), newline=newline)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise _fail(path, line, f"not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
+
+
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSON-lines file."""
-    with open(path, encoding="utf-8") as f:
+    with _text(path) as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -82,7 +108,7 @@ def mmlu_subject(path: Path) -> str:
 def read_mmlu_csv(path: Path) -> Iterator[Row]:
     """Hendrycks MMLU CSV: no header; question, A, B, C, D, answer letter. Subject from the name."""
     subject = mmlu_subject(path)
-    with open(path, encoding="utf-8", newline="") as f:
+    with _text(path, newline="") as f:
         for n, rec in enumerate(csv.reader(f), start=1):
             if len(rec) != 6:
                 raise _fail(path, n, f"expected 6 columns (question, A-D, answer), got {len(rec)}")
@@ -199,8 +225,7 @@ def read_hellaswag_txt(path: Path) -> Iterator[Row]:
     Missing on the mirror and filled: `ctx_a`/`ctx_b` (see `split_hellaswag_context`),
     `ind` (the task's position in the file), `source_id` and `split_type` (""), `split` ("val").
     """
-    opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+    with _text(path) as f:
         lines = f.read().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -252,7 +277,7 @@ _OBQA_COLUMNS = ["ID", "Question Stem", "Choices", "Complete Question", "Answer 
 
 def read_obqa_tsv(path: Path) -> Iterator[Row]:
     """OpenBookQA-V1 `Data/Main/*.tsv`: header row; choices as "(A) x (B) y (C) z (D) w"."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with _text(path, newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None)
         if header != _OBQA_COLUMNS:

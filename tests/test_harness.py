@@ -1,4 +1,4 @@
-"""The harness plan, wrapper task YAMLs, the run wrapper (harness faked) and result parsing."""
+"""The harness's settings for a task, wrapper task YAMLs, the run wrapper (harness faked) and result parsing."""
 
 from __future__ import annotations
 
@@ -11,19 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from nemotron_eval import harness
 from nemotron_eval.data.stage import stage_dataset
 from nemotron_eval.tasks import MMLU_SUBJECTS, STAGED
 from nemotron_eval.errors import UserError
-from nemotron_eval.harness import (
-    ContextOverflowError,
-    HarnessError,
-    check_context,
-    harness_overrides,
-    parse_harness_output,
-    run_harness,
-    write_task_yamls,
-)
+from nemotron_eval.evaluate import harness
+from nemotron_eval.evaluate.context import ContextOverflowError, check_context, context_length
+from nemotron_eval.evaluate.framework import framework_defaults, lm_eval_tasks_dir, load_task_yaml
+from nemotron_eval.evaluate.harness import run_harness
+from nemotron_eval.evaluate.output import HarnessError, parse_harness_output
+from nemotron_eval.evaluate.overrides import harness_overrides
+from nemotron_eval.evaluate.task_yamls import write_task_yamls
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MIRROR = FIXTURES / "benchmarks"
@@ -53,7 +50,7 @@ def checkpoint(tmp_path: Path) -> Path:
     return ckpt
 
 
-# --- plan -----------------------------------------------------------------------------------
+# --- overrides ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -67,34 +64,34 @@ def checkpoint(tmp_path: Path) -> Path:
     ],
 )
 def test_harness_overrides(task: str, eval_type: str, lm_name: str, tmp_path: Path) -> None:
-    plan = harness_overrides(STAGED[task], tmp_path / "inc", tokenizer_dir=Path("/ckpt"), max_length=4096)
-    assert (plan.eval_type, plan.lm_eval_task) == (eval_type, lm_name)
-    assert plan.is_group == (task == "mmlu")
-    assert plan.params["task"] == lm_name
-    extra = plan.params["extra"]
+    run = harness_overrides(STAGED[task], tmp_path / "inc", tokenizer_dir=Path("/ckpt"), max_length=4096)
+    assert (run.eval_type, run.lm_eval_task) == (eval_type, lm_name)
+    assert run.is_group == (task == "mmlu")
+    assert run.params["task"] == lm_name
+    extra = run.params["extra"]
     assert extra["args"].endswith(f"--include_path {tmp_path / 'inc'}")
     assert extra["tokenizer"] == "/ckpt"
     assert extra["tokenizer_backend"] == "huggingface,max_length=4096"
-    assert plan.env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] == "0"
-    assert plan.env["HF_HUB_OFFLINE"] == "1" and plan.env["HF_DATASETS_OFFLINE"] == "1"
+    assert run.env["NEMO_EVALUATOR_TELEMETRY_LEVEL"] == "0"
+    assert run.env["HF_HUB_OFFLINE"] == "1" and run.env["HF_DATASETS_OFFLINE"] == "1"
 
 
 def test_overrides_keep_framework_args_unless_replaced(tmp_path: Path) -> None:
-    plan = harness_overrides(STAGED["mmlu"], tmp_path, tokenizer_dir=Path("/c"), max_length=10)
-    assert plan.params["extra"]["args"] == f"--trust_remote_code --include_path {tmp_path}"
-    plan = harness_overrides(
+    run = harness_overrides(STAGED["mmlu"], tmp_path, tokenizer_dir=Path("/c"), max_length=10)
+    assert run.params["extra"]["args"] == f"--trust_remote_code --include_path {tmp_path}"
+    run = harness_overrides(
         STAGED["mmlu"], tmp_path, tokenizer_dir=Path("/c"), max_length=10, extra_args="--seed 1"
     )
-    assert plan.params["extra"]["args"] == f"--seed 1 --include_path {tmp_path}"
+    assert run.params["extra"]["args"] == f"--seed 1 --include_path {tmp_path}"
 
 
 def test_context_length(tmp_path: Path) -> None:
     cfg = {"text_config": {"max_position_embeddings": 77}}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    assert harness.context_length(tmp_path) == 77
+    assert context_length(tmp_path) == 77
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
     with pytest.raises(UserError, match="config.json: none of max_position_embeddings"):
-        harness.context_length(tmp_path)
+        context_length(tmp_path)
 
 
 # --- wrapper YAMLs --------------------------------------------------------------------------
@@ -109,7 +106,7 @@ def test_wrapper_includes_the_harness_yaml(staged: Path, tmp_path: Path) -> None
     assert name == "staged_openbookqa"
     (path,) = tmp_path.iterdir()
     cfg = _yaml(path)
-    assert Path(cfg["include"]) == harness.lm_eval_tasks_dir() / "openbookqa/openbookqa.yaml"
+    assert Path(cfg["include"]) == lm_eval_tasks_dir() / "openbookqa/openbookqa.yaml"
     assert Path(cfg["include"]).is_file()
     assert cfg["task"] == "staged_openbookqa"
     assert (cfg["dataset_path"], cfg["dataset_name"]) == ("json", None)
@@ -126,7 +123,7 @@ def test_hellaswag_without_train_draws_shots_from_validation(staged: Path, tmp_p
     assert cfg["test_split"] == cfg["fewshot_split"] == "validation"
     assert cfg["training_split"] is None and cfg["validation_split"] is None
     assert cfg["tag"] == []  # not a member of the harness's `multiple_choice` tag
-    merged = harness.load_task_yaml(tmp_path / "staged_hellaswag.yaml")
+    merged = load_task_yaml(tmp_path / "staged_hellaswag.yaml")
     assert merged["process_docs"] == "utils.process_docs" and merged["doc_to_text"] == "{{query}}"
 
 
@@ -150,7 +147,7 @@ def test_mmlu_group_and_subjects(staged: Path, tmp_path: Path) -> None:
     anatomy = _yaml(tmp_path / "staged_mmlu_str_anatomy.yaml")
     assert anatomy["tag"] == "staged_mmlu_str_stem"
     assert anatomy["dataset_kwargs"]["data_files"]["dev"].endswith("mmlu/anatomy/dev.jsonl")
-    merged = harness.load_task_yaml(tmp_path / "staged_mmlu_str_anatomy.yaml")
+    merged = load_task_yaml(tmp_path / "staged_mmlu_str_anatomy.yaml")
     assert merged["fewshot_split"] == "dev" and merged["test_split"] == "test"
     assert merged["dataset_path"] == "json"
 
@@ -377,9 +374,9 @@ def test_a_hub_task_runs_as_the_harness_defines_it(tmp_path: Path) -> None:
 
     gsm8k = resolve("gsm8k")
     assert (gsm8k.short, gsm8k.offline, gsm8k.harness) == ("gsm8k", False, "lm-evaluation-harness")
-    plan = harness_overrides(gsm8k, None, tokenizer_dir=Path("/ckpt"), max_length=2048)
-    assert plan.lm_eval_task == harness.framework_defaults("gsm8k")["task"] and plan.include_dir is None
-    assert "HF_HUB_OFFLINE" not in plan.env and "--include_path" not in plan.params["extra"]["args"]
+    run = harness_overrides(gsm8k, None, tokenizer_dir=Path("/ckpt"), max_length=2048)
+    assert run.lm_eval_task == framework_defaults("gsm8k")["task"] and run.include_dir is None
+    assert "HF_HUB_OFFLINE" not in run.env and "--include_path" not in run.params["extra"]["args"]
 
 
 def test_a_hub_task_without_the_hub_fails_in_one_line(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nemotron_eval.errors import UserError
-from nemotron_eval.items import extract_items, read_items, samples_files
+from nemotron_eval.evaluate.items import extract_items, read_items, samples_files
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 MODELS = ("smollm2_latest", "smollm2-noisy_latest")

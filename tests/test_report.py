@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from nemotron_eval.errors import UserError
-from nemotron_eval.items import extract_items, read_items, write_items
+from nemotron_eval.evaluate.items import extract_items, read_items, write_items
 from nemotron_eval.report import build_report, compare, table_rows, to_csv
 from nemotron_eval.report.render import CSV_COLUMNS
 from nemotron_eval.report.stats import mcnemar_exact

@@ -8,7 +8,7 @@ import pytest
 
 from nemotron_eval import workflow as wf
 from nemotron_eval.errors import UserError
-from nemotron_eval.harness import framework_defaults
+from nemotron_eval.evaluate.framework import framework_defaults
 
 
 def test_log_lines_survive_the_harness_logging_setup(tmp_path: Path) -> None:

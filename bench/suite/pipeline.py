@@ -7,7 +7,7 @@ the timed run is the default target: compile, one deployment, the five task jobs
 * P1: model loads per checkpoint = serve_model jobs in the run's Snakemake log x the deployment's `loads`
   (run/{model}/stats.json); the deployment log's "loaded" lines are recorded beside it.
 * P2: the server's busy seconds against the run's wall; each task's harness wall in the run against the same task
-  run alone by hand: `harness.run_harness` (NeMo Evaluator's `run_eval`, the pipeline's own call) with the task's
+  run alone by hand: `evaluate.harness.run_harness` (NeMo Evaluator's `run_eval`, the pipeline's own call) with the task's
   params from eval.yaml, against a fresh server started with eval.yaml's deployment command, one per task.
 * P3: computed / requested prompt tokens of the run, and the trie floor of the same requests: the harness's samples
   files rebuilt into the request bodies it sent (tests/fixtures/prompts/extract.py, lm-eval's own client code) and
@@ -135,7 +135,7 @@ def run_alone(pr: PipelineRun, task: str, out: Path) -> dict[str, Any]:
     from nemotron_eval.deploy.process import start, stop
     from nemotron_eval.deploy.ready import wait_for_endpoint
     from nemotron_eval.deploy.types import get_json
-    from nemotron_eval.harness import run_harness
+    from nemotron_eval.evaluate.harness import run_harness
     from nemotron_eval.tasks import resolve
     from nemotron_eval.workflow import harness_environment, task_params
 

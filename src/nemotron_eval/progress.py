@@ -1,7 +1,7 @@
 """How far a task's evaluation is, from the harness's own counters: requests answered / total, rate, ETA.
 
 - answered: NeMo Evaluator's progress-tracking interceptor counts every non-cached response that came back from
-  the deployment and writes the count to `<harness output>/progress` (enabled by `harness.run_harness`; it also
+  the deployment and writes the count to `<harness output>/progress` (enabled by `evaluate.harness.run_harness`; it also
   posts the count to a URL, which `Receiver` takes on the evaluation step's side);
 - total: lm-eval says, once per request type, how many requests it still has to send after its cache
   ("Cached requests: C, Requests remaining: R", with the time it said it), in the harness log.

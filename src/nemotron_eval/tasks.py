@@ -5,7 +5,7 @@ A `Task` knows everything the pipeline needs about a benchmark, so adding one to
 - `short`: the name in paths (`results/{model}/{short}.json`, `data/{short}/`);
 - `launcher`: NeMo Evaluator's task name (`evaluation.tasks[].name`), e.g. `adlr_mmlu`;
 - `lm_eval` / `lm_eval_yaml`: the lm-eval task (or group) the harness runs for it and its YAML under
-  `lm_eval/tasks/` (the wrapper YAMLs of `harness.write_task_yamls` include it);
+  `lm_eval/tasks/` (the wrapper YAMLs of `evaluate.task_yamls.write_task_yamls` include it);
 - `group`: whether `lm_eval` is a group whose aggregate is the score (MMLU);
 - `dataset`: where its rows come from offline: the hub dataset the harness's YAML names, its configs, the files
   of the original release on the mirror with their readers, and the row schema the readers must produce.

@@ -155,7 +155,7 @@ def squash(reference_file: Path, out: Path, log_file: Path) -> None:
 
 def task_params(eval_cfg: dict[str, Any], name: str, where: Path) -> dict[str, Any]:
     """The harness's config.params for one task: the global params with the task's own override on top."""
-    from nemotron_eval.harness import deep_merge
+    from nemotron_eval.evaluate.overrides import deep_merge
 
     entries = [t for t in eval_cfg["evaluation"]["tasks"] if t.get("name") == name]
     if not entries:
@@ -188,7 +188,8 @@ def evaluate(
     from nemotron_eval.deploy.process import EndpointNotReady
     from nemotron_eval.io import log_tail
     from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
-    from nemotron_eval.harness import HarnessAborted, HarnessError, parse_harness_output, run_harness
+    from nemotron_eval.evaluate.harness import HarnessAborted, run_harness
+    from nemotron_eval.evaluate.output import HarnessError, parse_harness_output
     from nemotron_eval.model import check_checkpoint
 
     if str(endpoint_file) == "-":
@@ -279,7 +280,7 @@ def server_figures(endpoint: dict[str, Any], client: str) -> dict[str, Any] | No
 def write_items(harness_dir: Path, out: Path) -> dict[str, Any]:
     """The task's per-item records (for paired comparisons across models); a task whose samples this project
     cannot read item by item gets an empty file and says why (its scores stand)."""
-    from nemotron_eval.items import extract_items, write_items as write_records
+    from nemotron_eval.evaluate.items import extract_items, write_items as write_records
 
     try:
         summary = extract_items(harness_dir, out)

@@ -1,11 +1,11 @@
 """Stage one benchmark's data as local JSON-lines files the harness reads with its own task YAML.
 
-How the data reaches the harness (decided here, used by `nemotron_eval.harness`)
+How the data reaches the harness (decided here, used by `nemotron_eval.evaluate`)
 --------------------------------------------------------------------------------
 NeMo Evaluator runs lm-evaluation-harness tasks whose YAML names a hub dataset
 (`dataset_path: hellaswag`, ...). Of the two offline routes that work, this project uses
 **wrapper task YAMLs** (route B of the notes), not a pre-filled `datasets` cache (route A):
-`harness.write_task_yamls` writes, per task, a YAML that `include:`s the harness's own task file
+`evaluate.task_yamls.write_task_yamls` writes, per task, a YAML that `include:`s the harness's own task file
 and overrides only where the rows come from (`dataset_path: json`, `dataset_name: null`,
 `dataset_kwargs.data_files` = the files staged here). Prompts, few-shot counts and samplers,
 filters and metrics stay the harness's. Route A was rejected because it depends on the private

@@ -4,7 +4,7 @@
     compare(results, items, out_dir)          # report.json, report.csv, report.html in out_dir
 
 `results`: result files (`results/{model}/{task}.json`), every model's every task, in model order (the first
-model is the baseline); `items[i]`: the items file of `results[i]` (`nemotron_eval.items.extract_items`).
+model is the baseline); `items[i]`: the items file of `results[i]` (`nemotron_eval.evaluate.items.extract_items`).
 
 report.json (schema_version 1):
     settings   seed, bootstrap_draws, confidence, alpha, and the methods used

@@ -1,7 +1,7 @@
 """Compare checkpoints task by task: scores with intervals, paired differences on the items both answered.
 
 `build_report(results, items)` reads result JSONs (`results/{model}/{task}.json`) and the items files made
-from the same runs (`nemotron_eval.items`), paired by position, and returns the report as one dict (the
+from the same runs (`nemotron_eval.evaluate.items`), paired by position, and returns the report as one dict (the
 schema of report.json, see `nemotron_eval.report`). Models appear in the order of their first result file:
 the first is the baseline (e.g. pretrain, then sft, then rl).
 
@@ -23,7 +23,7 @@ from typing import Any
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import read_json
 from nemotron_eval import layout
-from nemotron_eval.items import read_items
+from nemotron_eval.evaluate.items import read_items
 from nemotron_eval.report.stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
 REPORT_SCHEMA = 1

@@ -2,14 +2,12 @@
 across models (for paired comparisons, `nemotron_eval.report`).
 
     extract_items(harness_dir, out)   # e.g. results/{model}/harness/<task>-<sha>/ -> results/{model}/{task}.items.jsonl.gz
-    python -m nemotron_eval.items results/{model}/{task}.json results/{model}/{task}.items.jsonl.gz
-        (the harness folder is the one the result file's `raw` names)
 
-Input: the harness output folder of one task (`harness.run_harness`'s `output_dir`). lm-eval writes there,
+Input: the harness output folder of one task (`evaluate.harness.run_harness`'s `output_dir`). lm-eval writes there,
 under `<model_id>/`, one `samples_<lm-eval task>_<timestamp>.jsonl` per task it ran (MMLU: one per subject,
 `samples_staged_mmlu_str_<subject>_...`) and a `results_<timestamp>.json` whose `configs` say how each task
 builds its choices. When the folder holds several runs of a task (lm-eval's cache makes a rerun write new
-files beside the old ones), the newest timestamp wins, as in `harness._n_samples`.
+files beside the old ones), the newest timestamp wins, as in `evaluate.output._n_samples`.
 
 Output: gzip JSON lines, one record per item, sorted by id, written atomically and byte-for-byte the same for
 the same input (gzip header without name or time). Record schema (version `ITEMS_SCHEMA`):
@@ -38,22 +36,20 @@ releases) get "#2", "#3"... in doc_id order, which is stable for the same data.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import json
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError, exit_code
+from nemotron_eval.errors import UserError
+from nemotron_eval.evaluate.task_yamls import STAGED_PREFIX
 from nemotron_eval.io import write_bytes_atomic
 
 ITEMS_SCHEMA = 1
-STAGED_PREFIX = "staged_"
 ID_HEX = 16
 _SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?)\.jsonl$")
 _RESULTS = re.compile(r"^results_(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?)\.json$")
@@ -290,38 +286,3 @@ def read_items(path: Path) -> list[dict[str, Any]]:
     except (OSError, EOFError, ValueError) as e:
         raise UserError(f"{path}: cannot read the items file ({e}); expected gzip JSON lines from extract_items") from None
     return records
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def harness_dir_of(result: Path) -> Path:
-    """The harness output folder a result file (results/{model}/{task}.json) names in `raw`; a relative `raw`
-    is relative to the working directory the pipeline ran in (the current one)."""
-    try:
-        raw = json.loads(Path(result).read_text(encoding="utf-8")).get("raw")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"{result}: cannot read the result file ({e})") from None
-    if not isinstance(raw, str) or not raw:
-        raise UserError(f"{result}: no `raw` harness folder recorded; give the harness folder instead")
-    return Path(raw)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nemotron_eval.items", description="Per-item records of one task run.")
-    p.add_argument("source", type=Path, help="a result file (results/{model}/{task}.json) or a harness output folder")
-    p.add_argument("out", type=Path, help="the items file to write, e.g. results/{model}/{task}.items.jsonl.gz")
-    a = p.parse_args(argv)
-
-    def run() -> int:
-        folder = a.source if a.source.is_dir() else harness_dir_of(a.source)
-        summary = extract_items(folder, a.out)
-        scores = ", ".join(f"{m} {v:.4f}" for m, v in summary["metrics"].items())
-        print(f"{a.out}: {summary['items']} items from {len(summary['samples_files'])} samples file(s); {scores}")
-        return 0
-
-    return exit_code(run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Run one task through NeMo Evaluator (in-process harness, no container), on a staged dataset or the hub's.
+
+How a run is put together
+-------------------------
+* Data: the wrapper task YAMLs of `nemotron_eval.evaluate.task_yamls` (staged tasks), or the hub (any other).
+* Harness: `nemo-evaluator run_eval --run_config <file>`, started as `python -c ...` with this
+  interpreter (same venv; `lm-eval` found on PATH next to it) as a child of the current job.
+  Not `nemo_evaluator.api.evaluate()` in-process because that installs SIGTERM/SIGINT handlers
+  that `sys.exit` and kill every child of the caller, starts its adapter proxy with the `spawn`
+  method (which re-imports the caller's `__main__`: it must sit under `if __name__ ==
+  "__main__"`), and its env vars (telemetry, offline flags, caches) would leak into the caller.
+  A child also gets its own log file, exit status and timeout.
+  A YAML run config avoids the comma/quote parsing of `--overrides`.
+* Settings: `nemotron_eval.evaluate.overrides` (`HarnessRun`: env vars and `config.params` overrides).
+* After the run: `nemotron_eval.evaluate.context.check_context` (no prompt truncated), then the scores
+  (`nemotron_eval.evaluate.output`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nemotron_eval.deploy.process import die_with_parent
+from nemotron_eval.errors import UserError
+from nemotron_eval.evaluate.context import check_context, context_length
+from nemotron_eval.evaluate.output import RESULTS, HarnessError
+from nemotron_eval.evaluate.overrides import deep_merge, harness_overrides
+from nemotron_eval.evaluate.task_yamls import INCLUDE_DIR, write_task_yamls
+from nemotron_eval.io import log_tail
+from nemotron_eval.tasks import Task
+
+RUN_CONFIG = "nemotron_run_config.yml"
+# `nemo-evaluator run_eval` (its console script) for this interpreter, wherever it is installed.
+_ENTRYPOINT = "from nemo_evaluator.core.entrypoint import run_eval; run_eval()"
+
+
+def run_harness(
+    task: Task,
+    staged_dir: Path | None,
+    *,
+    endpoint_url: str,
+    model_id: str,
+    tokenizer_dir: Path,
+    params: Mapping[str, Any],
+    output_dir: Path,
+    log: Path | None = None,
+    context_length_tokens: int | None = None,
+    timeout_s: float | None = None,
+    progress_url: str | None = None,
+    abort: Callable[[], str | None] | None = None,
+) -> None:
+    """Run `task` against `endpoint_url` (the full /v1/completions URL): a staged task on `staged_dir`, any other
+    task on the data the harness fetches from the hub (`staged_dir` None).
+
+    The harness counts its answered requests into `output_dir/progress` (NeMo Evaluator's progress-tracking
+    interceptor, see `nemotron_eval.progress`) and posts the count to `progress_url` when given. `abort` is asked
+    every second while the harness runs: a reason (the deployment died) stops it (HarnessAborted).
+
+    Writes the harness's outputs (results.yml, ...) to `output_dir` and its log to `log`
+    (default `output_dir/harness.log`). Raises HarnessError (with the log's tail) when the
+    harness fails, ContextOverflowError when a prompt does not fit the model, UserError when a hub task
+    cannot reach the hub.
+    """
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log = Path(log) if log else output_dir / "harness.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = Path(tokenizer_dir).resolve()
+    n_ctx = context_length_tokens or context_length(tokenizer_dir)
+    include_dir: Path | None = None
+    lm_name: str | None = None
+    if staged_dir is not None:
+        include_dir = output_dir / INCLUDE_DIR
+        lm_name = write_task_yamls(task, Path(staged_dir), include_dir)
+    else:
+        check_hub_reachable(task)
+
+    user_extra = dict(params.get("extra") or {})
+    with tempfile.TemporaryDirectory(prefix="nemotron-harness-") as work:
+        run = harness_overrides(
+            task,
+            include_dir,
+            tokenizer_dir=tokenizer_dir,
+            max_length=n_ctx,
+            lm_eval_task=lm_name,
+            extra_args=user_extra.get("args"),
+            cache_dir=Path(work) / "hf_datasets" if include_dir is not None else None,
+        )
+        run_config = {
+            "config": {
+                "type": run.eval_type,
+                "output_dir": str(output_dir),
+                "params": deep_merge(params, run.params),
+            },
+            "target": {
+                "api_endpoint": {
+                    "url": endpoint_url, "model_id": model_id, "type": task.endpoint_type,
+                    "adapter_config": progress_tracking(progress_url),
+                }
+            },
+        }
+        cfg_path = output_dir / RUN_CONFIG
+        cfg_path.write_text(yaml.safe_dump(run_config, sort_keys=False))
+        cmd = [sys.executable, "-c", _ENTRYPOINT, "run_eval", "--run_config", str(cfg_path)]
+        # cwd empty: a folder named like a task there would be read as a task path
+        try:
+            rc = _run_child(cmd, cwd=Path(work), env={**os.environ, **run.env}, log=log,
+                            timeout_s=timeout_s, abort=abort)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise HarnessError(
+                f"{task.short}: harness still running after {timeout_s} s; "
+                f"log {log}:\n{log_tail(log)}"
+            ) from None
+    if rc != 0:
+        if include_dir is None and _hub_unreachable(log):
+            raise UserError(_no_offline_data(task, "the harness could not reach the Hugging Face hub"))
+        raise HarnessError(
+            f"{task.short}: nemo-evaluator exited with status {rc}; log {log}:\n{log_tail(log)}"
+        )
+    if not (output_dir / RESULTS).is_file():
+        raise HarnessError(f"{task.short}: harness wrote no {RESULTS}; log {log}:\n{log_tail(log)}")
+    check_context(task.short, output_dir, log, tokenizer_dir=tokenizer_dir, n_ctx=n_ctx)
+
+
+def progress_tracking(url: str | None) -> dict[str, Any]:
+    """The adapter settings that make NeMo Evaluator count answered requests (`progress`) and post the count."""
+    return {"use_progress_tracking": True, "progress_tracking_interval": 1,
+            "progress_tracking_url": url or "http://127.0.0.1:9/progress"}  # port 9 (discard): nobody listens
+
+
+HUB_HOST = "huggingface.co"
+_HUB_ERRORS = ("Couldn't reach", "ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled")
+
+
+def _no_offline_data(task: Task, why: str) -> str:
+    return (
+        f"task {task.short!r} has no offline data (only the staged tasks mmlu, arc_challenge, winogrande, "
+        f"hellaswag, openbookqa read the data mirror); its harness reads the dataset from the hub, and {why}"
+    )
+
+
+def check_hub_reachable(task: Task, timeout_s: float = 5.0) -> None:
+    """A hub task needs the hub: fail in one line at once when it is off (HF_HUB_OFFLINE) or does not answer,
+    instead of after the harness's 30 s of retries. The endpoint is `HF_ENDPOINT` when set."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise UserError(_no_offline_data(task, "HF_HUB_OFFLINE is set"))
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    host, port = endpoint.hostname or HUB_HOST, endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(_no_offline_data(task, f"{host}:{port} does not answer ({e.strerror or e})")) from None
+
+
+def _hub_unreachable(log: Path) -> bool:
+    try:
+        text = log.read_bytes()[-200_000:].decode("utf-8", "replace")
+    except OSError:
+        return False
+    return any(marker in text for marker in _HUB_ERRORS)
+
+
+class HarnessAborted(HarnessError):
+    """The harness was stopped because what it talks to is gone (the message says why)."""
+
+
+def _run_child(
+    cmd: list[str], *, cwd: Path, env: dict[str, str], log: Path, timeout_s: float | None,
+    abort: Callable[[], str | None] | None = None,
+) -> int:
+    """Run `cmd` with output to `log`; on timeout, interrupt or `abort()` returning a reason (checked every
+    second), stop it and its children."""
+    import psutil
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with open(log, "wb") as out:
+        # The harness gets SIGTERM when this step dies, however it dies (Snakemake kills a failed group's jobs
+        # with SIGKILL): NeMo Evaluator then stops lm-eval and its adapter itself.
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise subprocess.TimeoutExpired(cmd, timeout_s) from None
+                    reason = abort() if abort is not None else None
+                    if reason:
+                        raise HarnessAborted(reason) from None
+        except BaseException:  # timeout, abort, KeyboardInterrupt, SIGTERM: leave no adapter or lm-eval behind
+            procs = _descendants(psutil, proc.pid)
+            for child in procs:
+                with contextlib.suppress(psutil.Error):
+                    child.terminate()
+            _, alive = psutil.wait_procs(procs, timeout=5)
+            for child in alive:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            raise
+
+
+def _descendants(psutil: Any, pid: int) -> list[Any]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []

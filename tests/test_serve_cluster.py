@@ -20,7 +20,7 @@ import yaml
 from nemotron_eval.deploy.process import EndpointNotReady, group_alive
 from nemotron_eval.deploy.process import alive as process_running
 from nemotron_eval.deploy.serve import wait_for_service
-from nemotron_eval.deploy.types import first_node
+from nemotron_eval.executors.slurm import first_node
 
 from conftest import BIN, slurm_problem, wait_for
 

@@ -8,9 +8,10 @@ The options and positional dotlist overrides become a request (`request.Request`
 
 - no -r/-b: Snakemake runs here with profiles/local, under a supervisor process (`supervise`) that records how
   it ends even if the shell that started it is gone; the command follows its output, Ctrl-C cancels the run.
-- -r/-b PROFILE: the env.toml profile names a cluster (`executor = "slurm"`, `tunnel`): the Snakemake head
-  process runs there as a small CPU job submitted through NeMo-Run (`nemotron_eval.remote`), with the Snakemake
-  profile of the config (profiles/<config> when there is one, else profiles/slurm). -r follows it and fetches the
+- -r/-b PROFILE: the env.toml profile names a cluster (its `executor`, `tunnel`): the Snakemake head process runs
+  there as a small CPU job submitted through NeMo-Run (`nemotron_eval.remote`, the remote path of the executors
+  that have one), with the executor's Snakemake profile (profiles/<config> when the config has one of that
+  executor's, else profiles/<executor>). -r follows it and fetches the
   results when it ends (Ctrl-C cancels it); -b prints the run id and returns.
 - -d: the compiled eval.yaml on stdout, the jobs that would run and why on stderr; nothing is written under
   build/ or results/, no run is recorded.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,7 +35,6 @@ from nemotron_eval.request import Request
 from nemotron_eval.spec import parse_wildcard
 
 LOCAL_PROFILE = "profiles/local"
-CLUSTER_PROFILE = "profiles/slurm"
 
 
 # --- where the workflow is ---------------------------------------------------------------------------------------
@@ -53,15 +52,10 @@ def workflow_root(start: Path | None = None) -> Path:
     raise UserError(f"no workflow (Snakefile and rules/) in {here} or its parents; run nemotron eval inside the project")
 
 
-def snakemake_profile(config: str, remote: bool, root: Path) -> str:
-    """Here: profiles/local. On a cluster: profiles/<config> when the config has a Slurm profile of its own
-    (slurm-local, the test cluster's), else profiles/slurm."""
-    if not remote:
-        return LOCAL_PROFILE
-    own = root / "profiles" / Path(config).stem / "config.v8+.yaml"
-    if own.is_file() and re.search(r"^executor:\s*slurm\b", own.read_text(), re.M):
-        return str(own.parent.relative_to(root))
-    return CLUSTER_PROFILE
+def snakemake_profile(config: str, executor: Any, root: Path) -> str:
+    """Here (no executor of a remote profile): profiles/local. On a cluster: its executor's profile for the
+    config (`executors.Executor.snakemake_profile`)."""
+    return LOCAL_PROFILE if executor is None else str(executor.snakemake_profile(config, root))
 
 
 def snakemake_argv(profile: str, targets: list[str], request_file: Path, *extra: str,
@@ -97,13 +91,14 @@ def eval_command(args: argparse.Namespace) -> int:
     root = workflow_root()
     os.chdir(root)
     profile_name = args.run or args.batch
-    remote_profile = None
+    remote_profile, executor = None, None
     if profile_name:
-        from nemotron_eval import remote
+        from nemotron_eval import executors, remote
 
         remote_profile = remote.profile_from_env(profile_name)  # one line: unknown profile, no executor, ...
+        executor = executors.get(remote_profile.executor, f"env.toml profile {profile_name!r}: executor")
     request, plan, model, targets = plan_request(args, root, config)
-    sm_profile = snakemake_profile(request.eval_config, remote_profile is not None, root)
+    sm_profile = snakemake_profile(request.eval_config, executor, root)
     snapshots: dict[str, dict[str, str]] = {}
     try:
         mp = plan.model(model)
@@ -217,8 +212,10 @@ def supervise(run_id: str) -> int:
             log.write(line)
             runs.note_output(run, line.decode("utf-8", "replace"))
         rc = proc.wait()
-    if signals:
-        _cancel_slurm_jobs(run)
+    if signals:  # Snakemake cancels its jobs on SIGINT; what it could not (killed first) is cancelled here
+        from nemotron_eval.executors import for_profile
+
+        for_profile(run.snakemake_profile).cancel(run.jobs)
     runs.finish(run, rc, cancelled=bool(signals))
     return rc
 
@@ -228,14 +225,6 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-def _cancel_slurm_jobs(run: runs.Run) -> None:
-    """Snakemake cancels its Slurm jobs on SIGINT; what it could not (killed first) is cancelled here."""
-    import shutil
-
-    if run.slurm_jobs and shutil.which("scancel"):
-        subprocess.run(["scancel", *run.slurm_jobs], capture_output=True, check=False)
 
 
 def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, poll_s: float = 0.5) -> int:

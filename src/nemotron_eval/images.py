@@ -97,12 +97,15 @@ def sqsh_name(image: str) -> str:
 
 
 def needs_squash(eval_cfg: Mapping[str, Any]) -> bool:
-    """True when the deployment runs a registry image through pyxis or enroot on Slurm."""
+    """True when the deployment runs a registry image through pyxis or enroot on an executor that squashes
+    images (Slurm)."""
+    from nemotron_eval.executors import for_execution
+
     execution = eval_cfg.get("execution") or {}
     dep = eval_cfg.get("deployment") or {}
     image = dep.get("image")
     return (
-        execution.get("type") == "slurm"
+        for_execution(execution).squashes_images
         and execution.get("container_runner") in SQUASHED_RUNNERS
         and _runs_image(dep.get("type"))
         and isinstance(image, str)

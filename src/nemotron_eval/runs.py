@@ -1,8 +1,9 @@
 """Runs: every `nemotron eval` has an id and a folder, `runs/<id>/`, that outlives the shell that started it.
 
     run.json              what was asked and how it went: command, config, profile, models, tasks, targets,
-                          mode (local | run | batch), the Snakemake process (pid) or the remote run id, the Slurm
-                          job ids Snakemake reported, state (running, done, failed, cancelled), exit code, times
+                          mode (local | run | batch), the Snakemake process (pid) or the remote run id, the
+                          job ids Snakemake reported (as its profile's executor reads them), state (running,
+                          done, failed, cancelled), exit code, times
     request.yaml          the request Snakemake read (`--config request=...`); values never pass a command line
     <model>/job.yaml      job.yaml and eval.yaml exactly as this run compiled them (build/ keeps only the latest)
     <model>/eval.yaml
@@ -50,7 +51,7 @@ class Run:
     state: str = "running"
     pid: int | None = None  # the local Snakemake process
     remote_id: str | None = None  # the NeMo-Run experiment id of a remote head job
-    slurm_jobs: list[str] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)  # of the executor of snakemake_profile
     exit_code: int | None = None
     finished_at: str | None = None
     error: str | None = None
@@ -101,7 +102,10 @@ def load(run_id: str | None = None) -> Run:
         latest = ", ".join(ids[-5:]) or "none"
         raise UserError(f"no run {run_id!r} in {RUNS_DIR.resolve()}{did_you_mean(run_id, ids)}; latest runs: {latest}")
     try:
-        return Run(**read_json(path))
+        data = read_json(path)
+        if isinstance(data, dict) and "slurm_jobs" in data:  # a record written before executors had names
+            data["jobs"] = data.pop("slurm_jobs")
+        return Run(**data)
     except (ValueError, TypeError) as e:
         raise UserError(f"{path}: not a run record ({e})") from None
 
@@ -144,14 +148,13 @@ def finish(run: Run, exit_code: int, cancelled: bool = False) -> None:
     run.save()
 
 
-_SLURM_JOB = re.compile(r"SLURM jobid (\d+)")
-
-
 def note_output(run: Run, line: str) -> None:
-    """Keep the Slurm job ids Snakemake reports as it submits."""
-    for job in _SLURM_JOB.findall(line):
-        if job not in run.slurm_jobs:
-            run.slurm_jobs.append(job)
+    """Keep the job ids Snakemake reports as it submits (as its profile's executor reads them)."""
+    from nemotron_eval.executors import for_profile
+
+    for job in for_profile(run.snakemake_profile).job_ids(line):
+        if job not in run.jobs:
+            run.jobs.append(job)
             run.save()
 
 

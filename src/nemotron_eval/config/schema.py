@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from nemotron_eval import executors
 from nemotron_eval.deploy.runners import RUNNERS
 from nemotron_eval.errors import UserError, did_you_mean
 from nemotron_eval.model import DTYPES
@@ -52,7 +53,7 @@ _MOUNT_FLAGS = re.compile(r"[a-z]+(?:\+[a-z]+)*")
 SHELL_SPECIAL = "'\"`$\\;&|<>()\n\r"
 SHELL_FRAGMENTS = frozenset({"deployment.command", "deployment.base_command", "deployment.extra_args"})
 ENGINES = ("snakemake", "launcher")
-EXECUTORS = ("local", "slurm", "lepton")
+EXECUTORS = executors.names()  # the registered ones (nemotron_eval.executors)
 ENDPOINT_TYPES = ("completions", "chat")
 
 
@@ -119,8 +120,8 @@ def no_shell(v: Any) -> str | None:
 
 
 def walltime(v: Any) -> str | None:
-    """A Slurm time, as the cluster module reads it (cluster.walltime_minutes)."""
-    from nemotron_eval.cluster import walltime_minutes
+    """A Slurm time, as the slurm executor reads it (executors.slurm.walltime_minutes)."""
+    from nemotron_eval.executors.slurm import walltime_minutes
 
     if v is None:
         return None
@@ -134,8 +135,8 @@ def walltime(v: Any) -> str | None:
 
 
 def gres(v: Any) -> str | None:
-    """A GPU request, as the cluster module reads it (cluster.gpus_per_node)."""
-    from nemotron_eval.cluster import gpus_per_node
+    """A GPU request, as the slurm executor reads it (executors.slurm.gpus_per_node)."""
+    from nemotron_eval.executors.slurm import gpus_per_node
 
     if v is None:
         return None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nemotron_eval import layout
+from nemotron_eval import executors, layout
 from nemotron_eval.deploy import process as proc
 from nemotron_eval.deploy.runners import check_runner, container_runner_wrap, unescape_dollars
 from nemotron_eval.errors import UserError, did_you_mean
@@ -81,6 +80,7 @@ class DeploymentPlan:
     env_from_host: dict[str, str] = field(default_factory=dict)
     env_names: list[str] = field(default_factory=list)
     api_key_name: str | None = None
+    executor: str = "local"  # whose node "{host}" is (the deployment host it names for the serve step)
 
     def urls(self, host: str | None = None) -> dict[str, str]:
         """url, completions_url and health_url, with "{host}" replaced by `host` (default: the plan's)."""
@@ -164,7 +164,7 @@ class Deployment:
         stop: threading.Event,
     ) -> dict[str, Any] | None:
         """The endpoint (url, completions_url, health_url, model_id, ...) once its health URL answers 200."""
-        urls = plan.urls(None if plan.host else first_node(runtime.environ))
+        urls = plan.urls(plan.host or executors.get(plan.executor).deployment_host(runtime.environ))
         ready = proc.wait_until(
             lambda: True if is_healthy(urls["health_url"]) else None, exited=process.poll if process else None,
             timeout_s=plan.readiness_timeout_s, log_file=log_file, what=f"the {plan.type} deployment ({plan.runner})",
@@ -239,12 +239,8 @@ class Generic(Deployment):
         dep = eval_cfg.get("deployment") or {}
         execution = eval_cfg.get("execution") or {}
         runner = check_runner(str(execution.get("container_runner") or "none"))
-        slurm = execution.get("type") == "slurm"
-        if runner == "pyxis" and not slurm:
-            raise UserError(
-                f"execution.container_runner=pyxis needs execution.type=slurm (pyxis is an srun plugin); "
-                f"execution.type={execution.get('type')!r} can use: enroot, apptainer, none"
-            )
+        executor = executors.for_execution(execution)
+        executor.check_runner(runner, execution.get("type"))
         image = None if runner == "none" else _required(dep, "image")
         if runner == "enroot" and not str(image).endswith(".sqsh"):
             raise UserError(f"execution.container_runner=enroot starts a squashed image; deployment.image={image} is not a .sqsh file")
@@ -261,7 +257,7 @@ class Generic(Deployment):
             mounts(dep, execution) if runner != "none" else {}, names,
             nodes=nodes, ntasks_per_node=_tasks_per_node(execution, nodes), gpus=_gpus(execution),
             mount_home=bool((execution.get("mounts") or {}).get("mount_home", False)),
-            srun=slurm,  # on Slurm the deployment is a job step of its own (process tracking, every node)
+            srun=executor.srun(execution),
         )
         endpoints = dep.get("endpoints") or {}
         port = int(dep.get("port") or 8000)
@@ -271,7 +267,7 @@ class Generic(Deployment):
             health_path=str(dep.get("health_check_path") or endpoints.get("health") or "/health"),
             completions_path=str(endpoints.get("completions") or "/v1/completions").rstrip("/") or "/v1/completions",
             readiness_timeout_s=self.readiness_timeout(dep),
-            host=None if slurm else "127.0.0.1", port=port, runner=runner, image=image,
+            host=executor.deployment_host(None), executor=executor.name, port=port, runner=runner, image=image,
             env=plain, env_from_host=from_host, env_names=names,
         )
 
@@ -361,7 +357,7 @@ def _tasks_per_node(execution: Mapping[str, Any], nodes: int) -> int:
 
 def _gpus(execution: Mapping[str, Any]) -> int | None:
     """The GPUs per node from execution.gres ("gpu:8", "gpu:h100:8"); None when not said."""
-    from nemotron_eval.cluster import gpus_per_node
+    from nemotron_eval.executors.slurm import gpus_per_node
 
     return gpus_per_node(execution["gres"]) if execution.get("gres") else None
 
@@ -386,20 +382,6 @@ def _runner_image(runner: str, image: str | None) -> str | None:
     if runner == "apptainer":
         return f"docker://{image}"
     return enroot_uri(image).removeprefix("docker://")
-
-
-def first_node(environ: Mapping[str, str]) -> str:
-    """The first node of this Slurm job (where a deployment's task 0 runs); this host outside Slurm."""
-    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
-    if nodelist and shutil.which("scontrol"):
-        try:
-            hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                                   timeout=30, check=True).stdout.split()
-        except (subprocess.SubprocessError, OSError):
-            hosts = []
-        if hosts:
-            return hosts[0]
-    return environ.get("SLURMD_NODENAME") or "127.0.0.1"
 
 
 def read_endpoint(endpoint_file: Path | str) -> dict[str, Any] | None:

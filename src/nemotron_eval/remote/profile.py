@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.cluster import walltime_minutes
+from nemotron_eval.executors import remote_names
+from nemotron_eval.executors.slurm import walltime_minutes
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.errors import UserError, did_you_mean
 
-EXECUTORS = ("slurm",)
+EXECUTORS = remote_names()  # the executors a head job can be submitted to
 DEFAULT_LOCAL_JOB_DIR = Path.home() / ".nemotron-eval" / "jobs"
 TUNNELS = ("ssh", "local")
 

@@ -1,10 +1,12 @@
-"""What the deployment job asks Slurm for, and the refusals that happen before anything is submitted."""
+"""The slurm executor: what the deployment job asks Slurm for, and the refusals that happen before anything is
+submitted."""
 
 from __future__ import annotations
 
 import pytest
 
-from nemotron_eval.cluster import check_account, check_gpus, deployment_resources, gpus_per_node, walltime_minutes
+from nemotron_eval import executors
+from nemotron_eval.executors.slurm import check_account, check_gpus, gpus_per_node, walltime_minutes
 from nemotron_eval.errors import UserError
 
 
@@ -35,7 +37,7 @@ def test_recipe_config_asks_for_its_execution_section(planner, tmp_path) -> None
 
 def test_unknown_container_runner() -> None:
     with pytest.raises(UserError, match="execution.container_runner='docker': unknown runner; valid: pyxis, enroot, apptainer, none"):
-        deployment_resources({"type": "slurm", "container_runner": "docker"})
+        executors.get("slurm").deployment_resources({"type": "slurm", "container_runner": "docker"})
 
 
 def test_account_required_only_where_the_cluster_enforces_it() -> None:
@@ -52,7 +54,6 @@ def test_gpu_request_larger_than_any_node() -> None:
 
 
 def test_squash_job_resources_come_from_the_env_profile() -> None:
-    from nemotron_eval.cluster import squash_resources
-
+    squash_resources = executors.get("slurm").squash_resources
     assert squash_resources({}) == {"runtime": 60}
     assert squash_resources({"build_partition": "cpu", "build_time": "00:20:00"}) == {"runtime": 20, "slurm_partition": "cpu"}

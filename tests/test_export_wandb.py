@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from nemotron_eval.errors import UserError
-from nemotron_eval.export import wandb as export
+from nemotron_eval.exporters import wandb as export
 from nemotron_eval.results import summarize
 from nemotron_eval.secrets import api_key_names, looks_secret, redact, scrub_env_values, secret_env_names
 
@@ -73,9 +73,9 @@ def eval_config(work: Path, destinations: list[str] | None = None, wandb: dict[s
 
 
 def cli_args(work: Path) -> list[str]:
-    """The export step's arguments, as the export_wandb rule passes them."""
+    """The export step's arguments, as the export_model rule passes them."""
     out = work / "results" / MODEL
-    return ["export", "--config", str(work / "eval.yaml"), "--summary", str(out / "summary.json"),
+    return ["export", "--dest", "wandb", "--config", str(work / "eval.yaml"), "--summary", str(out / "summary.json"),
             "--out", str(out / "wandb.json"), "--log", str(work / "logs" / "export.log"), *[str(p) for p in result_paths(work)]]
 
 

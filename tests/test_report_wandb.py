@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nemotron_eval.errors import UserError
-from nemotron_eval.export.wandb import DELTA_COLUMNS, log_report
+from nemotron_eval.exporters.wandb import DELTA_COLUMNS, log_report
 from nemotron_eval.report import CSV_COLUMNS, build_report, table_rows
 
 from test_export_wandb import clean_env, leet
@@ -21,7 +21,7 @@ from test_report import inputs, make_workdir
 LOG = """
 import json, sys
 import wandb
-from nemotron_eval.export.wandb import log_report
+from nemotron_eval.exporters.wandb import log_report
 report = json.load(open(sys.argv[1]))
 run = wandb.init(entity="team", project="evals", name="compare", mode="offline",
                  settings=wandb.Settings(console="off", silent=True, disable_git=True, save_code=False, x_disable_stats=True))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval import embedded, executors
+from nemotron_eval import cluster, embedded
 from nemotron_eval import tasks as task_table
 from nemotron_eval.artifacts import Resolved
 from nemotron_eval.config import compile as comp
@@ -87,9 +87,8 @@ class Plan:
         run_env = self.resolved["run"].get("env") or {}
         self.execution: dict[str, Any] = self.resolved.get("execution") or {}
         self.deployment_type = str(self.merged["deployment"].get("type"))
-        self.executor = executors.for_execution(self.execution)
-        self.deploy_resources = self.executor.deployment_resources(self.execution)
-        self.squash_resources = self.executor.squash_resources(run_env)
+        self.deploy_resources = cluster.deployment_resources(self.execution)
+        self.squash_resources = cluster.squash_resources(run_env)
         image = comp.squashed_image({
             "execution": self.execution,
             "deployment": {"type": self.deployment_type, "image": self.resolved["deployment"].get("image")},
@@ -104,24 +103,25 @@ class Plan:
 
     def targets(self, per_task: bool = False) -> list[str]:
         """The default model's files for a run: its launcher submission (run.engine launcher), else its summary,
-        or with `per_task` (a run of chosen tasks) each task's result; and its W&B export when
-        `execution.auto_export` asks for one (as the recipe exports after evaluating), whose settings are
-        checked now rather than after hours of evaluation."""
-        from nemotron_eval.export.wandb import export_requested, parse_config
+        or with `per_task` (a run of chosen tasks) each task's result; and the receipt of each export that
+        `execution.auto_export` asks for (as the recipe exports after evaluating), whose settings the exporter
+        checks now rather than after hours of evaluation."""
+        from nemotron_eval import exporters
 
         if self.engine == "launcher":
             return [f"build/{self.default_model}/launcher.json"]
         model = self.default_model
         out = [f"results/{model}/{t}.json" for t in self.task_names] if per_task else [f"results/{model}/summary.json"]
-        if export_requested(self.execution.get("auto_export"))[0]:
-            parse_config(self.resolved.get("export", {}).get("wandb"))
-            out.append(f"results/{model}/wandb.json")
-        return out
+        return out + exporters.targets(model, self.execution.get("auto_export"), self.resolved.get("export"))
 
     def check_cluster(self) -> None:
-        """The executor's checks (on Slurm: a GPU request larger than any node, or no account where one is
-        required) fail before anything is submitted."""
-        self.executor.check(self.execution, self.request.env_profile)
+        """On Slurm: a GPU request larger than any node, or no account where one is required, fail before
+        anything is submitted."""
+        if self.execution.get("type") != "slurm":
+            return
+        enforce, node_gres = cluster.slurm_facts(self.execution.get("partition"))
+        cluster.check_account(self.execution.get("account"), self.request.env_profile, enforce)
+        cluster.check_gpus(self.execution.get("gres"), self.execution.get("partition"), node_gres)
 
     # -- one model --------------------------------------------------------------------------------------------
 

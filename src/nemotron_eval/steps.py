@@ -38,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("supervise", help="run Snakemake for a `nemotron eval` run and record how it ends")
     s.add_argument("--run", required=True)
-    s = sub.add_parser("export", help="one model's results to W&B")
+    s = sub.add_parser("export", help="one model's results to one destination (an exporter: wandb, mlflow, local)")
     s.add_argument("results", nargs="+", type=Path)
+    s.add_argument("--dest", required=True, help="the exporter's name (nemotron_eval.exporters)")
     s.add_argument("--config", type=Path, required=True)
     s.add_argument("--summary", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             elif a.step == "squash":
                 wf.squash(a.reference, a.out, a.log)
             elif a.step == "export":
-                from nemotron_eval.export.wandb import export_from_files
+                from nemotron_eval.exporters import export_step
 
-                export_from_files(a.results, a.config, a.summary, a.out)
+                export_step(a.dest, a.results, a.config, a.summary, a.out)
         return 0
 
     return exit_code(run, log=a.log if a.step not in ("serve",) else None)

@@ -1,1 +1,0 @@
-"""Exporting results to tracking services: `wandb` (results/{model}/wandb.json is its receipt)."""

@@ -1,0 +1,226 @@
+"""The exporter interface and the registry (NeMo Evaluator Launcher's style: a decorator fills a table by name).
+
+An exporter is the one place that knows its destination: its config section (`export.<name>`), what is
+checked when the plan is made (`check`, before anything runs), its receipt (`results/{model}/<name>.json`) and
+how one model's results leave (`export`). Which run: `execution.auto_export.destinations` (names; an unknown
+one is a UserError listing the registered ones). Adding one = a module with a `@register`ed class, its
+section in the configs, its tests (and its import in `nemotron_eval.exporters`).
+
+Shared here, one home each: reading the result files, the run-name template fields, the content digest of
+the results (the same results export to the same run), the per-task metric names (`task/metric`,
+`task/metric_stderr`, `task/n_samples`, `task/duration_s`), and writing receipts with secret values scrubbed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.io import read_json, write_json_atomic
+from nemotron_eval.secrets import scrub_env_values
+
+RECEIPT = "results/{model}/{dest}.json"
+NAME_FIELDS = ("model", "spec", "name", "version", "digest", "registry")
+RESULT_REQUIRED = ("task", "metrics", "n_samples", "model", "duration_s")
+Rule = Callable[[Any], "str | None"]  # a config value -> what is wrong with it, or None
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """One model's export: its result files, summary and receipt; the compiled eval config's sections."""
+
+    results: list[Path]
+    summary: Path
+    receipt: Path
+    section: Mapping[str, Any] | None  # export.<name>
+    auto_export: Mapping[str, Any] | None  # execution.auto_export
+    secret_names: Sequence[str] = ()  # env var names whose values must not leak (api_key_name values)
+    comparison: Path | None = None  # a report.json to log alongside, when it compares this model
+    options: Mapping[str, Any] = field(default_factory=dict)  # an exporter's own extras (wandb_dir, ...)
+
+
+class Exporter:
+    """One destination. Subclasses set `name` and implement `check` and `export`."""
+
+    name: ClassVar[str] = ""
+    rules: ClassVar[Mapping[str, Rule]] = {}  # schema rules of export.<name>.<key> (config.schema applies them)
+
+    def check(self, section: Mapping[str, Any] | None) -> None:
+        """Plan-time validation of `export.<name>` (raises UserError); nothing is contacted."""
+
+    def export(self, job: ExportJob) -> dict[str, Any]:
+        """Export one model's results, write `job.receipt` (atomically) and return the receipt."""
+        raise NotImplementedError
+
+    def receipt(self, model: str) -> str:
+        return RECEIPT.format(model=model, dest=self.name)
+
+
+REGISTRY: dict[str, Exporter] = {}
+
+
+def register(cls: type[Exporter]) -> type[Exporter]:
+    """Class decorator: one instance of `cls` in the registry under `cls.name`."""
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"exporter name {cls.name!r} is empty or taken")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str, key: str = "--dest") -> Exporter:
+    if name not in REGISTRY:
+        raise UserError(f"{key}={name!r}: no such exporter{did_you_mean(name, names())}; registered: {', '.join(names())}")
+    return REGISTRY[name]
+
+
+def _destinations(auto_export: Mapping[str, Any] | None) -> list[str]:
+    destinations = dict(auto_export or {}).get("destinations") or []
+    return [destinations] if isinstance(destinations, str) else list(destinations)
+
+
+def export_requested(auto_export: Mapping[str, Any] | None, name: str) -> tuple[bool, str]:
+    """(export to `name`?, why) from `execution.auto_export`."""
+    destinations = _destinations(auto_export)
+    if name not in destinations:
+        return False, f"'{name}' is not in execution.auto_export.destinations ({destinations})"
+    if dict(auto_export or {}).get("enabled") is False:
+        return False, "execution.auto_export.enabled is false"
+    return True, f"'{name}' is in execution.auto_export.destinations"
+
+
+def requested(auto_export: Mapping[str, Any] | None) -> list[Exporter]:
+    """The exporters `execution.auto_export` asks for, in its order; an unknown name is a UserError."""
+    wanted = []
+    for name in _destinations(auto_export):
+        exporter = get(str(name), "execution.auto_export.destinations")
+        if export_requested(auto_export, exporter.name)[0] and exporter not in wanted:
+            wanted.append(exporter)
+    return wanted
+
+
+def targets(model: str, auto_export: Mapping[str, Any] | None, export: Mapping[str, Any] | None) -> list[str]:
+    """The receipts a run of `model` builds, each exporter's settings checked now (not after the evaluation)."""
+    out = []
+    for exporter in requested(auto_export):
+        exporter.check(dict(export or {}).get(exporter.name))
+        out.append(exporter.receipt(model))
+    return out
+
+
+def schema_rules() -> list[tuple[str, Rule]]:
+    """(key pattern, rule) of every registered exporter's section, for config.schema."""
+    return [(f"export.{e.name}.{key}", rule) for e in REGISTRY.values() for key, rule in e.rules.items()]
+
+
+# --- shared by the exporters ------------------------------------------------------------------------
+
+
+def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    if not paths:
+        raise UserError("export: no result files given (results/{model}/{task}.json)")
+    rows = []
+    for path in paths:
+        try:
+            row = read_json(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read the result file ({e})") from None
+        missing = [k for k in RESULT_REQUIRED if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise UserError(f"{path}: not a task result, missing {', '.join(missing)}")
+        rows.append(row)
+    specs = sorted({str(r["model"].get("spec")) for r in rows})
+    if len(specs) > 1:
+        raise UserError(f"export: the result files mix models {specs}; export one model at a time")
+    return rows
+
+
+def task_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+    """One task result's metrics as exported: `task/metric`, `task/metric_stderr`, `task/n_samples`, `task/duration_s`."""
+    task, metrics = row["task"], {}
+    for metric, score in row["metrics"].items():
+        metrics[f"{task}/{metric}"] = float(score["value"])
+        if score.get("stderr") is not None:
+            metrics[f"{task}/{metric}_stderr"] = float(score["stderr"])
+    metrics[f"{task}/n_samples"] = int(row["n_samples"])
+    metrics[f"{task}/duration_s"] = float(row["duration_s"])
+    return metrics
+
+
+def name_fields(model: Mapping[str, Any]) -> dict[str, str]:
+    spec = str(model.get("spec") or "")
+    return {
+        "model": spec.replace(":", "_"),
+        "spec": spec,
+        "name": str(model.get("name") or spec.split(":")[0]),
+        "version": str(model.get("version") or "unversioned"),
+        "digest": str(model.get("digest") or "").split(":")[-1][:12],
+        "registry": str(model.get("registry") or ""),
+    }
+
+
+def render(template: str, fields: Mapping[str, str], key: str) -> str:
+    """`template` with {field}s filled; an unknown field is a UserError naming `key`."""
+    valid = ", ".join("{" + f + "}" for f in NAME_FIELDS)
+    try:
+        used = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        unknown = [f for f in used if f not in fields]
+        if unknown:
+            raise UserError(f"{key}={template!r}: unknown placeholder {{{unknown[0]}}}; valid: {valid}")
+        return template.format_map(fields)
+    except ValueError as e:
+        raise UserError(f"{key}={template!r}: {e}; valid placeholders: {valid}") from None
+
+
+def run_id(paths: Sequence[Path]) -> str:
+    """Same results, same id: a second export of them resumes the run instead of duplicating it."""
+    h = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def first_line(e: BaseException) -> str:
+    return scrub_env_values((str(e).strip().splitlines() or [type(e).__name__])[0])
+
+
+def stage(src: Path, dest: Path, secret_names: Sequence[str]) -> Path:
+    """A copy of `src` with secret env values scrubbed (text files; others copied as they are)."""
+    data = src.read_bytes()
+    try:
+        data = scrub_env_values(data.decode("utf-8"), secret_names).encode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    return dest
+
+
+def say(dest: str, line: str, secret_names: Sequence[str]) -> None:
+    print(f"nemotron: {dest}: {scrub_env_values(line, secret_names)}", file=sys.stderr)
+
+
+def write_receipt(path: Path, receipt: dict[str, Any], secret_names: Sequence[str]) -> None:
+    write_json_atomic(Path(path), json.loads(scrub_env_values(json.dumps(receipt), secret_names)))
+
+
+def comparison_with(path: Path | None, model: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The comparison report at `path` when it compares this model (by its spec), else None."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        report = read_json(path)
+    except ValueError:
+        return None
+    specs = {m.get("spec") for m in report.get("models", []) if isinstance(m, Mapping)}
+    return report if model.get("spec") in specs and isinstance(report.get("tasks"), list) else None

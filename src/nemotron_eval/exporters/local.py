@@ -1,0 +1,81 @@
+"""Export one model's results as a table on disk: results/{model}/local.json (the receipt, with the table) and,
+with `export.local.csv: true`, results/{model}/local.csv.
+
+One row per task and metric: task, metric, value, stderr, n_samples, model (spec), version, digest. The same
+table, for every model of a run, is what `nemotron export RUN_ID --dest local --format csv` writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.exporters.base import ExportJob, Exporter, export_requested, load_results, register, write_receipt
+from nemotron_eval.io import csv_text, write_text_atomic
+
+DESTINATION = "local"
+RECEIPT_VERSION = 1
+KEYS = ("csv",)
+COLUMNS = ["task", "metric", "value", "stderr", "n_samples", "model", "version", "digest"]
+
+
+def _boolean(v: Any) -> str | None:
+    return None if v is None or isinstance(v, bool) else "true or false"
+
+
+def parse_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
+    section = dict(section or {})
+    for key, value in section.items():
+        if key not in KEYS:
+            raise UserError(f"export.local.{key}: unknown key{did_you_mean(str(key), KEYS)}; valid: {', '.join(KEYS)}")
+        problem = LocalExporter.rules[key](value)
+        if problem:
+            raise UserError(f"export.local.{key}={value!r}: {problem}")
+    return {"csv": bool(section.get("csv"))}
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """Task results -> the table's rows (COLUMNS), by task then metric as the result lists them."""
+    out = []
+    for row in sorted(rows, key=lambda r: r["task"]):
+        model = row["model"]
+        for metric, score in row["metrics"].items():
+            out.append([row["task"], metric, score.get("value"), score.get("stderr"), row.get("n_samples"),
+                        model.get("spec"), model.get("version"), model.get("digest")])
+    return out
+
+
+@register
+class LocalExporter(Exporter):
+    """The results as a JSON (and CSV) table next to them."""
+
+    name = DESTINATION
+    rules = {"csv": _boolean}
+
+    def check(self, section: Mapping[str, Any] | None) -> None:
+        parse_config(section)
+
+    def export(self, job: ExportJob) -> dict[str, Any]:
+        rows = load_results(job.results)
+        base: dict[str, Any] = {
+            "schema_version": RECEIPT_VERSION, "destination": DESTINATION, "model": rows[0]["model"].get("spec"),
+            "results": [str(p) for p in job.results], "summary": str(job.summary),
+        }
+        wanted, why = export_requested(job.auto_export, DESTINATION)
+        if not wanted:
+            out = {**base, "exported": False, "reason": why}
+            write_receipt(job.receipt, out, job.secret_names)
+            return out
+        cfg = parse_config(job.section)
+        csv_path = job.receipt.with_suffix(".csv") if cfg["csv"] or job.options.get("csv") else None
+        body = table(rows)
+        if csv_path is not None:
+            write_text_atomic(csv_path, csv_text(COLUMNS, body))
+        out = {
+            **base, "exported": True, "csv": str(csv_path) if csv_path else None, "columns": COLUMNS, "rows": body,
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_receipt(job.receipt, out, job.secret_names)
+        return out

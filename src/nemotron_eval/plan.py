@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval import cluster, embedded
+from nemotron_eval import embedded, executors
 from nemotron_eval import tasks as task_table
 from nemotron_eval.artifacts import Resolved
 from nemotron_eval.config import compile as comp
@@ -87,8 +87,9 @@ class Plan:
         run_env = self.resolved["run"].get("env") or {}
         self.execution: dict[str, Any] = self.resolved.get("execution") or {}
         self.deployment_type = str(self.merged["deployment"].get("type"))
-        self.deploy_resources = cluster.deployment_resources(self.execution)
-        self.squash_resources = cluster.squash_resources(run_env)
+        self.executor = executors.for_execution(self.execution)
+        self.deploy_resources = self.executor.deployment_resources(self.execution)
+        self.squash_resources = self.executor.squash_resources(run_env)
         image = comp.squashed_image({
             "execution": self.execution,
             "deployment": {"type": self.deployment_type, "image": self.resolved["deployment"].get("image")},
@@ -115,13 +116,9 @@ class Plan:
         return out + exporters.targets(model, self.execution.get("auto_export"), self.resolved.get("export"))
 
     def check_cluster(self) -> None:
-        """On Slurm: a GPU request larger than any node, or no account where one is required, fail before
-        anything is submitted."""
-        if self.execution.get("type") != "slurm":
-            return
-        enforce, node_gres = cluster.slurm_facts(self.execution.get("partition"))
-        cluster.check_account(self.execution.get("account"), self.request.env_profile, enforce)
-        cluster.check_gpus(self.execution.get("gres"), self.execution.get("partition"), node_gres)
+        """The executor's checks (on Slurm: a GPU request larger than any node, or no account where one is
+        required) fail before anything is submitted."""
+        self.executor.check(self.execution, self.request.env_profile)
 
     # -- one model --------------------------------------------------------------------------------------------
 

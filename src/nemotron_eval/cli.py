@@ -6,6 +6,7 @@
     nemotron logs ID [-f] [--task T]
     nemotron kill ID             cancel a run and everything it started
     nemotron fetch ID            a remote run's results
+    nemotron export ID --dest D  a finished run's results exported again (wandb, mlflow, local) without evaluating
     nemotron artifacts add|ls    the local checkpoint registry
     nemotron ls tasks            every task of the installed NeMo Evaluator Launcher
 """
@@ -90,7 +91,7 @@ Config Overrides (dotlist, applied last; +key=value adds a key):
   evaluation.nemo_evaluator_config.config.params.parallelism=16
   run.env.time=08:00:00      deployment=vllm (a config group's option)
 
-Runs: nemotron runs | status [ID] | logs ID [-f] [--task T] | kill ID | fetch ID
+Runs: nemotron runs | status [ID] | logs ID [-f] [--task T] | kill ID | fetch ID | export ID --dest D
 """
 
 
@@ -171,6 +172,14 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from nemotron_eval.exporters.rerun import export_run
+
+    for path in export_run(args.id, args.dest, args.format):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nemotron", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -192,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     fe = sub.add_parser("fetch", help="a remote run's results and task logs into this project")
     fe.add_argument("id")
     fe.set_defaults(func=_fetch)
+    from nemotron_eval.exporters.base import names as exporters
+
+    ex = sub.add_parser("export", help="a finished run's results exported again, without evaluating",
+                        description="Export a finished run's results again (as the launcher's `nel export`): each "
+                        "model's results/{model}/DEST.json receipt is rewritten; nothing is evaluated.")
+    ex.add_argument("id", help="the run's id (nemotron runs)")
+    ex.add_argument("--dest", required=True, choices=exporters(), help="where to: an exporter; its settings are the "
+                    "run's eval.yaml export.DEST section")
+    ex.add_argument("--format", choices=("json", "csv"), default="json", help="csv (with --dest local): also the run's "
+                    "table of every model, task and metric in runs/ID/export/local.csv")
+    ex.set_defaults(func=_export)
     arts = sub.add_parser("artifacts", help="the local checkpoint registry")
     arts_sub = arts.add_subparsers(dest="action", required=True)
     add = arts_sub.add_parser("add", help="register a checkpoint folder as the next version of NAME")

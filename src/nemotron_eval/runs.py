@@ -230,6 +230,16 @@ def _result(path: Path, fingerprint: str) -> str | None:
     return f"{scores} (n={result.get('n_samples')})"
 
 
+def result_files(run: Run, root: Path = Path(".")) -> dict[str, list[Path]]:
+    """Per model of a run, the result files of its tasks that its own config produced (same fingerprint)."""
+    out = {}
+    for model in run.models:
+        prints = _fingerprints(run, model)
+        found = [(task, root / layout.RESULT.format(model=model, task=task)) for task in run.tasks]
+        out[model] = [p for task, p in found if _result(p, str((prints.get(task) or {}).get("fingerprint", ""))) is not None]
+    return out
+
+
 def pid_of_live_snakemake(root: Path) -> int | None:
     """A Snakemake process running in `root` (ours or a user's), if any: its lock is not stale."""
     import psutil

@@ -1,0 +1,71 @@
+"""`nemotron export RUN_ID --dest NAME [--format json|csv]`: a finished run's results exported again, without
+evaluating (as the launcher's `nel export <id>`).
+
+The run's record (`runs/<id>/`) names its models and tasks and holds each model's eval.yaml as the run compiled
+it; the results are the run's own (`runs.result_files`: a result a later config rewrote is not this run's). Each
+model is exported by the exporter directly (no Snakemake), asked for explicitly (whatever the config's
+`execution.auto_export` says), and its receipt is results/{model}/NAME.json as the pipeline writes it. The
+summary is results/{model}/summary.json when it covers exactly these results, else one written for the export
+under runs/<id>/export/{model}/. `--format csv` (local only) also writes the run's table, every model's rows,
+to runs/<id>/export/local.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nemotron_eval.errors import UserError
+from nemotron_eval.exporters import local
+from nemotron_eval.exporters.base import get, load_results
+from nemotron_eval.io import csv_text, read_json, write_text_atomic
+
+FORMATS = ("json", "csv")
+
+
+def _summary(run_folder: Path, model: str, results: list[Path], root: Path) -> Path:
+    """The model's summary when it covers exactly `results`' tasks, else one written for this export."""
+    from nemotron_eval.results import summarize
+
+    tasks = {r["task"] for r in load_results(results)}
+    summary = root / "results" / model / "summary.json"
+    try:
+        if set(read_json(summary).get("tasks") or {}) == tasks:
+            return summary
+    except (OSError, ValueError, AttributeError):
+        pass
+    summary = run_folder / "export" / model / "summary.json"
+    summarize(results, summary, summary.with_suffix(".md"))
+    return summary
+
+
+def export_run(run_id: str, dest: str, fmt: str = "json", root: Path = Path(".")) -> list[Path]:
+    """Export run `run_id`'s results to `dest`; returns the files written (receipts, then the CSV)."""
+    from nemotron_eval import runs
+    from nemotron_eval.exporters import job_for, read_eval_config
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format={fmt!r}: valid: {', '.join(FORMATS)}")
+    exporter = get(dest)
+    if fmt == "csv" and exporter.name != local.DESTINATION:
+        raise UserError(f"--format csv: only --dest local writes a CSV table (--dest {exporter.name} exports json receipts)")
+    run = runs.load(run_id)
+    found = {model: paths for model, paths in runs.result_files(run, root).items() if paths}
+    if not found:
+        raise UserError(
+            f"run {run.id}: no results of its tasks ({', '.join(run.tasks)}) for {', '.join(run.models)} under "
+            f"{(root / 'results').resolve()}; nothing to export (state: {runs.state(run)})"
+        )
+    written, rows = [], []
+    for model, results in found.items():
+        cfg = read_eval_config(run.folder / model / "eval.yaml")
+        summary = _summary(run.folder, model, results, root)
+        receipt = root / exporter.receipt(model)
+        job = job_for(exporter.name, results, cfg, summary, receipt, auto_export={"destinations": [exporter.name]})
+        exporter.export(job)
+        written.append(receipt)
+        rows += local.table(load_results(results))
+    if fmt == "csv":
+        table = run.folder / "export" / "local.csv"
+        write_text_atomic(table, csv_text(local.COLUMNS, rows))
+        written.append(table)
+    return written

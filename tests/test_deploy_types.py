@@ -120,13 +120,17 @@ def test_several_nodes_span_the_allocation(planner, tmp_path: Path, runner: str)
 
 
 def test_instances_and_tasks_per_node(planner, tmp_path: Path) -> None:
-    two = planner("default", ["execution.num_instances=2"]).model("demo_latest").eval
+    """Refused when the plan is made, before any model is compiled; a hand-edited eval.yaml still is, when served."""
     with pytest.raises(UserError, match=r"execution.num_instances=2: this pipeline starts one deployment per model"):
-        plan_of(two, tmp_path)
+        planner("default", ["execution.num_instances=2"])
     with pytest.raises(UserError, match=r"execution.deployment.n_tasks=3"):
-        plan_of(planner("default", ["execution.num_nodes=2", "execution.deployment.n_tasks=3"]).model("demo_latest").eval, tmp_path)
+        planner("default", ["execution.num_nodes=2", "execution.deployment.n_tasks=3"])
     with pytest.raises(UserError, match=r"execution.num_instances=0: a whole number >= 1"):  # refused by the plan's schema
-        plan_of(planner("default", ["execution.num_instances=0"]).model("demo_latest").eval, tmp_path)
+        planner("default", ["execution.num_instances=0"])
+    edited = planner("default").model("demo_latest").eval
+    edited["execution"]["num_instances"] = 2
+    with pytest.raises(UserError, match=r"execution.num_instances=2: this pipeline starts one deployment per model"):
+        plan_of(edited, tmp_path)
 
 
 VLLM_CONFIG = """
@@ -167,9 +171,8 @@ def test_vllm_command_is_the_config_template(planner, tmp_path: Path, runner: st
 
 def test_vllm_on_several_nodes_is_refused(planner, tmp_path: Path) -> None:
     (tmp_path / "vllm.yaml").write_text(VLLM_CONFIG)
-    cfg = planner(str(tmp_path / "vllm.yaml"), ["execution.num_nodes=2"]).model("demo_latest").eval
-    with pytest.raises(UserError, match="deployment.type=vllm runs on one node"):
-        plan_of(cfg, tmp_path)
+    with pytest.raises(UserError, match="deployment.type=vllm runs on one node; execution.num_nodes=2"):
+        planner(str(tmp_path / "vllm.yaml"), ["execution.num_nodes=2"])
 
 
 def test_none_is_the_existing_endpoint(planner, tmp_path: Path) -> None:
@@ -226,6 +229,13 @@ def test_unknown_runner_and_type(planner, tmp_path: Path) -> None:
 
 
 def test_pyxis_needs_slurm_and_enroot_a_squashed_file(planner, tmp_path: Path) -> None:
+    """Refused by the plan; eval.yaml edited by hand into the same, by the serve step's plan."""
+    with pytest.raises(UserError, match="container_runner=pyxis needs execution.type=slurm"):
+        planner("default", ["execution.type=local"])
+    with pytest.raises(UserError, match=r"container_runner=enroot starts a squashed image; deployment.image=nvcr.io/nvidia/nemo"):
+        planner("default", ["execution.type=local", "execution.container_runner=enroot"])  # nothing squashes it here
+    on_slurm = planner("default", ["execution.container_runner=enroot"]).model("demo_latest").eval  # squashed first
+    assert on_slurm["deployment"]["image"].endswith(".sqsh")
     cfg = planner("default").model("demo_latest").eval
     cfg["execution"]["type"] = "local"
     with pytest.raises(UserError, match="container_runner=pyxis needs execution.type=slurm"):
@@ -242,3 +252,61 @@ def test_wrap_directly() -> None:
     assert container_runner_wrap("pyxis", "x.sqsh", "true", {}, [], mount_home=True) == [
         *SRUN_1, "--container-image=x.sqsh", "--container-mount-home", "bash", "-c", "true"]
     assert container_runner_wrap("none", None, "true", {}, []) == ["bash", "-c", "true"]
+
+
+PLAN_TIME = [
+    # (what, config, overrides, the one line's start): configs that could only fail once their deployment starts
+    ("local: several instances", "local", ["+execution.num_instances=2"],
+     "execution.num_instances=2: this pipeline starts one deployment per model"),
+    ("local: several nodes", "local", ["execution.num_nodes=2"],
+     "execution.num_nodes=2: the local deployment is one CPU server on one node; valid: 1"),
+    ("local: a container runner", "local", ["execution.container_runner=apptainer"],
+     "execution.container_runner=apptainer: the local deployment runs this project's CPU server on the host"),
+    ("local: pyxis", "local", ["execution.container_runner=pyxis"], "execution.container_runner=pyxis: the local deployment"),
+    ("local: no command", "local", ["deployment.command=''"], "deployment.command is required for deployment.type=local"),
+    ("generic: no image", "default", ["deployment.image=null"], "deployment.image is required for deployment.type=generic"),
+    ("none: no endpoint", "default", ["deployment.type=none"], "deployment.type=none needs target.api_endpoint.url"),
+]
+
+
+@pytest.mark.parametrize(("what", "config", "overrides", "expected"), PLAN_TIME, ids=[p[0] for p in PLAN_TIME])
+def test_refused_when_the_plan_is_made(planner, what: str, config: str, overrides: list[str], expected: str) -> None:
+    """Each deployment type's check runs when the Plan is made, before any model is resolved or file written."""
+    with pytest.raises(UserError) as e:
+        planner(config, overrides)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value)
+    assert not Path("build").exists()
+
+
+def test_a_task_the_local_server_cannot_serve_is_refused_per_evaluation(planner) -> None:
+    """Known per evaluation: a chat task, then a checkpoint without config, tokenizer or weights (this one)."""
+    with pytest.raises(UserError, match="task 'ifeval' needs a chat endpoint"):
+        planner("local", ["evaluation.tasks=[{name: ifeval}]"]).evaluation("demo_latest", "ifeval")
+    with pytest.raises(UserError, match=r"checkpoint .*ckpt/demo: no config \(config.json\)"):
+        planner("local").evaluation("demo_latest", "hellaswag")
+    assert planner("default").evaluation("demo_latest", "hellaswag")["name"] == "hellaswag"  # a vllm image reads it
+
+
+def test_each_type_brings_its_rules_and_settings_that_do_not_score() -> None:
+    """The registry names every type; each has a config group file; the local type closes its section."""
+    configs = Path(__file__).parent.parent / "configs" / "deployment"
+    for kind in types.TYPES:
+        assert (configs / f"{kind}.yaml").is_file(), kind
+        assert types.get(kind).name == kind and types.get(kind) is types.get(kind)
+    assert types.get("local").closed["deployment"][1] == types.get("local").keys and types.get("vllm").closed == {}
+    assert "served_model_name" in types.get("vllm").not_scoring and "served_model_name" not in types.get("none").not_scoring
+
+
+def test_the_cli_refuses_before_anything_runs(tmp_path: Path) -> None:
+    """`nemotron eval -d execution.num_instances=2` (the local deployment, whose execution has no such key) and
+    `+execution.num_instances=2` (adding it): one line naming the key, nothing written."""
+    from conftest import copy_workflow, error_line
+
+    work = copy_workflow(tmp_path)
+    for override, expected in (
+        ("execution.num_instances=2", "unknown key 'execution.num_instances'"),
+        ("+execution.num_instances=2", "execution.num_instances=2: this pipeline starts one deployment per model"),
+    ):
+        proc = nemotron(work, "eval", "-d", override)
+        assert proc.returncode != 0 and expected in error_line(proc)
+        assert not any((work / d).exists() for d in ("build", "results", "runs"))

@@ -68,13 +68,20 @@ def eval_cfg(runner: str = "pyxis", *, type_: str = "slurm", image: str = "nvcr.
 
 
 def test_needs_squash() -> None:
-    assert needs_squash(eval_cfg("pyxis")) and needs_squash(eval_cfg("enroot")) and needs_squash(eval_cfg(dep="vllm"))
-    assert not needs_squash(eval_cfg("apptainer"))
-    assert not needs_squash(eval_cfg("none"))
-    assert not needs_squash(eval_cfg(type_="local", runner="enroot"))
-    assert not needs_squash(eval_cfg(dep="local"))
-    assert not needs_squash(eval_cfg(image="/shared/images/nemo.sqsh"))  # already a file
-    assert not needs_squash({"execution": {"type": "slurm", "container_runner": "pyxis"}, "deployment": {"type": "none"}})
+    """images asks the caller whether the deployment starts its image; the deployment type knows (runs_image)."""
+    from nemotron_eval.deploy import types
+
+    def squashed(cfg: dict) -> bool:
+        return needs_squash(cfg, runs_image=types.get(cfg["deployment"]["type"]).runs_image)
+
+    assert squashed(eval_cfg("pyxis")) and squashed(eval_cfg("enroot")) and squashed(eval_cfg(dep="vllm"))
+    assert not squashed(eval_cfg("apptainer"))
+    assert not squashed(eval_cfg("none"))
+    assert not squashed(eval_cfg(type_="local", runner="enroot"))
+    assert not squashed(eval_cfg(dep="local"))
+    assert not squashed(eval_cfg(image="/shared/images/nemo.sqsh"))  # already a file
+    assert not squashed({"execution": {"type": "slurm", "container_runner": "pyxis"}, "deployment": {"type": "none"}})
+    assert not needs_squash(eval_cfg("pyxis"), runs_image=False)
 
 
 def fake_enroot(tmp_path: Path, *, fail: str | None = None) -> Path:

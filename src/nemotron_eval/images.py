@@ -71,13 +71,6 @@ def parse_image(image: str) -> ImageRef:
     return ImageRef(registry, repository, tag or None, digest or None)
 
 
-def _runs_image(kind: Any) -> bool:
-    """Whether a deployment type starts deployment.image (the registry of deployment types says)."""
-    from nemotron_eval.deploy.types import TYPES
-
-    return kind in TYPES and TYPES[kind].runs_image
-
-
 def enroot_uri(image: str) -> str:
     """enroot's URI for an image: docker://[REGISTRY#]REPOSITORY:TAG.
 
@@ -96,9 +89,10 @@ def sqsh_name(image: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name) + ".sqsh"
 
 
-def needs_squash(eval_cfg: Mapping[str, Any]) -> bool:
+def needs_squash(eval_cfg: Mapping[str, Any], *, runs_image: bool) -> bool:
     """True when the deployment runs a registry image through pyxis or enroot on an executor that squashes
-    images (Slurm)."""
+    images (Slurm). `runs_image`: whether the deployment's type starts deployment.image (the caller asks its
+    type, `deploy.types.get(kind).runs_image`)."""
     from nemotron_eval.executors import for_execution
 
     execution = eval_cfg.get("execution") or {}
@@ -107,7 +101,7 @@ def needs_squash(eval_cfg: Mapping[str, Any]) -> bool:
     return (
         for_execution(execution).squashes_images
         and execution.get("container_runner") in SQUASHED_RUNNERS
-        and _runs_image(dep.get("type"))
+        and runs_image
         and isinstance(image, str)
         and bool(image)
         and not is_image_file(image)

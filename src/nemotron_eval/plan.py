@@ -24,6 +24,7 @@ from nemotron_eval.config import compile as comp
 from nemotron_eval.config import schema
 from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
 from nemotron_eval.data import stage
+from nemotron_eval.deploy import types as deploy_types
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import dump_yaml, sha256_bytes
 from nemotron_eval.request import Request
@@ -77,7 +78,9 @@ class Plan:
         self.merged_text = dump_yaml(self.merged)
         # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.
         self.resolved = resolve_pending(self.merged)
-        schema.check(self.resolved, self.merged, pending=True)
+        self.deployment = deploy_types.get(self.merged["deployment"].get("type"))  # checked by compose
+        schema.check(self.resolved, self.merged, pending=True, rules=self.deployment.rules, closed=self.deployment.closed)
+        self.deployment.check(self.resolved)  # what is known before any model (its execution, its endpoint, ...)
         self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
         self.tasks = [task_table.resolve(e["name"]) for e in self.merged["evaluation"]["tasks"]]
         self.task_names = [t.short for t in self.tasks]
@@ -128,7 +131,9 @@ class Plan:
         artifact = comp.resolve_model(self.merged, spec)
         resolved = comp.resolve_artifacts(self.merged, spec, artifact)
         job, eval_cfg = comp.compile_job(resolved, self.tasks)
-        schema.check(job, self.merged)  # now with the checkpoint path and the profile's mounts
+        # now with the checkpoint path, the profile's mounts and the image the runner starts
+        schema.check(job, self.merged, rules=self.deployment.rules, closed=self.deployment.closed)
+        self.deployment.check(eval_cfg)
         return ModelPlan(
             wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
             resolved_text=dump_yaml(resolved), job_text=dump_yaml(job), eval_text=dump_yaml(eval_cfg),
@@ -136,20 +141,12 @@ class Plan:
         )
 
     def evaluation(self, wildcard: str, short: str) -> dict[str, Any]:
-        """A task of a model as its evaluation job sees it (name, staged or not, fingerprint); a checkpoint the
-        local CPU deployment cannot serve (no tokenizer, ...) is refused here, before anything starts."""
+        """A task of a model as its evaluation job sees it (name, staged or not, fingerprint); a task or a
+        checkpoint the deployment cannot serve (the local CPU server: a chat task, no tokenizer, ...) is refused
+        here, before anything starts."""
         mp = self.model(wildcard)
         task = self.task(short)
-        if self.deployment_type == "local":
-            if task.endpoint_type != "completions":
-                raise UserError(
-                    f"task {task.short!r} needs a {task.endpoint_type} endpoint; the local CPU deployment serves "
-                    "/v1/completions only (use a vllm or generic deployment, or an existing endpoint)"
-                )
-            if mp.artifact.registry != "embedded":
-                from nemotron_eval.model import check_checkpoint
-
-                check_checkpoint(mp.artifact.path)
+        self.deployment.check_task(task, None if mp.artifact.registry == "embedded" else Path(mp.artifact.path))
         return mp.tasks[short]
 
     def task(self, short: str) -> task_table.Task:

@@ -6,7 +6,7 @@ task takes one of N slots before it starts its harness: an exclusive lock on one
 The locks are the kernel's (flock): a killed task's slot is free at once, nothing is left to clean up.
 
 N is `run.tasks_at_once` when set, else what the deployment type says for this machine's cores (a GPU deployment:
-all tasks at once; the CPU server: see `deploy.types.Local.tasks_at_once`).
+all tasks at once; the CPU server: see `deploy.local.Local.tasks_at_once`).
 """
 
 from __future__ import annotations

@@ -190,7 +190,6 @@ def evaluate(
     from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
     from nemotron_eval.evaluate.harness import HarnessAborted, run_harness
     from nemotron_eval.evaluate.output import HarnessError, parse_harness_output
-    from nemotron_eval.model import check_checkpoint
 
     if str(endpoint_file) == "-":
         raise UserError(
@@ -210,8 +209,9 @@ def evaluate(
     extra = dict(params.get("extra") or {})
     tokenizer = Path(str(extra.pop("tokenizer", None) or cfg["deployment"]["checkpoint_path"]))
     params = {**params, "extra": extra}
-    if cfg["deployment"]["type"] == "local":
-        check_checkpoint(tokenizer)
+    # what the deployment needs of the task and of the folder the harness tokenizes with (the local server:
+    # a loadable checkpoint), checked again where the step runs
+    types.get(cfg["deployment"]["type"]).check_task(task, tokenizer)
     manifest = read_manifest(staged_dir) if staged_dir is not None else None
     # the deployment's own readiness timeout, and a minute for its step to start
     timeout = types.get(cfg["deployment"]["type"]).readiness_timeout(cfg["deployment"]) + 60

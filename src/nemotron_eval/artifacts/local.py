@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
-from nemotron_eval.config.schema import checkpoint_path
+from nemotron_eval.config.validators import checkpoint_path
 from nemotron_eval.errors import UserError, did_you_mean
 from nemotron_eval.io import sha256_tree, stat_fingerprint, write_json_atomic
 from nemotron_eval.safeload import load_json

@@ -106,9 +106,10 @@ class Image:
 
 def squashed_image(cfg: dict[str, Any], images_dir: Path = IMAGES_DIR) -> Image | None:
     """The image the deployment of a resolved config runs squashed (Slurm with pyxis or enroot), or None."""
+    from nemotron_eval.deploy.types import get
     from nemotron_eval.images import needs_squash, sqsh_name
 
-    if not needs_squash(cfg):
+    if not needs_squash(cfg, runs_image=get(cfg["deployment"]["type"]).runs_image):
         return None
     reference = str(cfg["deployment"]["image"])
     name = sqsh_name(reference)
@@ -148,9 +149,8 @@ def _add_profile_mounts(job: dict[str, Any]) -> None:
             mounts[section].setdefault(src, dst)
 
 
-# Settings that change how a task is served or sent, never what it scores: where the server listens, how long
-# to wait for it, its name, the cache size, and the harness's request concurrency, timeout and retries.
-NOT_SCORING_DEPLOYMENT = ("host", "port", "readiness_timeout_s", "health_check_path", "endpoints", "prefix_cache_mb")
+# Settings that change how a task is sent, never what it scores: the harness's request concurrency, timeout and
+# retries (the deployment's own, where it listens, how long to wait for it, ...: its type's `not_scoring`).
 NOT_SCORING_PARAMS = ("parallelism", "request_timeout", "max_retries")
 MASKED = "<not scoring>"
 
@@ -158,13 +158,14 @@ MASKED = "<not scoring>"
 def _mask_not_scoring(cfg: dict[str, Any]) -> dict[str, Any]:
     """A copy of the config with the settings that cannot change a score replaced by one placeholder, before
     interpolation: a deployment command that writes `--port ${deployment.port}` does not change with the port.
-    The served model name is one of them where this pipeline deploys the model; against an existing endpoint
-    (`none`) it picks the model and counts."""
+    The deployment's are its type's (`deploy.types.Deployment.not_scoring`): the served model name is one of them
+    where this pipeline deploys the model; against an existing endpoint (`none`) it picks the model and counts."""
+    from nemotron_eval.deploy.types import get
+
     masked = copy.deepcopy(cfg)
     deployment = masked.get("deployment")
     if isinstance(deployment, dict):
-        names = NOT_SCORING_DEPLOYMENT + (("served_model_name",) if deployment.get("type") != "none" else ())
-        for key in names:
+        for key in get(deployment.get("type")).not_scoring:
             if key in deployment:
                 deployment[key] = MASKED
     evaluation = masked.get("evaluation") or {}

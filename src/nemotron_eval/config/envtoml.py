@@ -70,7 +70,7 @@ SETTINGS_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 def check_tables(tables: dict[str, Any], where: Path) -> None:
     """What the pipeline reads from env.toml has the type it needs, and no secret is written in it."""
-    from nemotron_eval.config import schema
+    from nemotron_eval.config import validators
     from nemotron_eval.secrets import BY_NAME, literal_secret
 
     secret = literal_secret(tables)
@@ -90,14 +90,14 @@ def check_tables(tables: dict[str, Any], where: Path) -> None:
         if "extends" in value and not isinstance(value["extends"], str):
             raise UserError(f"{where}: [{name}] extends = {value['extends']!r} must be the name of another profile, in quotes")
         mounts = value.get("mounts")
-        if mounts is not None and (not isinstance(mounts, list) or any(schema.mount_entry(m) for m in mounts)):
+        if mounts is not None and (not isinstance(mounts, list) or any(validators.mount_entry(m) for m in mounts)):
             raise UserError(
-                f"{where}: [{name}] mounts = {mounts!r} must be a list of {schema.mount_entry(None)}, "
+                f"{where}: [{name}] mounts = {mounts!r} must be a list of {validators.mount_entry(None)}, "
                 'e.g. mounts = ["/lustre:/lustre"]'
             )
         for key in ("time", "build_time"):
-            if key in value and schema.walltime(value[key]):
-                raise UserError(f"{where}: [{name}] {key} = {value[key]!r}: {schema.walltime(value[key])}")
+            if key in value and validators.walltime(value[key]):
+                raise UserError(f"{where}: [{name}] {key} = {value[key]!r}: {validators.walltime(value[key])}")
 
 
 def _resolve(env: EnvFile, name: str, chain: list[str]) -> dict[str, Any]:

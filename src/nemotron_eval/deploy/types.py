@@ -1,11 +1,11 @@
-"""Deployment types: one class each (`local`, `generic`, `vllm`, `none`), all with the same four steps.
+"""Deployment types: one class each (`local`, `generic`, `vllm`, `none`), the one place that knows its kind.
 
-    plan(eval_cfg, runtime)   what runs, where it answers, which environment it gets (nothing is started)
-    start(plan, log_file)     the process (None when nothing runs: `none`)
-    wait_ready(plan, process) the endpoint once it answers (None when stopped first)
-    stop(process)             the process and everything it started
+`TYPES` is the registry: `deployment.type` in a config names one of its keys, whose value is the class
+("module:Class", imported when first asked for; `get(kind)` gives its one instance). The interface is
+`Deployment`'s (its docstring). Adding a type: its class (a module of its own, deploy/<name>.py), one line in
+`TYPES`, its config group file configs/deployment/<name>.yaml, its tests.
 
-`TYPES` is the registry; `deployment.type` in a config names one of its keys. The process work is done by
+The process work is done by
 `deploy.process` (one start, one liveness check, one stop, one wait loop); the container runners by
 `deploy.runners`. Commands come from eval.yaml: `deployment.command` is a template in the config
 (`configs/deployment/*.yaml`, as NeMo Evaluator Launcher's are), resolved when eval.yaml is compiled; eval.yaml's
@@ -18,24 +18,27 @@ environment). No secret value is ever part of a plan: secrets are names.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
-import shlex
 import subprocess
-import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nemotron_eval import executors, layout
 from nemotron_eval.deploy import process as proc
+from nemotron_eval.config.validators import Rule, integer, text
 from nemotron_eval.deploy.runners import check_runner, container_runner_wrap, unescape_dollars
 from nemotron_eval.errors import UserError, did_you_mean
 
+if TYPE_CHECKING:
+    from nemotron_eval.tasks import Task
+
 CHECKPOINT_MOUNT = "/checkpoint"
 HOST = "{host}"  # placeholder in a plan's URLs for the node the serve step resolves at run time
-TASKS_PER_CORE = 1.0  # the CPU server's tasks at once per core (Local.tasks_at_once)
 PASS_THROUGH = ("HF_TOKEN",)  # host variables handed to a deployment by name whenever they are set
 
 
@@ -139,11 +142,49 @@ def environment(eval_cfg: Mapping[str, Any], environ: Mapping[str, str]) -> tupl
 
 
 class Deployment:
-    """A deployment type. Subclasses say how to plan; starting, waiting and stopping are shared."""
+    """A deployment type. Subclasses say what they check and how to plan; starting, waiting and stopping are shared.
 
-    name: ClassVar[str]
-    runs_image: ClassVar[bool] = False  # whether deployment.image is started (and squashed for pyxis/enroot)
+    At plan time (the Plan, before anything is written or submitted; nothing here starts anything):
+        rules                      (key pattern, rule) pairs for its own keys, applied by config.schema.check
+        keys                       the closed key set of `deployment` (None: open, NeMo Evaluator Launcher's)
+        not_scoring                `deployment` keys that change how the model is served, never a score
+        runs_image                 whether deployment.image is started (and squashed for pyxis/enroot)
+        check(cfg)                 what would fail only once the deployment starts, as one UserError line; cfg:
+                                   the config before any model (`${art:...}` values pending), then each eval.yaml
+        check_task(task, ckpt)     what one evaluated task needs of it and of the checkpoint it serves
+    In the serve step:
+        plan(eval_cfg, runtime)    what runs, where it answers, which environment it gets (calls check first)
+        start(plan, log_file)      the process (None when nothing runs: `none`)
+        wait_ready(plan, process)  the endpoint once it answers (None when stopped first)
+        stop(process)              the process and everything it started
+    In the evaluation steps: readiness_timeout(dep), tasks_at_once(cores).
+    """
+
+    runs_image: ClassVar[bool] = False
     readiness_default_s: ClassVar[float] = 3600  # deployment.readiness_timeout_s when the config says none
+    rules: ClassVar[tuple[tuple[str, Rule], ...]] = (
+        ("deployment.port", integer(1, 65535)),
+        ("deployment.command", text(None, "a command line", null=False)),
+    )
+    keys: ClassVar[tuple[str, ...] | None] = None
+    not_scoring: ClassVar[tuple[str, ...]] = (
+        "host", "port", "readiness_timeout_s", "health_check_path", "endpoints", "served_model_name",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # its key in TYPES
+
+    @property
+    def closed(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """The sections it closes, as config.schema.check takes them."""
+        return {"deployment": (f"the {self.name} deployment", self.keys)} if self.keys else {}
+
+    def check(self, cfg: Mapping[str, Any]) -> None:
+        """Raise a UserError (one line: the key, the value, what is valid) for what cannot run."""
+
+    def check_task(self, task: Task, checkpoint: Path | None) -> None:
+        """Raise a UserError when it cannot serve `task`, or the checkpoint it serves (None: an embedded one,
+        made by the pipeline); called for each evaluation the plan is asked for."""
 
     def readiness_timeout(self, dep: Mapping[str, Any]) -> float:
         return float(dep.get("readiness_timeout_s") or self.readiness_default_s)
@@ -180,57 +221,33 @@ class Deployment:
             proc.stop(process)
 
 
-class Local(Deployment):
-    """The project's CPU server (`python -m nemotron_eval.deploy.server`) on this host; `deployment.command` is its
-    command line, to which the serve step adds where to write its address and statistics."""
-
-    name = "local"
-    readiness_default_s = 300
-
-    def tasks_at_once(self, cores: int) -> int | None:
-        """The server shares the cores with the harnesses: TASKS_PER_CORE tasks per core (measured in bench/)."""
-        return max(1, int(cores * TASKS_PER_CORE))
-
-    def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
-        dep = eval_cfg.get("deployment") or {}
-        argv = shlex.split(_required(dep, "command"))
-        if argv and argv[0] == "python":
-            argv[0] = sys.executable  # the server runs with this environment's interpreter
-        argv += ["--endpoint-file", str(runtime.server_endpoint_file), "--deployment-id", runtime.deployment_id,
-                 "--stats-file", str(runtime.stats_file)]
-        plain, from_host, names = environment(eval_cfg, runtime.environ)
-        host, port = str(dep.get("host") or "127.0.0.1"), int(dep.get("port") or 0)
-        return DeploymentPlan(
-            type=self.name, argv=argv, model_id=str(dep.get("served_model_name") or "model"),
-            base_url=f"http://{host}:{port}",  # port 0: the server picks one and writes it to its endpoint file
-            health_path="/health", completions_path="/v1/completions",
-            readiness_timeout_s=self.readiness_timeout(dep), host=host, port=port,
-            env=plain, env_from_host=from_host, env_names=names,
-        )
-
-    def wait_ready(
-        self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
-        stop: threading.Event,
-    ) -> dict[str, Any] | None:
-        assert process is not None
-        endpoint_file = runtime.server_endpoint_file
-
-        def ready() -> dict[str, Any] | None:
-            info = read_endpoint(endpoint_file)
-            if info is not None and info.get("pid") == process.pid and is_healthy(info["health_url"]):
-                return info
-            return None
-
-        return proc.wait_until(ready, exited=process.poll, timeout_s=plan.readiness_timeout_s, log_file=log_file,
-                               what="the model server", stop=stop, poll_s=0.2, timeout_key="deployment.readiness_timeout_s")
-
-
 class Generic(Deployment):
     """A command in the deployment's image (`deployment.command`, the checkpoint mounted at /checkpoint), run by
     the container runner, through srun on Slurm when it spans nodes or instances."""
 
-    name = "generic"
     runs_image = True
+
+    def check(self, cfg: Mapping[str, Any]) -> None:
+        """The runner this executor can start, the image it needs (a squashed file for enroot, unless the squash
+        job makes one), one instance, the checkpoint to mount, the command, its tasks spread over the nodes."""
+        from nemotron_eval.images import needs_squash
+
+        dep = cfg.get("deployment") or {}
+        execution = cfg.get("execution") or {}
+        _required(dep, "command")
+        runner = check_runner(str(execution.get("container_runner") or "none"))
+        executors.for_execution(execution).check_runner(runner, execution.get("type"))
+        image = None if runner == "none" else _required(dep, "image")
+        # before compiling, a registry image the squash job will make a file of is fine; eval.yaml names the file
+        # (and its `source_image`) or the image as the user gave it
+        squashed_later = needs_squash(cfg, runs_image=True) and "source_image" not in dep
+        if runner == "enroot" and not str(image).endswith(".sqsh") and not squashed_later:
+            raise UserError(f"execution.container_runner=enroot starts a squashed image; deployment.image={image} is not "
+                            "a .sqsh file (a registry image is squashed for execution.type=slurm)")
+        if runner != "none":
+            _required(dep, "checkpoint_path")
+        one_instance(execution)
+        _tasks_per_node(execution, _positive(execution, "num_nodes"))
 
     def command(self, dep: Mapping[str, Any], execution: Mapping[str, Any]) -> str:
         return unescape_dollars(_required(dep, "command"))
@@ -238,18 +255,11 @@ class Generic(Deployment):
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         dep = eval_cfg.get("deployment") or {}
         execution = eval_cfg.get("execution") or {}
-        runner = check_runner(str(execution.get("container_runner") or "none"))
+        self.check(eval_cfg)
+        runner = str(execution.get("container_runner") or "none")
         executor = executors.for_execution(execution)
-        executor.check_runner(runner, execution.get("type"))
         image = None if runner == "none" else _required(dep, "image")
-        if runner == "enroot" and not str(image).endswith(".sqsh"):
-            raise UserError(f"execution.container_runner=enroot starts a squashed image; deployment.image={image} is not a .sqsh file")
         nodes = _positive(execution, "num_nodes")
-        if _positive(execution, "num_instances") > 1:
-            raise UserError(
-                f"execution.num_instances={execution['num_instances']}: this pipeline starts one deployment per model "
-                "(NeMo Evaluator Launcher's several instances behind a proxy are not supported); set it to 1"
-            )
         plain, from_host, names = environment(eval_cfg, runtime.environ)
         image = _runner_image(runner, image)
         argv = container_runner_wrap(
@@ -281,56 +291,33 @@ class Generic(Deployment):
 class Vllm(Generic):
     """vLLM's OpenAI server in its image: `deployment.command` is the template of configs/deployment/vllm.yaml."""
 
-    name = "vllm"
-
-    def command(self, dep: Mapping[str, Any], execution: Mapping[str, Any]) -> str:
-        nodes = _positive(execution, "num_nodes")
+    def check(self, cfg: Mapping[str, Any]) -> None:
+        super().check(cfg)
+        nodes = _positive(cfg.get("execution") or {}, "num_nodes")
         if nodes > 1:
             raise UserError(
                 f"deployment.type=vllm runs on one node; execution.num_nodes={nodes} needs a generic deployment "
                 "whose command starts the multi-node server (e.g. with Ray)"
             )
-        return super().command(dep, execution)
 
 
-class Existing(Deployment):
-    """No deployment: an endpoint that already runs (`target.api_endpoint.url`); its key is read from the
-    environment variable `target.api_endpoint.api_key_name` names."""
-
-    name = "none"
-    readiness_default_s = 0
-
-    def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
-        api = (eval_cfg.get("target") or {}).get("api_endpoint") or {}
-        url = str(api.get("url") or "").rstrip("/")
-        if not url or url == "???":
-            raise UserError("deployment.type=none needs target.api_endpoint.url (e.g. https://host/v1/completions)")
-        if not api.get("model_id") or api.get("model_id") == "???":
-            raise UserError("deployment.type=none needs target.api_endpoint.model_id (the served model's name)")
-        # the URL is the completions endpoint itself (as the launcher takes it); its server's root serves /health
-        base = url.removesuffix("/completions").removesuffix("/v1")
-        return DeploymentPlan(
-            type=self.name, argv=[], model_id=str(api["model_id"]), base_url=base, health_path="/health",
-            completions_path=url[len(base):], readiness_timeout_s=0, api_key_name=api.get("api_key_name") or None,
-        )
-
-    def start(self, plan: DeploymentPlan, log_file: Path, runtime: Runtime) -> subprocess.Popen[bytes] | None:
-        return None
-
-    def wait_ready(
-        self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
-        stop: threading.Event,
-    ) -> dict[str, Any] | None:
-        return {**plan.urls(), "model_id": plan.model_id, "api_key_name": plan.api_key_name, "pid": None}
+TYPES: dict[str, str] = {
+    "local": "nemotron_eval.deploy.local:Local",
+    "generic": "nemotron_eval.deploy.types:Generic",
+    "vllm": "nemotron_eval.deploy.types:Vllm",
+    "none": "nemotron_eval.deploy.endpoint:Existing",
+    "stub": "nemotron_eval.deploy.stub:Stub",
+}
 
 
-TYPES: dict[str, Deployment] = {d.name: d for d in (Local(), Generic(), Vllm(), Existing())}
-
-
+@functools.cache
 def get(kind: Any) -> Deployment:
+    """The deployment type `kind` (its one instance); one UserError line naming the valid ones otherwise."""
     if kind not in TYPES:
         raise UserError(f"deployment.type={kind!r}: unknown; valid: {', '.join(TYPES)}{did_you_mean(str(kind), TYPES)}")
-    return TYPES[kind]
+    module, _, cls = TYPES[kind].partition(":")
+    deployment: Deployment = getattr(importlib.import_module(module), cls)(kind)
+    return deployment
 
 
 # --- shared helpers ------------------------------------------------------------------------------------------
@@ -343,6 +330,15 @@ def _positive(execution: Mapping[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"execution.{key}={value!r}: must be a whole number of at least 1")
     return value
+
+
+def one_instance(execution: Mapping[str, Any]) -> None:
+    """execution.num_instances above 1 is refused: one deployment per model."""
+    if _positive(execution, "num_instances") > 1:
+        raise UserError(
+            f"execution.num_instances={execution['num_instances']}: this pipeline starts one deployment per model "
+            "(NeMo Evaluator Launcher's several instances behind a proxy are not supported); valid: 1"
+        )
 
 
 def _tasks_per_node(execution: Mapping[str, Any], nodes: int) -> int:

@@ -24,7 +24,8 @@ from test_export_wandb import MODEL, TASKS, clean_env, result_paths, workdir
 
 def config(destinations: list[str], local: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"execution": {"auto_export": {"enabled": True, "destinations": destinations}},
-            "export": {"local": local or {}, "mlflow": {"experiment_name": "again"}}}
+            "export": {"local": local or {}, "mlflow": {"experiment_name": "again"},
+                       "wandb": {"entity": "nemotron-team", "project": "evals"}}}
 
 
 def expected_rows(work: Path) -> list[list[Any]]:
@@ -109,6 +110,17 @@ def test_nemotron_export_to_mlflow_and_only_the_runs_own_results(tmp_path: Path)
     run = MlflowClient(tracking_uri=receipt["tracking_uri"]).get_run(receipt["run_id"])
     assert "openbookqa/acc" in run.data.metrics and not any(k.startswith("hellaswag/") for k in run.data.metrics)
     assert hellaswag["task"] == "hellaswag"
+
+
+def test_nemotron_export_to_wandb_offline(tmp_path: Path) -> None:
+    """No W&B credentials here: the export runs offline, as the pipeline's does."""
+    work = workdir(tmp_path)
+    run_id = make_run(work)
+    proc = nemotron(work, "export", run_id, "--dest", "wandb")
+    assert proc.returncode == 0, proc.stderr
+    receipt = json.loads((work / "results" / MODEL / "wandb.json").read_text())
+    assert receipt["exported"] is True and receipt["mode"] == "offline" and receipt["project"] == "evals"
+    assert {f"results/{t}.json" for t in TASKS} <= set(receipt["logged"]["artifact"]["files"])
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from nemotron_eval import layout, smk
+from nemotron_eval import layout, smk, snakemake_adapter
 from nemotron_eval import workflow as wf
 from nemotron_eval.embedded import EMBEDDED
 from nemotron_eval.plan import plan_for
@@ -26,14 +26,14 @@ envvars:
 
 SEARCH_PATH = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), SEARCH_PATH])
-REQUEST = smk.or_exit(from_config, config, workflow.config_settings.config)
+REQUEST = smk.or_exit(from_config, config, snakemake_adapter.given_config(workflow))
 PLAN = smk.or_exit(plan_for, REQUEST, Path(workflow.basedir) / "configs")
-if workflow.config_settings.config:
+if snakemake_adapter.given_config(workflow):
     # Jobs Snakemake starts by re-invoking itself through a shell get the request as a file, not as values;
     # written only once the plan accepted it (a refused request, a secret among them, leaves no file).
-    workflow.config_settings.config_args = f"request={smk.or_exit(persist, REQUEST)}"
+    snakemake_adapter.hand_jobs_a_request(workflow, f"request={smk.or_exit(persist, REQUEST)}")
 smk.or_exit(PLAN.check_cluster)
-if workflow.is_main_process:
+if snakemake_adapter.is_main_process(workflow):
     smk.hint_after_a_kill()
 
 
@@ -44,6 +44,7 @@ wildcard_constraints:
 
 
 def model_plan(wildcards):
+    smk.check_rerun_triggers(workflow)  # the DAG is being built: nothing has run yet
     return smk.or_exit(PLAN.model, wildcards.model)
 
 
@@ -59,12 +60,16 @@ def evaluation_inputs(wildcards):
     count as ancient(): a rewrite that leaves the task's own settings alone (export, cluster) reruns nothing; the
     task's fingerprint file decides. The endpoint (a service) is declared only while the evaluation is due: else
     the deployment started for another task of the model would make Snakemake run this one again too."""
+    smk.check_rerun_triggers(workflow)
     model, task = wildcards.model, wildcards.task
     configs = {"eval": layout.EVAL.format(model=model), "job": layout.JOB.format(model=model)}
     endpoint = {"endpoint": layout.ENDPOINT.format(model=model)}
-    if not Path(layout.RESULT.format(model=model, task=task)).exists():
+    done = Path(layout.RESULT.format(model=model, task=task)).exists()
+    due = not done or smk.or_exit(smk.evaluation_due, PLAN, model, task, workflow)
+    if due:
+        smk.check_cores(workflow)  # the deployment and this task run together
+    if not done:
         return {**configs, **endpoint}
-    due = smk.or_exit(smk.evaluation_due, PLAN, model, task, workflow)
     return {**{k: ancient(v) for k, v in configs.items()}, **(endpoint if due else {})}
 
 

@@ -10,10 +10,18 @@ from typing import Any, NoReturn, TypeVar
 import jsonschema
 import yaml
 
+from nemotron_eval import snakemake_adapter as snakemake
 from nemotron_eval.errors import PREFIX, UserError
 
 T = TypeVar("T")
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
+# What the pipeline's reruns need of Snakemake's rerun triggers. profiles/default, the workflow profile Snakemake
+# reads for every invocation in this folder (with or without --profile), sets mtime, params and software-env.
+# params: each step's params are digests of the plan, so a changed setting reruns what it changes. Not code:
+# editing a rule reruns no evaluation. Not input: an evaluation declares its deployment only while it is due
+# (`evaluation_due`), so its set of inputs changes without any reason to rerun it.
+RERUN_TRIGGERS_NEEDED = frozenset({"mtime", "params"})
+RERUN_TRIGGERS_REFUSED = frozenset({"code", "input"})
 
 
 def fail(message: str) -> NoReturn:
@@ -50,7 +58,8 @@ def validate_config(config: dict[str, Any]) -> None:
         valid = ", ".join(schema["properties"])
         fail(f"Snakemake config: {e.message}; valid keys: {valid}")
     if e.validator == "required":
-        fail(f"Snakemake config: {e.message} (set it in the profile or with --config)")
+        fail(f"Snakemake config: {e.message}: run with --profile profiles/local (this machine) or --profile "
+             "profiles/slurm (a cluster), whose config file sets it, or give it with --config")
     fail(f"Snakemake config key {key!r}: {e.message}")
 
 
@@ -66,19 +75,17 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
 
     from nemotron_eval import layout
 
-    settings = workflow.dag_settings
-    if settings.forceall or settings.forcetargets or settings.forcerun or settings.target_jobs:
+    if snakemake.forced(workflow):
         return True
     result = Path(layout.RESULT.format(model=model, task=task))
     fingerprint = Path(layout.TASK_FINGERPRINT.format(model=model, task=task))
     try:
         recorded = json.loads(fingerprint.read_text())["fingerprint"]
         done_at, fingerprinted_at = result.stat().st_mtime, fingerprint.stat().st_mtime
-        # Snakemake's record of the result, keyed by its path (no public API takes a plain path)
-        persistence, key = workflow.persistence, str(result)
-        if not persistence._read_record(key) or persistence._filter_incomplete_keys([key]):
+        if not snakemake.completed_record(workflow, str(result)):
             return True
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):  # a changed Snakemake
+        # internal too (tests/test_snakemake_adapter.py names it): due, the safe side
         return True
     if recorded != plan.evaluation(model, task)["fingerprint"] or fingerprinted_at > done_at:
         return True
@@ -90,6 +97,28 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
     staged_at = [p.stat().st_mtime for p in (staged, *staged.rglob("*"))]
     sources = [os.stat(f).st_mtime for f in plan.mirror_files(task) if os.path.exists(f)]
     return max(staged_at) > done_at or max(sources, default=0.0) > min(staged_at)
+
+
+def check_rerun_triggers(workflow: Any) -> None:
+    """Refuse, in one line and before anything runs, a run whose rerun triggers would rerun evaluations for no
+    reason or miss a changed setting (`--workflow-profile none` without --profile, or --rerun-triggers)."""
+    if not snakemake.is_main_process(workflow):
+        return
+    active = snakemake.rerun_triggers(workflow)
+    if RERUN_TRIGGERS_NEEDED <= active and not active & RERUN_TRIGGERS_REFUSED:
+        return
+    fail(f"Snakemake's rerun triggers here are {' '.join(sorted(active))}; this pipeline needs "
+         f"{' and '.join(sorted(RERUN_TRIGGERS_NEEDED))} and none of {' or '.join(sorted(RERUN_TRIGGERS_REFUSED))}: "
+         "run it with --profile profiles/local (or profiles/slurm), without --workflow-profile none or "
+         "--rerun-triggers (profiles/default sets them)")
+
+
+def check_cores(workflow: Any) -> None:
+    """Refuse, in one line, a run whose cores cannot hold a deployment and one of its task jobs (a group whose
+    members run at once): a plain `snakemake -n` without --profile or --cores, which would fail on the group."""
+    if snakemake.is_main_process(workflow) and (snakemake.cores(workflow) or 0) < 2:
+        fail(f"this run has {snakemake.cores(workflow) or 'no'} core(s) and a deployment runs together with its task "
+             "jobs, one core each: run with --profile profiles/local (or profiles/slurm), or give --cores 2 or more")
 
 
 def hint_after_a_kill(workdir: Path = Path(".")) -> None:

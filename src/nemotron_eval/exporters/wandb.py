@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import shlex
 import tempfile
 import time
@@ -52,6 +51,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nemotron_eval.config.validators import SAFE_WORD, text
 from nemotron_eval.errors import UserError
 from nemotron_eval.exporters.base import (
     ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render, run_id, say,
@@ -75,16 +75,6 @@ __all__ = [  # the W&B export's names, wherever they live
 
 RECEIPT_VERSION = 1
 DESTINATION = "wandb"
-_SAFE_WORD = r"[A-Za-z0-9][A-Za-z0-9_.@+,-]*"
-
-
-def _word(what: str) -> Any:
-    pattern = re.compile(_SAFE_WORD)
-
-    def rule(v: Any) -> str | None:
-        return None if v is None or (isinstance(v, str) and pattern.fullmatch(v)) else f"{what} or null"
-
-    return rule
 
 
 @register
@@ -92,7 +82,7 @@ class WandbExporter(Exporter):
     """W&B: one run per model (see the module docstring)."""
 
     name = DESTINATION
-    rules = {"entity": _word("a W&B entity name"), "project": _word("a W&B project name")}
+    rules = {"entity": text(SAFE_WORD, "a W&B entity name"), "project": text(SAFE_WORD, "a W&B project name")}
 
     def check(self, section: Mapping[str, Any] | None) -> None:
         parse_config(section)

@@ -45,9 +45,9 @@ def test_each_executor_has_its_config_group_file_and_profile() -> None:
         assert (REPO / executors.get(name).profile / "config.v8+.yaml").is_file()
     for f in group.rglob("*.yaml"):
         executors.get(yaml.safe_load(f.read_text())["type"])  # every option names a registered executor
-    for profile in (REPO / "profiles").iterdir():  # a profile picks its executor by name; Snakemake's agrees
-        snakemake_executor = yaml.safe_load((profile / "config.v8+.yaml").read_text()).get("executor", "local")
-        assert executors.profile_executor(profile.name) == snakemake_executor, profile
+    for profile in (REPO / "profiles").glob("*/config.v8+.yaml"):  # an executor's profile (not the workflow's)
+        snakemake_executor = yaml.safe_load(profile.read_text()).get("executor", "local")
+        assert executors.profile_executor(profile.parent.name) == snakemake_executor, profile  # picked by name
 
 
 def test_snakemake_profile_for_a_config() -> None:

@@ -1,14 +1,20 @@
 """Executors: where the pipeline's jobs run, one module each (`local`, `slurm`), registered by name; see
-`base` for what an executor knows and how to add one."""
+`base` for what an executor knows and how to add one. Every module of this package but `base` is imported
+here, so that a new executor's module registers itself."""
 
 from __future__ import annotations
 
-from nemotron_eval.executors import local, slurm  # each registers itself
+import importlib
+import pkgutil
+
 from nemotron_eval.executors.base import (
     Executor, for_execution, for_profile, get, names, profile_executor, register, remote_names,
 )  # fmt: skip
 
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
-    "Executor", "for_execution", "for_profile", "get", "local", "names", "profile_executor", "register",
-    "remote_names", "slurm",
+    "Executor", "for_execution", "for_profile", "get", "names", "profile_executor", "register", "remote_names",
 ]  # fmt: skip

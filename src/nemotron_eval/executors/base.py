@@ -7,9 +7,10 @@ node the deployment runs on, the job ids Snakemake reports in a run's log and th
 the Snakemake profile it goes with (profiles/<name>, or profiles/<name>-<variant>: a profile picks its
 executor by its name), and, when it has one, its remote path (a head job submitted there).
 
-Adding an executor: one module in this package whose class is decorated with `@register`, imported by the
-package's __init__; its config group file configs/execution/<name>.yaml (or configs/execution/<name>/);
-its tests (tests/test_executors.py checks that each registered executor has both).
+Adding an executor: one module in this package whose class is decorated with `@register` (the package imports
+every module of its own); its config group file configs/execution/<name>.yaml (or configs/execution/<name>/)
+and its profile profiles/<name>/; its tests (tests/test_executors.py checks that each registered executor has
+the config group file and the profile).
 """
 
 from __future__ import annotations

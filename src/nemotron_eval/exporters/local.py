@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nemotron_eval.config.validators import boolean
 from nemotron_eval.errors import UserError, did_you_mean
 from nemotron_eval.exporters.base import ExportJob, Exporter, export_requested, load_results, register, write_receipt
 from nemotron_eval.io import csv_text, write_text_atomic
@@ -19,10 +20,6 @@ DESTINATION = "local"
 RECEIPT_VERSION = 1
 KEYS = ("csv",)
 COLUMNS = ["task", "metric", "value", "stderr", "n_samples", "model", "version", "digest"]
-
-
-def _boolean(v: Any) -> str | None:
-    return None if v is None or isinstance(v, bool) else "true or false"
 
 
 def parse_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -52,7 +49,7 @@ class LocalExporter(Exporter):
     """The results as a JSON (and CSV) table next to them."""
 
     name = DESTINATION
-    rules = {"csv": _boolean}
+    rules = {"csv": boolean}
 
     def check(self, section: Mapping[str, Any] | None) -> None:
         parse_config(section)

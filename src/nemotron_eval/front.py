@@ -269,7 +269,7 @@ def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, pol
 
 
 # What a remote run does not ship: what the pipeline builds (the cluster builds its own), other runs.
-NOT_SHIPPED = {"build", "results", "data", "run", "logs", "models", "wandb", "runs", ".snakemake"}
+NOT_SHIPPED = {"build", "results", "data", "run", "logs", "models", "wandb", "mlruns", "runs", ".snakemake"}
 
 
 def _remote(run: runs.Run, profile: Any, root: Path) -> int:

@@ -1,0 +1,51 @@
+"""The whole DAG in about a minute: compose, resolve, compile, fingerprints, staging from the mirror, the deployment
+(the stub: deterministic answers, no model), the real NeMo Evaluator harness on two tasks, results, per-item records
+and the summary, through the snakemake CLI with the local profile; then a second run that has nothing to do.
+The stub stands in for the model only: what the pipeline and the harness do is real (tests/test_e2e_local.py runs
+the real model)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_BENCHMARKS, copy_workflow, snakemake
+from nemotron_eval.artifacts import LocalRegistry
+from nemotron_eval.deploy.stub import write_checkpoint
+
+MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
+pytestmark = pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(),
+                                reason=f"no benchmark mirror at {MIRROR} (set NEMOTRON_DATA_MIRROR)")
+TASKS = ("openbookqa", "winogrande")
+CONFIG = ['overrides=["deployment=stub","run.model=stub:latest",'
+          '"evaluation.nemo_evaluator_config.config.params.limit_samples=3"]', f"tasks={json.dumps(list(TASKS))}"]
+
+
+def test_the_whole_dag_against_the_stub(tmp_path: Path) -> None:
+    work = copy_workflow(tmp_path)
+    (work / "env.toml").write_text("")
+    LocalRegistry(work / "artifacts").add("stub", write_checkpoint(tmp_path / "stub-checkpoint"))
+    env = {"NEMOTRON_DATA_MIRROR": str(MIRROR), "NEMOTRON_ENV_FILE": str(work / "env.toml")}
+    proc = snakemake(work, "results/stub_latest/summary.md", "--config", *CONFIG, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for rule in ("compose_config", "resolve_artifacts", "compile_eval", "task_fingerprint", "stage_dataset",
+                 "serve_model", "evaluate_task", "summarize_model"):
+        assert f"rule {rule}:" in out, rule
+    summary = json.loads((work / "results/stub_latest/summary.json").read_text())
+    assert set(summary["tasks"]) == set(TASKS)
+    ids = set()
+    for task in TASKS:
+        result = json.loads((work / f"results/stub_latest/{task}.json").read_text())
+        assert result["n_samples"] == 3 and result["metrics"]["acc"]["stderr"] is not None
+        assert result["data"]["digest"].startswith("sha256:") and result["model"]["spec"] == "stub:latest"
+        ids.add(result["deployment"]["id"])
+        assert (work / f"results/stub_latest/{task}.items.jsonl.gz").stat().st_size > 0
+    assert len(ids) == 1  # one deployment served both tasks
+    stats = json.loads((work / "run/stub_latest/stats.json").read_text())
+    assert stats["stub"] is True and set(stats["clients"]) == set(TASKS)  # each task asked under its own name
+    again = snakemake(work, "results/stub_latest/summary.md", "--config", *CONFIG, env=env)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

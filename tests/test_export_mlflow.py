@@ -186,3 +186,29 @@ def test_config_is_checked_when_the_plan_is_made() -> None:
         targets("m", {"destinations": ["mlfow"]}, {})
     assert names() == ["local", "mlflow", "wandb"] and get("mlflow").receipt("m") == "results/m/mlflow.json"
     assert job_for("mlflow", [], eval_config(Path(".")), Path("s"), Path("o")).secret_names == ["MY_ENDPOINT_KEY"]
+
+
+def test_the_comparison_page_goes_with_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """results/report.{json,csv,html} as compare_models writes them (`report.compare` over the report tests'
+    real fixture results), when the report compares the exported model."""
+    from mlflow.tracking import MlflowClient
+
+    from nemotron_eval.report import compare
+    from nemotron_eval.results import summarize
+
+    from test_report import TASKS as REPORT_TASKS
+    from test_report import inputs, make_workdir
+
+    work = make_workdir(tmp_path)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    compare(*inputs(work), work / "results", workdir=work)
+    results = [work / "results" / MODEL / f"{t}.json" for t in REPORT_TASKS]
+    summary = work / "results" / MODEL / "summary.json"
+    summarize(results, summary, summary.with_suffix(".md"))
+    cfg = eval_config(work)
+    receipt = get("mlflow").export(job_for("mlflow", results, cfg, summary, work / "results" / MODEL / "mlflow.json"))
+    assert {f"comparison/report.{s}" for s in ("json", "csv", "html")} <= set(receipt["artifacts"])
+    client = MlflowClient(tracking_uri=receipt["tracking_uri"])
+    listed = {a.path for a in client.list_artifacts(receipt["run_id"], "comparison")}
+    assert listed == {"comparison/report.json", "comparison/report.csv", "comparison/report.html"}

@@ -19,6 +19,7 @@ class Existing(Deployment):
     it counts for the scores."""
 
     readiness_default_s = 0
+    health_checked = False  # an existing endpoint need not serve /health
     rules = (("deployment.port", integer(1, 65535)),)
     not_scoring = tuple(k for k in Deployment.not_scoring if k != "served_model_name")
 

@@ -113,7 +113,7 @@ def wait_for_service(endpoint_file: Path, timeout_s: float) -> dict[str, Any]:
         state = info.get("state")
         if state == "failed":
             raise EndpointNotReady(info["error"])
-        if state == "ready" and (info.get("type") == "none" or types.is_healthy(info["health_url"])):
+        if state == "ready" and (not types.get(info.get("type")).health_checked or types.is_healthy(info["health_url"])):
             return info
         if state == "starting" and not alive(int(info["pid"])):
             raise EndpointNotReady(

@@ -149,6 +149,7 @@ class Deployment:
         keys                       the closed key set of `deployment` (None: open, NeMo Evaluator Launcher's)
         not_scoring                `deployment` keys that change how the model is served, never a score
         runs_image                 whether deployment.image is started (and squashed for pyxis/enroot)
+        health_checked             whether the evaluation steps wait for its health URL once it is ready
         check(cfg)                 what would fail only once the deployment starts, as one UserError line; cfg:
                                    the config before any model (`${art:...}` values pending), then each eval.yaml
         check_task(task, ckpt)     what one evaluated task needs of it and of the checkpoint it serves
@@ -161,6 +162,7 @@ class Deployment:
     """
 
     runs_image: ClassVar[bool] = False
+    health_checked: ClassVar[bool] = True  # whether its consumers wait for its health URL (not an existing endpoint's)
     readiness_default_s: ClassVar[float] = 3600  # deployment.readiness_timeout_s when the config says none
     rules: ClassVar[tuple[tuple[str, Rule], ...]] = (
         ("deployment.port", integer(1, 65535)),

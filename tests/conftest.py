@@ -46,6 +46,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report.longrepr = f"skipped under NEMOTRON_TESTS_STRICT=1, which counts a skip as a failure: {reason}"
 
 
+# `-m fast` (README, Development): the unit tests and one run of the whole DAG against the stub deployment
+# (test_fast_dag), a few minutes on 2 cores. Every test is fast unless it is marked slow, slurm or browser, or its
+# module runs the snakemake or nemotron command for most of its tests (listed here).
+NOT_FAST_MARKS = ("slow", "slurm", "browser")
+PIPELINE_MODULES = (
+    "test_artifacts", "test_bad_input", "test_bench", "test_deploy_types", "test_executors", "test_export_local",
+    "test_front", "test_images", "test_launcher", "test_profiles", "test_remote", "test_security", "test_serve",
+    "test_serve_cluster", "test_workflow_compile",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(m) for m in NOT_FAST_MARKS):
+            assert not item.get_closest_marker("fast"), f"{item.nodeid} is marked fast and {NOT_FAST_MARKS}"
+        elif item.module is not None and item.module.__name__.rpartition(".")[2] not in PIPELINE_MODULES:
+            item.add_marker(pytest.mark.fast)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's env.toml, W&B login or telemetry."""

@@ -11,7 +11,7 @@ How to use it: pick the config group option `deployment=stub` and a checkpoint w
     snakemake --profile profiles/local --config 'overrides=["deployment=stub","run.model=stub:latest"]'
 
 tests/test_fast_dag.py does exactly that (the compile chain, staging, the deployment, the real NeMo Evaluator
-harness, results and the summary, in well under a minute of the harness's own start-up time).
+harness on two tasks, results and the summary: about a minute on 2 cores, most of it the harness starting up).
 
 What it answers (the same JSON as `deploy.server`; standard library only: it imports neither torch nor
 transformers and listens in about a tenth of a second):

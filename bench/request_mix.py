@@ -24,14 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.deploy.ready import start_and_wait, stop_server
-from nemotron_eval.deploy.request_mix import FIXTURES, Request, get, load_requests, send, trie_floor
-from nemotron_eval.deploy.server import DEFAULT_PREFIX_CACHE_MB
+from nemotron_eval.deploy.server.engine import DEFAULT_PREFIX_CACHE_MB
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support, shared with the tests
+from support.request_mix import FIXTURES, MixRequest, get, load_requests, send, trie_floor
+from support.server_process import start_and_wait, stop_server
 
 
-def harness_order(requests: list[Request], token_counts: dict[str, int]) -> list[Request]:
+def harness_order(requests: list[MixRequest], token_counts: dict[str, int]) -> list[MixRequest]:
     """Each task's requests as lm-eval sends them (longest first), the tasks interleaved one by one."""
-    by_task: dict[str, list[Request]] = {}
+    by_task: dict[str, list[MixRequest]] = {}
     for r in requests:
         by_task.setdefault(r.task, []).append(r)
     queues = [sorted(rs, key=lambda r: -token_counts[r.prompt] if r.scoring else -len(r.prompt))
@@ -51,7 +53,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def replay(checkpoint: Path, requests: list[Request], *, dtype: str, concurrency: int, cache_mb: int,
+def replay(checkpoint: Path, requests: list[MixRequest], *, dtype: str, concurrency: int, cache_mb: int,
            label: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         proc, info = start_and_wait(checkpoint, endpoint_file=Path(tmp) / "endpoint.json",
@@ -59,11 +61,11 @@ def replay(checkpoint: Path, requests: list[Request], *, dtype: str, concurrency
                                     extra_args=["--prefix-cache-mb", str(cache_mb)])
         try:
             url = info["url"]
-            send(url, Request("warmup", 0, 0, {"prompt": "Paris", "max_tokens": 1}), tagged=False)
+            send(url, MixRequest("warmup", 0, 0, {"prompt": "Paris", "max_tokens": 1}), tagged=False)
             before = get(url + "/stats")
             done, lock, started = [0], threading.Lock(), time.monotonic()
 
-            def one(r: Request) -> dict[str, Any]:
+            def one(r: MixRequest) -> dict[str, Any]:
                 answer, _ = send(url, r)
                 with lock:
                     done[0] += 1

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support, shared with the tests
 from suite import dag, peers, pipeline, report
 from suite.core import CACHE, DEFAULT_MIRROR, REPO, Progress, Row, machine, not_measured
 

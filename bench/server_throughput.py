@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from nemotron_eval.deploy.ready import start_and_wait, stop_server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support, shared with the tests
+from support.server_process import start_and_wait, stop_server
 
 TEXT = "The quick brown fox jumps over the lazy dog while the farmer counts his sheep in the field. "
 

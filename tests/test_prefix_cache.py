@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from nemotron_eval.deploy.prefix_cache import TOKEN_OVERHEAD_BYTES, PrefixCache, Scores, common_length
-from nemotron_eval.deploy.request_mix import trie_floor
 from nemotron_eval.deploy.scheduler import FairScheduler
+
+from support.request_mix import trie_floor
 
 LAYERS, HEADS, DIM = 2, 1, 2
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_eval.deploy.ready import EndpointNotReady, process_running
+from nemotron_eval.deploy.process import EndpointNotReady
+from nemotron_eval.deploy.process import alive as process_running
 from nemotron_eval.deploy.serve import wait_for_service
 
 from conftest import BIN, converted_smollm2

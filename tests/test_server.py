@@ -15,17 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from nemotron_eval.deploy.ready import (
-    EndpointNotReady,
-    log_tail,
-    start_server,
-    stop_server,
-    wait_for_endpoint,
-)
-from nemotron_eval.deploy.request_mix import FIXTURES, Request, load_requests
-from nemotron_eval.deploy.server import Job
+from nemotron_eval.deploy.process import EndpointNotReady
+from nemotron_eval.deploy.server.jobs import Job
+from nemotron_eval.io import log_tail
 
 from conftest import converted_smollm2  # one cached conversion for every module
+from support.request_mix import FIXTURES, MixRequest, load_requests
+from support.server_process import start_server, stop_server, wait_for_endpoint
 
 PROMPTS = [
     "Paris",
@@ -335,7 +331,8 @@ def test_log_tail(tmp_path: Path) -> None:
 
 
 def test_importing_the_server_does_not_import_torch() -> None:
-    code = "import sys, nemotron_eval.deploy.server, nemotron_eval.deploy.ready; print('torch' in sys.modules)"
+    modules = ", ".join(f"nemotron_eval.deploy.server.{m}" for m in ("main", "app", "protocol", "engine", "jobs"))
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -343,7 +340,7 @@ def test_importing_the_server_does_not_import_torch() -> None:
 def test_bfloat16_is_selectable_and_close_to_float32(checkpoint: Path, reference: Any) -> None:
     import torch
 
-    from nemotron_eval.deploy.server import Engine
+    from nemotron_eval.deploy.server.engine import Engine
 
     engine = Engine(checkpoint, dtype="bfloat16")
     assert engine.model.dtype == torch.bfloat16
@@ -359,7 +356,7 @@ def test_bfloat16_is_selectable_and_close_to_float32(checkpoint: Path, reference
 # ------------------------------------------------------------------------------------------------ prefix cache
 
 
-def tagged(client: httpx.Client, server: dict[str, Any], request: Request) -> dict[str, Any]:
+def tagged(client: httpx.Client, server: dict[str, Any], request: MixRequest) -> dict[str, Any]:
     response = client.post(f"{server['url']}/c/{request.task}/v1/completions", json={"model": "smollm2",
                                                                                         **request.body})
     assert response.status_code == 200, response.text
@@ -370,7 +367,7 @@ def server_stats(client: httpx.Client, server: dict[str, Any]) -> dict[str, Any]
     return dict(client.get(server["url"] + "/stats").json())
 
 
-def two_items_per_task() -> list[Request]:
+def two_items_per_task() -> list[MixRequest]:
     """Real harness requests (tests/fixtures/prompts): the first two items of each of the five tasks, every
     answer choice of each."""
     requests = [r for r in load_requests() if r.doc_id in _first_two_docs()[r.task]]
@@ -449,7 +446,7 @@ def test_a_short_client_is_not_stuck_behind_another_clients_long_prompts(server_
     started = time.monotonic()
     times: dict[str, list[float]] = {"flood": [], "short": []}
 
-    def send(name: str, request: Request) -> None:
+    def send(name: str, request: MixRequest) -> None:
         response = patient.post(f"{url}/c/{name}/v1/completions", json={"model": "smollm2", **request.body})
         assert response.status_code == 200, response.text
         times[name].append(time.monotonic() - started)

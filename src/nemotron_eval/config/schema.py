@@ -184,9 +184,7 @@ def check(
     def _pending(value: Any) -> bool:
         return pending and PENDING in repr(value)
 
-    from nemotron_eval.exporters import schema_rules  # every exporter's export.<name>.* rules, from its module
-
-    for pattern, rule in [*RULES, *rules, *schema_rules()]:
+    for pattern, rule in [*RULES, *rules]:
         for key, value in _matches(resolved, pattern.split(".")):
             if _pending(value):
                 continue

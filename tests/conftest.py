@@ -129,6 +129,36 @@ def converted_smollm2(request: pytest.FixtureRequest) -> tuple[Path, dict[str, A
 _CONVERTED: dict[str, tuple[Path, dict[str, Any]]] = {}
 
 
+def seed_smollm2(request: pytest.FixtureRequest, work: Path) -> None:
+    """models/smollm2/ in a working directory as the prepare_model rule leaves it (checkpoint and lineage, not the
+    receipt), hard-linked from one `embedded.build` per session (cached like `converted_smollm2`): the rule then
+    runs and keeps the folder (same identity) instead of converting for ~25 s. For tests whose point is not the
+    conversion; test_e2e_local, the report's two checkpoints and the random kills still convert."""
+    from nemotron_eval import embedded
+
+    key = hashlib.sha256(embedded.EMBEDDED["smollm2"].identity().encode() + Path(model.__file__).read_bytes()).hexdigest()[:16]
+    if key not in _BUILT:
+        cache: pytest.Cache | None = getattr(request.config, "cache", None)
+        root = cache.mkdir(f"embedded-smollm2-{key}") if cache else request.getfixturevalue("tmp_path_factory").mktemp("embedded")
+        if not (root / "smollm2.json").is_file():
+            embedded.build("smollm2", root / "smollm2", root / "smollm2.json")
+        _BUILT[key] = root
+    root, models = _BUILT[key], work / "models"
+    models.mkdir(exist_ok=True)
+    shutil.copy2(root / ".smollm2.lineage.json", models / ".smollm2.lineage.json")
+    shutil.copytree(root / "smollm2", models / "smollm2", copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+_BUILT: dict[str, Path] = {}
+
+
 def make_checkpoint(path: Path, content: str = "weights") -> Path:
     """A checkpoint folder with one file (enough for the registry and the compile chain)."""
     path.mkdir(parents=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_BENCHMARKS, copy_workflow, error_line, nemotron, snakemake
+from conftest import SHARED_BENCHMARKS, copy_workflow, error_line, nemotron, seed_smollm2, snakemake
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 
@@ -31,8 +31,9 @@ LIMIT = 'overrides=["evaluation.nemo_evaluator_config.config.params.limit_sample
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(), reason=f"no benchmark mirror at {MIRROR}")
-def test_evaluates_on_slurm_with_gpu_gres_then_submits_nothing(tmp_path: Path) -> None:
+def test_evaluates_on_slurm_with_gpu_gres_then_submits_nothing(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     work = copy_workflow(tmp_path)
+    seed_smollm2(request, work)  # the model's conversion (a local rule) is not this test's point
     env = {"NEMOTRON_DATA_MIRROR": str(MIRROR)}
     proc = snakemake(work, "--config", LIMIT, "--", "results/smollm2_latest/openbookqa.json", profile="profiles/slurm-local", env=env)
     out = proc.stdout + proc.stderr

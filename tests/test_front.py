@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, run, slurm_problem, wait_for
+from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, run, seed_smollm2, slurm_problem, wait_for
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 LIMIT = "evaluation.nemo_evaluator_config.config.params.limit_samples"
@@ -83,7 +83,8 @@ def test_bad_input_is_one_line_and_submits_nothing(work: Path, what: str, args: 
 
 @pytest.mark.slow
 @needs_mirror
-def test_a_local_run_has_an_id_a_record_and_a_status(work: Path) -> None:
+def test_a_local_run_has_an_id_a_record_and_a_status(work: Path, request: pytest.FixtureRequest) -> None:
+    seed_smollm2(request, work)  # the model's conversion is not this test's point
     proc = nemotron(work, "eval", "-c", "local", "-t", "openbookqa", f"{LIMIT}=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((work / "results/smollm2_latest/openbookqa.json").read_text())
@@ -124,7 +125,8 @@ def our_processes(work: Path) -> list[str]:
 
 @pytest.mark.slow
 @needs_mirror
-def test_kill_cancels_a_local_run_and_leaves_no_server(work: Path) -> None:
+def test_kill_cancels_a_local_run_and_leaves_no_server(work: Path, request: pytest.FixtureRequest) -> None:
+    seed_smollm2(request, work)  # the model's conversion is not this test's point
     proc = subprocess.Popen([str(BIN / "nemotron"), "eval", "-c", "local", "-t", "openbookqa", f"{LIMIT}=200"], cwd=work,
                             env={**os.environ, "NEMOTRON_DATA_MIRROR": str(MIRROR)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -104,13 +104,14 @@ def test_job_ids_in_a_runs_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.slurm
-def test_slurm_job_status_and_cancel() -> None:
+def test_slurm_job_status_and_cancel(tmp_path: Path) -> None:
     """The real local Slurm (scripts/local-slurm up): a queued job's state, then cancelled."""
     problem = slurm_problem()
     if problem:
         pytest.skip(problem)
     slurm = executors.get("slurm")
-    job = subprocess.run(["sbatch", "--parsable", "--job-name=executor-test", "--time=2", "--wrap", "sleep 120"],
+    job = subprocess.run(["sbatch", "--parsable", "--job-name=executor-test", "--time=2",
+                          f"--output={tmp_path / 'slurm-%j.out'}", "--wrap", "sleep 120"],
                          capture_output=True, text=True, check=True, timeout=30).stdout.strip().split(";")[0]
     try:
         assert slurm.job_ids(SUBMITTED.replace("4711", job)) == [job]

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from nemotron_eval.data.readers import read_hellaswag_txt, read_obqa_jsonl
-from nemotron_eval.model import perturb_checkpoint
+from nemotron_eval.artifacts.model import perturb_checkpoint
 
 
 def items(mirror: Path, n: int) -> dict[str, list[tuple[str, list[str], int]]]:

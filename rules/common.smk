@@ -8,11 +8,11 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from nemotron_eval import layout, smk, snakemake_adapter
-from nemotron_eval import workflow as wf
-from nemotron_eval.embedded import EMBEDDED
-from nemotron_eval.plan import plan_for
-from nemotron_eval.request import from_config, persist
+from nemotron_eval.pipeline import layout, smk, snakemake_adapter
+from nemotron_eval.pipeline import workflow as wf
+from nemotron_eval.artifacts.embedded import EMBEDDED
+from nemotron_eval.pipeline.plan import plan_for
+from nemotron_eval.pipeline.request import from_config, persist
 
 min_version("9.27")
 

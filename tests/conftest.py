@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from nemotron_eval import model
-from nemotron_eval.model import convert_gguf, sha256_file
+from nemotron_eval.artifacts import model
+from nemotron_eval.artifacts.model import convert_gguf, sha256_file
 
 from support.smollm2 import find_smollm2_gguf
 
@@ -134,7 +134,7 @@ def seed_smollm2(request: pytest.FixtureRequest, work: Path) -> None:
     receipt), hard-linked from one `embedded.build` per session (cached like `converted_smollm2`): the rule then
     runs and keeps the folder (same identity) instead of converting for ~25 s. For tests whose point is not the
     conversion; test_e2e_local, the report's two checkpoints and the random kills still convert."""
-    from nemotron_eval import embedded
+    from nemotron_eval.artifacts import embedded
 
     key = hashlib.sha256(embedded.EMBEDDED["smollm2"].identity().encode() + Path(model.__file__).read_bytes()).hexdigest()[:16]
     if key not in _BUILT:
@@ -171,8 +171,8 @@ def planner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Plans as the Snakefile makes them, in a working directory with a registered `demo` checkpoint:
     `planner(eval_config, overrides=[...], env_toml="...", env_profile=..., tasks=[...])` -> Plan."""
     from nemotron_eval.artifacts import LocalRegistry
-    from nemotron_eval.plan import Plan
-    from nemotron_eval.request import Request
+    from nemotron_eval.pipeline.plan import Plan
+    from nemotron_eval.pipeline.request import Request
 
     monkeypatch.chdir(tmp_path)
     LocalRegistry(tmp_path / "artifacts").add("demo", make_checkpoint(tmp_path / "ckpt" / "demo"))

@@ -13,8 +13,8 @@ from nemotron_eval.artifacts import registry_from_env
 from nemotron_eval.artifacts.local import LocalRegistry
 from nemotron_eval.artifacts.wandb import WandbRegistry
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
-from nemotron_eval.errors import UserError
-from nemotron_eval.spec import ModelSpec, parse_spec, parse_wildcard
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.artifacts.spec import ModelSpec, parse_spec, parse_wildcard
 
 from conftest import nemotron
 

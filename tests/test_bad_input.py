@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.request import read_request_file
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.pipeline.request import read_request_file
 
 P = "evaluation.nemo_evaluator_config.config.params"
 T0 = "evaluation.tasks.0.nemo_evaluator_config.config.params"
@@ -157,7 +157,7 @@ def test_bad_request_files(tmp_path: Path, text: str, expected: str) -> None:
 def test_a_value_cannot_skip_the_checks_by_looking_unresolved(planner, override: str) -> None:
     """Values still waiting for their artifact are skipped by the plan-level check; one that only looks like that
     is checked, and a model's own check skips nothing."""
-    from nemotron_eval.errors import UserError
+    from nemotron_eval.core.errors import UserError
 
     with pytest.raises(UserError, match="shell|letters, digits"):
         planner("local", [override]).model("smollm2_latest")

@@ -8,7 +8,7 @@ import pytest
 
 from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.config.envtoml import load_env_file
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 from conftest import REPO
 

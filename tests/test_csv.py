@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from nemotron_eval.io import csv_cell, csv_text
+from nemotron_eval.core.io import csv_cell, csv_text
 
 
 @pytest.mark.parametrize("text", ["=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\r=1"])

@@ -15,7 +15,7 @@ import yaml
 
 from nemotron_eval.deploy import types
 from nemotron_eval.deploy.runners import container_runner_wrap, unescape_dollars
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 from conftest import nemotron, snakemake
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, REPO, make_checkpoint, run
-from nemotron_eval import layout
+from nemotron_eval.pipeline import layout
 from nemotron_eval.artifacts import LocalRegistry
-from nemotron_eval.plan import Plan
-from nemotron_eval.request import Request
+from nemotron_eval.pipeline.plan import Plan
+from nemotron_eval.pipeline.request import Request
 
 TASKS = ("openbookqa", "hellaswag", "winogrande", "arc_challenge", "piqa")  # piqa: read from the hub, not staged
 T0 = 1_800_000_000.0  # every result's modification time; the other files are set around it
@@ -36,9 +36,9 @@ CASES = {
 PROBE = textwrap.dedent("""\
     import json
     from pathlib import Path
-    from nemotron_eval import smk
-    from nemotron_eval.plan import Plan
-    from nemotron_eval.request import Request
+    from nemotron_eval.pipeline import smk
+    from nemotron_eval.pipeline.plan import Plan
+    from nemotron_eval.pipeline.request import Request
 
     SETUP = json.loads(Path("setup.json").read_text())
     PLAN = Plan(Request(**SETUP["request"]), Path(SETUP["configs"]))

@@ -7,7 +7,7 @@ import pytest
 
 from nemotron_eval import executors
 from nemotron_eval.executors.slurm import check_account, check_gpus, gpus_per_node, walltime_minutes
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 
 @pytest.mark.parametrize(("text", "minutes"), [("30", 30), ("04:00:00", 240), ("00:30:01", 31), ("1-00:00:00", 1440), ("10:30", 11)])

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nemotron_eval import executors, runs
+from nemotron_eval import executors
+from nemotron_eval.front import runs
 from nemotron_eval.deploy import types
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 from conftest import REPO, slurm_problem, wait_for
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nemotron_eval import runs
+from nemotron_eval.front import runs
 from nemotron_eval.exporters.local import COLUMNS
 
 from conftest import BIN

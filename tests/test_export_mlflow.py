@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import get, job_for, names, targets
 from nemotron_eval.exporters.mlflow import DIGEST_TAG, parse_config
 
@@ -38,7 +38,7 @@ def eval_config(work: Path, mlflow: dict[str, Any] | None = None, destinations: 
 
 def export(work: Path, mlflow: dict[str, Any] | None = None, destinations: list[str] | None = None) -> dict[str, Any]:
     """The export step as the export_model rule runs it (`nemotron-step export --dest mlflow`), in this process."""
-    from nemotron_eval.steps import main
+    from nemotron_eval.pipeline.steps import main
 
     out = work / "results" / MODEL
     config = work / "eval.yaml"
@@ -159,7 +159,7 @@ def test_http_server_run_holds_the_results(work: Path, mlflow_server: str, tmp_p
 
 
 def test_an_unreachable_server_is_one_line_and_no_receipt(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from nemotron_eval.steps import main
+    from nemotron_eval.pipeline.steps import main
 
     port = free_port()  # nothing listens there
     out = work / "results" / MODEL
@@ -194,7 +194,7 @@ def test_the_comparison_page_goes_with_the_run(tmp_path: Path, monkeypatch: pyte
     from mlflow.tracking import MlflowClient
 
     from nemotron_eval.report import compare
-    from nemotron_eval.results import summarize
+    from nemotron_eval.evaluate.results import summarize
 
     from test_report import TASKS as REPORT_TASKS
     from test_report import inputs, make_workdir

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import wandb as export
-from nemotron_eval.results import summarize
-from nemotron_eval.secrets import api_key_names, looks_secret, redact, scrub_env_values, secret_env_names
+from nemotron_eval.evaluate.results import summarize
+from nemotron_eval.core.secrets import api_key_names, looks_secret, redact, scrub_env_values, secret_env_names
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 MODEL = "smollm2_latest"
@@ -308,7 +308,7 @@ def test_without_harness_folders_the_result_json_is_still_exported(tmp_path: Pat
 SKIP_PROBE = textwrap.dedent(
     """
     import json, sys
-    from nemotron_eval.steps import main
+    from nemotron_eval.pipeline.steps import main
     rc = main(sys.argv[1:])
     print(json.dumps({"rc": rc, "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("wandb", "nemo_evaluator_launcher"))}))
     """
@@ -390,7 +390,7 @@ def test_invalid_api_key_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(wandb, "login", rejected)
     monkeypatch.setattr(wandb, "init", no_init)
-    from nemotron_eval.steps import main
+    from nemotron_eval.pipeline.steps import main
 
     assert main(cli_args(work)) == 2
     err = capsys.readouterr().err

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from nemotron_eval.data.stage import stage_dataset
-from nemotron_eval.tasks import MMLU_SUBJECTS, STAGED
-from nemotron_eval.errors import UserError
+from nemotron_eval.data.tasks import MMLU_SUBJECTS, STAGED
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate import harness
 from nemotron_eval.evaluate.context import ContextOverflowError, check_context, context_length
 from nemotron_eval.evaluate.framework import framework_defaults, lm_eval_tasks_dir, load_task_yaml
@@ -370,7 +370,7 @@ def test_lm_eval_reads_the_staged_data(
 
 
 def test_a_hub_task_runs_as_the_harness_defines_it(tmp_path: Path) -> None:
-    from nemotron_eval.tasks import resolve
+    from nemotron_eval.data.tasks import resolve
 
     gsm8k = resolve("gsm8k")
     assert (gsm8k.short, gsm8k.offline, gsm8k.harness) == ("gsm8k", False, "lm-evaluation-harness")
@@ -383,7 +383,7 @@ def test_a_hub_task_without_the_hub_fails_in_one_line(tmp_path: Path, checkpoint
     """No network here: HF_HUB_OFFLINE, or a hub endpoint that does not answer, is said at once."""
     import socket
 
-    from nemotron_eval.tasks import resolve
+    from nemotron_eval.data.tasks import resolve
 
     monkeypatch.setattr(harness, "_run_child", lambda *a, **k: pytest.fail("the harness must not start"))
     kwargs = dict(endpoint_url="http://127.0.0.1:1/v1/completions", model_id="m", tokenizer_dir=checkpoint, params={},

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from conftest import copy_workflow, make_checkpoint, nemotron, snakemake
-from nemotron_eval.images import SquashError, enroot_uri, needs_squash, parse_image, sqsh_name, squash
+from nemotron_eval.deploy.images import SquashError, enroot_uri, needs_squash, parse_image, sqsh_name, squash
 
 DIGEST = "sha256:" + "ab12" * 16
 

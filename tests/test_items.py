@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.items import extract_items, read_items, samples_files
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"

@@ -98,8 +98,8 @@ def test_engine_launcher_hands_eval_yaml_to_run_eval(tmp_path: Path) -> None:
 
 
 def test_a_config_the_launcher_refuses_is_said_in_one_line(tmp_path: Path) -> None:
-    from nemotron_eval.errors import UserError
-    from nemotron_eval.workflow import submit_to_launcher
+    from nemotron_eval.core.errors import UserError
+    from nemotron_eval.pipeline.workflow import submit_to_launcher
 
     bad = tmp_path / "eval.yaml"
     bad.write_text(yaml.safe_dump({"execution": {"type": "local", "output_dir": str(tmp_path), "env_vars": {"A": "b"}},

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from nemotron_eval import model
-from nemotron_eval.errors import UserError
-from nemotron_eval.model import check_checkpoint, convert_gguf, sha256_file
+from nemotron_eval.artifacts import model
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.artifacts.model import check_checkpoint, convert_gguf, sha256_file
 
 from conftest import converted_smollm2
 from support.smollm2 import find_smollm2_gguf
@@ -76,8 +76,8 @@ def test_check_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
 
 
 def test_embedded_identity_is_known_before_the_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nemotron_eval import embedded
-    from nemotron_eval.spec import parse_spec
+    from nemotron_eval.artifacts import embedded
+    from nemotron_eval.artifacts.spec import parse_spec
 
     monkeypatch.chdir(tmp_path)
     smol = embedded.EMBEDDED["smollm2"]
@@ -98,7 +98,7 @@ def test_embedded_identity_is_known_before_the_conversion(tmp_path: Path, monkey
 
 
 def test_an_embedded_checkpoint_built_from_the_same_identity_is_kept(tmp_path: Path) -> None:
-    from nemotron_eval import embedded
+    from nemotron_eval.artifacts import embedded
 
     folder, receipt = tmp_path / "models/smollm2", tmp_path / "models/smollm2.json"
     folder.mkdir(parents=True)

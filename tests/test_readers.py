@@ -12,8 +12,8 @@ import pytest
 
 from nemotron_eval.data import readers, stage
 from nemotron_eval.data.stage import read_manifest, resolve_mirror, stage_dataset
-from nemotron_eval.tasks import MMLU_SUBJECTS, STAGED
-from nemotron_eval.errors import UserError
+from nemotron_eval.data.tasks import MMLU_SUBJECTS, STAGED
+from nemotron_eval.core.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 TASKS = ("mmlu", "arc_challenge", "winogrande", "hellaswag", "openbookqa")

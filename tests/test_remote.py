@@ -1,4 +1,4 @@
-"""The remote head job (nemotron_eval.remote) on a real Slurm, through a real local and a real SSH tunnel.
+"""The remote head job (nemotron_eval.executors.remote) on a real Slurm, through a real local and a real SSH tunnel.
 
 Nothing here is faked. The "cluster" is this machine: the local Slurm of `scripts/local-slurm up`
 (partition debug, account nemotron) and, for tunnel = "ssh", a throwaway OpenSSH server on a free port
@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from nemotron_eval import remote
-from nemotron_eval.errors import UserError
-from nemotron_eval.remote import records
+from nemotron_eval.executors import remote
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.executors.remote import records
 
 from conftest import free_port, slurm_problem
 

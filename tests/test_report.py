@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.items import extract_items, read_items, write_items
 from nemotron_eval.report import build_report, compare, table_rows, to_csv
 from nemotron_eval.report.render import CSV_COLUMNS
@@ -264,7 +264,7 @@ def test_the_default_report_takes_models_with_every_task(planner) -> None:
     said: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = said.append  # type: ignore[method-assign]
-    logger = logging.getLogger("nemotron_eval.plan")  # whatever a step before set up on its parent
+    logger = logging.getLogger("nemotron_eval.pipeline.plan")  # whatever a step before set up on its parent
     logger.addHandler(handler)
     try:
         assert plan.compare_models() == [plan.default_model, "zeta_v1"]

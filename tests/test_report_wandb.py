@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.wandb import DELTA_COLUMNS, log_report
 from nemotron_eval.report import CSV_COLUMNS, build_report, table_rows
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from nemotron_eval.artifacts.local import LocalRegistry
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import atomic_dir, current_umask, write_json_atomic, write_text_atomic
-from nemotron_eval.safeload import MAX_BYTES, load_json, load_toml, load_yaml, load_yaml_text
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import atomic_dir, current_umask, write_json_atomic, write_text_atomic
+from nemotron_eval.core.safeload import MAX_BYTES, load_json, load_toml, load_yaml, load_yaml_text
 
 from conftest import make_checkpoint
 

@@ -17,7 +17,7 @@ import pytest
 
 from nemotron_eval.deploy.process import EndpointNotReady
 from nemotron_eval.deploy.server.jobs import Job
-from nemotron_eval.io import log_tail
+from nemotron_eval.core.io import log_tail
 
 from conftest import converted_smollm2  # one cached conversion for every module
 from support.request_mix import FIXTURES, MixRequest, load_requests

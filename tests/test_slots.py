@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.slots import task_slot
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.pipeline.slots import task_slot
 
 
 def test_at_most_n_hold_a_slot(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_at_most_n_hold_a_slot(tmp_path: Path) -> None:
 
 def test_a_killed_holder_frees_its_slot(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from nemotron_eval.slots import task_slot\n"
+        "import sys, time; from pathlib import Path; from nemotron_eval.pipeline.slots import task_slot\n"
         f"with task_slot(Path({str(tmp_path)!r}), 1, gone=lambda: None):\n"
         "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""Every Snakemake internal the pipeline uses (nemotron_eval.snakemake_adapter), exercised on real Snakemake runs
+"""Every Snakemake internal the pipeline uses (nemotron_eval.pipeline.snakemake_adapter), exercised on real Snakemake runs
 of a tiny Snakefile: a real workflow object in the main process and in a job Snakemake spawns, its real DAG
 settings and its real persistence (a finished job's record, a job killed mid-run). When a Snakemake release
 renames or changes one of them, the failure names the attribute."""
@@ -25,7 +25,7 @@ READS = {
 }
 SNAKEFILE = textwrap.dedent("""\
     import json, os
-    from nemotron_eval import snakemake_adapter as a
+    from nemotron_eval.pipeline import snakemake_adapter as a
 
     def note(name, fn, *args):
         try:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nemotron_eval import workflow as wf
-from nemotron_eval.errors import UserError
+from nemotron_eval.pipeline import workflow as wf
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.framework import framework_defaults
 
 

@@ -33,7 +33,7 @@ CHANGED_LIMIT = 7  # the changed task's own limit_samples (the config sets 10, M
 
 def task_names(work: Path) -> list[str]:
     """The short task names of the local config, in its order (the plan's own table resolves them)."""
-    from nemotron_eval.tasks import resolve
+    from nemotron_eval.data.tasks import resolve
 
     cfg = yaml.safe_load((work / "configs" / "local.yaml").read_text())
     return [resolve(entry["name"]).short for entry in cfg["evaluation"]["tasks"]]
@@ -43,7 +43,7 @@ def task_names(work: Path) -> list[str]:
 def task_setting_changed(work: Path, task: str) -> Iterator[None]:
     """While inside: the workflow copy's configs/local.yaml gives `task` its own limit_samples (CHANGED_LIMIT), as a
     user would edit it; the file's text is put back afterwards."""
-    from nemotron_eval.tasks import resolve
+    from nemotron_eval.data.tasks import resolve
 
     path = work / "configs" / "local.yaml"
     text = path.read_text()

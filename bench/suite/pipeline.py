@@ -135,8 +135,8 @@ def run_alone(pr: PipelineRun, task: str, out: Path) -> dict[str, Any]:
     from nemotron_eval.deploy.process import start, stop
     from nemotron_eval.deploy.types import get_json
     from nemotron_eval.evaluate.harness import run_harness
-    from nemotron_eval.tasks import resolve
-    from nemotron_eval.workflow import harness_environment, task_params
+    from nemotron_eval.data.tasks import resolve
+    from nemotron_eval.pipeline.workflow import harness_environment, task_params
     from support.server_process import wait_for_endpoint
 
     cfg = pr.eval_cfg

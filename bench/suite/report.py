@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.io import write_json_atomic, write_text_atomic
+from nemotron_eval.core.io import write_json_atomic, write_text_atomic
 
 from .core import Row
 

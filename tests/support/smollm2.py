@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nemotron_eval.embedded import EMBEDDED
+from nemotron_eval.artifacts.embedded import EMBEDDED
 
 
 def find_smollm2_gguf() -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 from nemotron_eval.artifacts.base import Registry, Resolved
 from nemotron_eval.artifacts.local import LocalRegistry
 from nemotron_eval.config.envtoml import EnvFile
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 BACKENDS = ("local", "wandb")
 

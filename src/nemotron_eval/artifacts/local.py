@@ -17,10 +17,10 @@ from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
 from nemotron_eval.config.validators import checkpoint_path
-from nemotron_eval.errors import UserError, did_you_mean
-from nemotron_eval.io import sha256_tree, stat_fingerprint, write_json_atomic
-from nemotron_eval.safeload import load_json
-from nemotron_eval.spec import MAX_ALIAS, ModelSpec, parse_spec
+from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.io import sha256_tree, stat_fingerprint, write_json_atomic
+from nemotron_eval.core.safeload import load_json
+from nemotron_eval.artifacts.spec import MAX_ALIAS, ModelSpec, parse_spec
 
 METADATA = "metadata.json"
 ALIASES = "aliases.json"
@@ -125,7 +125,7 @@ class LocalRegistry:
         lineage: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Register `path` as the next version of `name` and move `aliases` (default: latest) to it."""
-        from nemotron_eval.embedded import EMBEDDED
+        from nemotron_eval.artifacts.embedded import EMBEDDED
 
         parse_spec(f"{name}:latest", where="artifact name")
         if name in EMBEDDED:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
-from nemotron_eval.errors import UserError
-from nemotron_eval.spec import ModelSpec
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.artifacts.spec import ModelSpec
 
 PATH_KEYS = ("absolute_path", "path", "checkpoint_path")
 

@@ -24,14 +24,14 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nemotron_eval import embedded
+from nemotron_eval.artifacts import embedded
 from nemotron_eval.artifacts import Resolved, registry_from_env
 from nemotron_eval.config.compose import ART_RE, _replace_art
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import stat_fingerprint
-from nemotron_eval.spec import ModelSpec
-from nemotron_eval.tasks import Task
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import stat_fingerprint
+from nemotron_eval.artifacts.spec import ModelSpec
+from nemotron_eval.data.tasks import Task
 
 IMAGES_DIR = Path("build/images")
 
@@ -107,7 +107,7 @@ class Image:
 def squashed_image(cfg: dict[str, Any], images_dir: Path = IMAGES_DIR) -> Image | None:
     """The image the deployment of a resolved config runs squashed (Slurm with pyxis or enroot), or None."""
     from nemotron_eval.deploy.types import get
-    from nemotron_eval.images import needs_squash, sqsh_name
+    from nemotron_eval.deploy.images import needs_squash, sqsh_name
 
     if not needs_squash(cfg, runs_image=get(cfg["deployment"]["type"]).runs_image):
         return None

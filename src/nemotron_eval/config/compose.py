@@ -16,10 +16,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nemotron_eval import tasks as task_registry
+from nemotron_eval.data import tasks as task_registry
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
-from nemotron_eval.errors import UserError, did_you_mean
-from nemotron_eval.safeload import load_yaml, load_yaml_text
+from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.safeload import load_yaml, load_yaml_text
 
 # `run` is this project's (stripped from eval.yaml), `data` too; the rest are NeMo Evaluator Launcher's sections.
 SECTIONS = ("run", "execution", "deployment", "evaluation", "export", "data", "target", "env_vars")
@@ -318,7 +318,7 @@ def resolve_pending(cfg: dict[str, Any]) -> dict[str, Any]:
 def refuse_secrets(cfg: dict[str, Any]) -> None:
     """Secrets travel by name (env_vars `host:NAME`, `api_key_name`, the environment), never as values: not read
     through `${oc.env:...}`, not written as literals. The message never repeats a value."""
-    from nemotron_eval.secrets import BY_NAME, literal_secret, looks_secret_env
+    from nemotron_eval.core.secrets import BY_NAME, literal_secret, looks_secret_env
 
     for name in env_reads(cfg):
         if looks_secret_env(name):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 SETTINGS_TABLES = ("wandb", "artifacts", "cli", "cache")
 ENV_VAR = "NEMOTRON_ENV_FILE"
@@ -52,7 +52,7 @@ def find_env_file(start: Path | None = None) -> Path | None:
 
 
 def load_env_file(path: Path | None = None, start: Path | None = None) -> EnvFile:
-    from nemotron_eval.safeload import load_toml
+    from nemotron_eval.core.safeload import load_toml
 
     path = path or find_env_file(start)
     if path is None:
@@ -71,7 +71,7 @@ SETTINGS_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
 def check_tables(tables: dict[str, Any], where: Path) -> None:
     """What the pipeline reads from env.toml has the type it needs, and no secret is written in it."""
     from nemotron_eval.config import validators
-    from nemotron_eval.secrets import BY_NAME, literal_secret
+    from nemotron_eval.core.secrets import BY_NAME, literal_secret
 
     secret = literal_secret(tables)
     if secret:

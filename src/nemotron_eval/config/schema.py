@@ -40,7 +40,7 @@ from typing import Any
 
 from nemotron_eval.config.rules import CLOSED, ENGINES, RULES
 from nemotron_eval.config.validators import Rule, no_shell
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 # How a value known only per model (an ${art:...} reference) reads before it is resolved: a marker no user can
 # type (a fresh nonce per process), so a value cannot skip the checks by looking pending.
@@ -143,7 +143,7 @@ def _check_launcher(cfg: Mapping[str, Any]) -> None:
     """The launcher's own models for `evaluation` and `execution.mounts` (extra keys forbidden), in one line."""
     from pydantic import ValidationError
 
-    from nemotron_eval.launcher import module
+    from nemotron_eval.core.launcher import module
 
     models = module("nemo_evaluator_launcher.common.config_models")
     EvaluationModel, MountsModel, TaskModel = models.EvaluationModel, models.MountsModel, models.TaskModel

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 Rule = Callable[[Any], "str | None"]  # None when the value is valid, else what would be
 
@@ -187,7 +187,7 @@ def env_vars(v: Any) -> str | None:
 
 def env_var_value(v: Any) -> str | None:
     """One env_vars value, as the launcher parses it (its own message), with what a script can hold."""
-    from nemotron_eval.launcher import module
+    from nemotron_eval.core.launcher import module
 
     parse_env_var_value = module("nemo_evaluator_launcher.common.env_vars").parse_env_var_value
     if not isinstance(v, str):
@@ -213,7 +213,7 @@ def string_list(v: Any) -> str | None:
 
 
 def model_spec(v: Any) -> str | None:
-    from nemotron_eval.spec import parse_spec
+    from nemotron_eval.artifacts.spec import parse_spec
 
     if not isinstance(v, str):
         return "an artifact spec NAME:ALIAS, e.g. rl:latest"

@@ -3,7 +3,7 @@
 Each reader turns one file of an original release (the formats of the local mirror, see
 `/work/shared/benchmarks/SOURCES.md`) into rows with exactly the fields, field order and value
 types of the Hugging Face dataset that NeMo Evaluator's task YAML reads (`Dataset.fields` of each
-task in `nemotron_eval.tasks`), so the harness's own `doc_to_text`/`process_docs` functions see
+task in `nemotron_eval.data.tasks`), so the harness's own `doc_to_text`/`process_docs` functions see
 what they would see from the hub:
 
 - `mmlu_str` (adlr_mmlu): `hails/mmlu_no_train`, one config a subject:
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 Row = dict[str, Any]
 

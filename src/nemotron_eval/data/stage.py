@@ -42,10 +42,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nemotron_eval.data import readers
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import atomic_dir, sha256_file
-from nemotron_eval.safeload import load_json
-from nemotron_eval.tasks import Dataset, staged
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import atomic_dir, sha256_file
+from nemotron_eval.core.safeload import load_json
+from nemotron_eval.data.tasks import Dataset, staged
 
 MIRROR_ENV = "NEMOTRON_DATA_MIRROR"
 MIRROR_KEY = "data.mirror"
@@ -54,7 +54,7 @@ HUB_REVISION = "refs/convert/parquet"
 FORMAT_VERSION = 1
 
 def spec(task_short: str) -> Dataset:
-    """The offline dataset of a staged task (see `nemotron_eval.tasks`)."""
+    """The offline dataset of a staged task (see `nemotron_eval.data.tasks`)."""
     dataset = staged(task_short).dataset
     assert dataset is not None
     return dataset

@@ -10,7 +10,7 @@ from typing import Any
 
 from nemotron_eval.config.validators import integer
 from nemotron_eval.deploy.types import Deployment, DeploymentPlan, Runtime
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 
 class Existing(Deployment):

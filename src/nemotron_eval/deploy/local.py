@@ -16,11 +16,11 @@ from nemotron_eval.deploy import process as proc
 from nemotron_eval.deploy.types import (
     Deployment, DeploymentPlan, Runtime, _positive, _required, environment, is_healthy, one_instance, read_endpoint,
 )  # fmt: skip
-from nemotron_eval.errors import UserError
-from nemotron_eval.model import DTYPES
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.artifacts.model import DTYPES
 
 if TYPE_CHECKING:
-    from nemotron_eval.tasks import Task
+    from nemotron_eval.data.tasks import Task
 
 TASKS_PER_CORE = 1.0  # the CPU server's tasks at once per core (Local.tasks_at_once)
 
@@ -63,7 +63,7 @@ class Local(Deployment):
                 "/v1/completions only (use a vllm or generic deployment, or an existing endpoint)"
             )
         if checkpoint is not None:
-            from nemotron_eval.model import check_checkpoint
+            from nemotron_eval.artifacts.model import check_checkpoint
 
             check_checkpoint(checkpoint)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from nemotron_eval.io import log_tail
+from nemotron_eval.core.io import log_tail
 
 T = TypeVar("T")
 STOP_GRACE_S = 30.0  # srun needs a moment to cancel its step on every node

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 RUNNERS = ("pyxis", "enroot", "apptainer", "none")
 

@@ -24,9 +24,9 @@ import yaml
 
 from nemotron_eval.deploy import types
 from nemotron_eval.deploy.process import EndpointNotReady, alive
-from nemotron_eval.io import log_tail
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import read_json, write_json_atomic
+from nemotron_eval.core.io import log_tail
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import read_json, write_json_atomic
 
 
 def new_deployment_id(model: str) -> str:

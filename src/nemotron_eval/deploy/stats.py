@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from nemotron_eval.io import write_json_atomic
+from nemotron_eval.core.io import write_json_atomic
 
 
 @dataclass

@@ -50,11 +50,11 @@ from typing import TYPE_CHECKING, Any
 
 from nemotron_eval.deploy.local import Local
 from nemotron_eval.deploy.stats import ServerStats, StatsWriter
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import write_json_atomic, write_text_atomic
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
-    from nemotron_eval.tasks import Task
+    from nemotron_eval.data.tasks import Task
 
 log = logging.getLogger("nemotron_eval.deploy.stub")
 

@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from nemotron_eval import executors, layout
+from nemotron_eval import executors
+from nemotron_eval.pipeline import layout
 from nemotron_eval.deploy import process as proc
 from nemotron_eval.config.validators import Rule, integer, text
 from nemotron_eval.deploy.runners import check_runner, container_runner_wrap, unescape_dollars
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
-    from nemotron_eval.tasks import Task
+    from nemotron_eval.data.tasks import Task
 
 CHECKPOINT_MOUNT = "/checkpoint"
 HOST = "{host}"  # placeholder in a plan's URLs for the node the serve step resolves at run time
@@ -110,7 +111,7 @@ def _required(dep: Mapping[str, Any], key: str) -> str:
 
 def parse_env_vars(raw: Mapping[str, Any], where: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
     """Launcher-style env vars as (plain values, name -> host variable, names set at runtime)."""
-    from nemotron_eval.launcher import module
+    from nemotron_eval.core.launcher import module
 
     env_vars = module("nemo_evaluator_launcher.common.env_vars")
     EnvVarFromHost, EnvVarLiteral, parse_env_var_value = env_vars.EnvVarFromHost, env_vars.EnvVarLiteral, env_vars.parse_env_var_value
@@ -232,7 +233,7 @@ class Generic(Deployment):
     def check(self, cfg: Mapping[str, Any]) -> None:
         """The runner this executor can start, the image it needs (a squashed file for enroot, unless the squash
         job makes one), one instance, the checkpoint to mount, the command, its tasks spread over the nodes."""
-        from nemotron_eval.images import needs_squash
+        from nemotron_eval.deploy.images import needs_squash
 
         dep = cfg.get("deployment") or {}
         execution = cfg.get("execution") or {}
@@ -371,7 +372,7 @@ def mounts(dep: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, st
 def _runner_image(runner: str, image: str | None) -> str | None:
     """deployment.image as the runner names it: a file as is; a registry reference as docker:// for apptainer,
     as enroot's `registry#repository:tag` for pyxis (which imports it itself)."""
-    from nemotron_eval.images import enroot_uri, is_image_file
+    from nemotron_eval.deploy.images import enroot_uri, is_image_file
 
     if runner == "none" or image is None:
         return None

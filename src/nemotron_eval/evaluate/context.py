@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 # lm-eval's warnings when it left-truncates a prompt.
 TRUNCATION_MARKERS = ("Left truncating context", "were left truncated")

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.tasks import Task
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.data.tasks import Task
 
 
 def framework_defaults(eval_type: str) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def framework_defaults(eval_type: str) -> dict[str, Any]:
 
 @functools.cache
 def _framework_params(eval_type: str) -> dict[str, Any]:
-    from nemotron_eval.launcher import keep_root_logging, module
+    from nemotron_eval.core.launcher import keep_root_logging, module
 
     with keep_root_logging():
         _, _, by_name = module("nemo_evaluator.core.input").get_available_evaluations()

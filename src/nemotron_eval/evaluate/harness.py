@@ -31,13 +31,13 @@ from typing import Any
 import yaml
 
 from nemotron_eval.deploy.process import die_with_parent
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.context import check_context, context_length
 from nemotron_eval.evaluate.output import RESULTS, HarnessError
 from nemotron_eval.evaluate.overrides import deep_merge, harness_overrides
 from nemotron_eval.evaluate.task_yamls import INCLUDE_DIR, write_task_yamls
-from nemotron_eval.io import log_tail
-from nemotron_eval.tasks import Task
+from nemotron_eval.core.io import log_tail
+from nemotron_eval.data.tasks import Task
 
 RUN_CONFIG = "nemotron_run_config.yml"
 # `nemo-evaluator run_eval` (its console script) for this interpreter, wherever it is installed.
@@ -63,7 +63,7 @@ def run_harness(
     task on the data the harness fetches from the hub (`staged_dir` None).
 
     The harness counts its answered requests into `output_dir/progress` (NeMo Evaluator's progress-tracking
-    interceptor, see `nemotron_eval.progress`) and posts the count to `progress_url` when given. `abort` is asked
+    interceptor, see `nemotron_eval.front.progress`) and posts the count to `progress_url` when given. `abort` is asked
     every second while the harness runs: a reason (the deployment died) stops it (HarnessAborted).
 
     Writes the harness's outputs (results.yml, ...) to `output_dir` and its log to `log`

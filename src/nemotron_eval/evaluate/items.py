@@ -45,9 +45,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.task_yamls import STAGED_PREFIX
-from nemotron_eval.io import write_bytes_atomic
+from nemotron_eval.core.io import write_bytes_atomic
 
 ITEMS_SCHEMA = 1
 ID_HEX = 16

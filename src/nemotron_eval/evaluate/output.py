@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.task_yamls import STAGED_PREFIX
-from nemotron_eval.tasks import Task
+from nemotron_eval.data.tasks import Task
 
 RESULTS = "results.yml"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from nemotron_eval.evaluate.framework import framework_defaults, harness_task_name
 from nemotron_eval.evaluate.task_yamls import staged_name
-from nemotron_eval.tasks import Task
+from nemotron_eval.data.tasks import Task
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from nemotron_eval.data.stage import read_manifest
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.framework import harness_task_name, lm_eval_tasks_dir, load_task_yaml
-from nemotron_eval.tasks import Task
+from nemotron_eval.data.tasks import Task
 
 STAGED_PREFIX = "staged_"
 INCLUDE_DIR = "lm_eval_tasks"

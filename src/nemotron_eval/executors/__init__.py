@@ -12,7 +12,7 @@ from nemotron_eval.executors.base import (
 )  # fmt: skip
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
+    if _module.name != "base" and not _module.ispkg:  # remote/ (NeMo-Run) is imported by who uses it
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from nemotron_eval.deploy.runners import RUNNERS
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 Rule = Callable[[Any], "str | None"]
 
@@ -29,7 +29,7 @@ class Executor:
     name: ClassVar[str]
     runners: ClassVar[tuple[str, ...]] = RUNNERS  # the container runners a deployment can use here
     squashes_images: ClassVar[bool] = False  # registry images of pyxis/enroot are squashed by the squash job
-    remote: ClassVar[bool] = False  # a head job can be submitted here (nemotron_eval.remote, env.toml profiles)
+    remote: ClassVar[bool] = False  # a head job can be submitted here (nemotron_eval.executors.remote, env.toml profiles)
     rules: ClassVar[tuple[tuple[str, Rule], ...]] = ()  # (key pattern, rule) pairs of this executor's config keys
 
     @property

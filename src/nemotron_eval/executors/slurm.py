@@ -1,7 +1,7 @@
 """Slurm: what the deployment job asks for, the checks that must fail before anything is submitted, the
 deployment as a job step of its own on the allocation's first node, the job ids Snakemake's Slurm executor
 plugin reports, and their status and cancellation (profiles/slurm, profiles/slurm-local). A head job is
-submitted here through NeMo-Run (`nemotron_eval.remote`, an env.toml profile with executor = "slurm")."""
+submitted here through NeMo-Run (`nemotron_eval.executors.remote`, an env.toml profile with executor = "slurm")."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nemotron_eval.deploy.runners import check_runner
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors.base import Executor, register
 
 _JOB_ID = re.compile(r"SLURM jobid (\d+)")  # "Job 3 has been submitted with SLURM jobid 1234 (log: ...)."

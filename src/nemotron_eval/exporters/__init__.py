@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import local, mlflow, wandb  # each registers itself
 from nemotron_eval.exporters.base import (  # the registry's interface
     REGISTRY, ExportJob, Exporter, export_requested, get, names, register, requested, schema_rules, targets,
 )
-from nemotron_eval.secrets import api_key_names
+from nemotron_eval.core.secrets import api_key_names
 
 __all__ = [
     "REGISTRY", "ExportJob", "Exporter", "export_requested", "export_step", "get", "job_for", "local", "mlflow",

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nemotron_eval.errors import UserError, did_you_mean
-from nemotron_eval.io import read_json, write_json_atomic
-from nemotron_eval.secrets import scrub_env_values
+from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.io import read_json, write_json_atomic
+from nemotron_eval.core.secrets import scrub_env_values
 
 RECEIPT = "results/{model}/{dest}.json"
 NAME_FIELDS = ("model", "spec", "name", "version", "digest", "registry")

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nemotron_eval.config.validators import boolean
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.exporters.base import ExportJob, Exporter, export_requested, load_results, register, write_receipt
-from nemotron_eval.io import csv_text, write_text_atomic
+from nemotron_eval.core.io import csv_text, write_text_atomic
 
 DESTINATION = "local"
 RECEIPT_VERSION = 1

@@ -29,12 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.exporters.base import (
     ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render,
     run_id, say, stage, task_metrics, write_receipt,
 )
-from nemotron_eval.secrets import redact
+from nemotron_eval.core.secrets import redact
 
 DESTINATION = "mlflow"
 RECEIPT_VERSION = 1

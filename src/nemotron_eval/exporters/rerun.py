@@ -14,17 +14,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import local
 from nemotron_eval.exporters.base import get, load_results
-from nemotron_eval.io import csv_text, read_json, write_text_atomic
+from nemotron_eval.core.io import csv_text, read_json, write_text_atomic
 
 FORMATS = ("json", "csv")
 
 
 def _summary(run_folder: Path, model: str, results: list[Path], root: Path) -> Path:
     """The model's summary when it covers exactly `results`' tasks, else one written for this export."""
-    from nemotron_eval.results import summarize
+    from nemotron_eval.evaluate.results import summarize
 
     tasks = {r["task"] for r in load_results(results)}
     summary = root / "results" / model / "summary.json"
@@ -40,7 +40,7 @@ def _summary(run_folder: Path, model: str, results: list[Path], root: Path) -> P
 
 def export_run(run_id: str, dest: str, fmt: str = "json", root: Path = Path(".")) -> list[Path]:
     """Export run `run_id`'s results to `dest`; returns the files written (receipts, then the CSV)."""
-    from nemotron_eval import runs
+    from nemotron_eval.front import runs
     from nemotron_eval.exporters import job_for, read_eval_config
 
     if fmt not in FORMATS:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.config.validators import SAFE_WORD, text
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import (
     ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render, run_id, say,
     write_receipt,
@@ -64,7 +64,7 @@ from nemotron_eval.exporters.wandb_session import (
     DELTA_COLUMNS, OFFLINE_MODES, REPORT_PREFIX, WANDB_MODES, choose_mode, credential_source, environ_changed,
     import_wandb, log_evaluation, log_report, verify_login,
 )
-from nemotron_eval.io import read_json
+from nemotron_eval.core.io import read_json
 
 __all__ = [  # the W&B export's names, wherever they live
     "ARTIFACT_TYPE", "DEFAULT_NAME", "DELTA_COLUMNS", "KEYS", "LAUNCHER_ONLY_KEYS", "OFFLINE_MODES", "REPORT_PREFIX",

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.exporters.base import name_fields, task_metrics
-from nemotron_eval.secrets import redact
+from nemotron_eval.core.secrets import redact
 
 ARTIFACT_TYPE = "evaluation"
 TABLE_KEY = "results_table"

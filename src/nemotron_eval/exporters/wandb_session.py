@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import first_line as _first_line
 from nemotron_eval.exporters.base import stage as _stage
 from nemotron_eval.exporters.wandb_payload import ARTIFACT_TYPE, TABLE_KEY, Payload

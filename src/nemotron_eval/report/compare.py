@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import read_json
-from nemotron_eval import layout
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import read_json
+from nemotron_eval.pipeline import layout
 from nemotron_eval.evaluate.items import read_items
 from nemotron_eval.report.stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
@@ -41,7 +41,7 @@ LOG_PATH = layout.TASK_LOG
 
 def model_key(spec: str) -> str:
     """The `{model}` wildcard of a spec: rl:latest -> rl_latest, sft:2 -> sft_v2 (the folders under results/, logs/)."""
-    from nemotron_eval.spec import parse_spec
+    from nemotron_eval.artifacts.spec import parse_spec
 
     return parse_spec(spec, where="model.spec").wildcard
 
@@ -78,7 +78,7 @@ def _load_result(path: Path) -> dict[str, Any]:
 
 def _check_items_task(records: list[dict[str, Any]], task: str, path: Path) -> None:
     """The items belong to the result's task: their subtasks are the task's lm-eval task or its subtasks."""
-    from nemotron_eval.tasks import STAGED
+    from nemotron_eval.data.tasks import STAGED
 
     if task not in STAGED or STAGED[task].lm_eval is None:
         return

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from nemotron_eval.io import csv_text, write_text_atomic
+from nemotron_eval.core.io import csv_text, write_text_atomic
 from nemotron_eval.report import charts
 
 FILES = ("report.json", "report.csv", "report.html")

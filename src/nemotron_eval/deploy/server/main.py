@@ -21,9 +21,9 @@ import nemotron_eval.deploy.server as package
 from nemotron_eval.deploy.server.app import build_app
 from nemotron_eval.deploy.server.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFIX_CACHE_MB, Engine
 from nemotron_eval.deploy.stats import StatsWriter
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import write_json_atomic
-from nemotron_eval.model import DTYPES, check_checkpoint
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import write_json_atomic
+from nemotron_eval.artifacts.model import DTYPES, check_checkpoint
 
 log = logging.getLogger(__package__)
 

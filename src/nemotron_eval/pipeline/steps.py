@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from nemotron_eval.errors import exit_code
+from nemotron_eval.core.errors import exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         watch_parent()
 
     def run() -> int:
-        from nemotron_eval import workflow as wf
+        from nemotron_eval.pipeline import workflow as wf
 
         if a.step == "serve":  # the deployment's own output goes to the log; ours to stderr
             from nemotron_eval.deploy.serve import serve
 
             return serve(a.eval, a.model, a.endpoint_file, a.log)
         if a.step == "supervise":
-            from nemotron_eval.front import supervise
+            from nemotron_eval.front.launch import supervise
 
             return supervise(a.run)
         with wf.logged(a.log):

@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.remote import control, records
-from nemotron_eval.remote.profile import RemoteProfile
-from nemotron_eval.remote.shipping import CONTROL, project_files, write_control
-from nemotron_eval.remote.transport import Transport, last_line
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.executors.remote import control, records
+from nemotron_eval.executors.remote.profile import RemoteProfile
+from nemotron_eval.executors.remote.shipping import CONTROL, project_files, write_control
+from nemotron_eval.executors.remote.transport import Transport, last_line
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str
     import invoke.exceptions
     import nemo_run as run
 
-    from nemotron_eval.remote.packager import ProjectPackager
+    from nemotron_eval.executors.remote.packager import ProjectPackager
 
     t0 = time.monotonic()
     where = Transport(profile).where()

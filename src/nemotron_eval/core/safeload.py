@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 MAX_BYTES = 1 << 20  # 1 MB
 MAX_YAML_VALUES = 200_000  # values after alias expansion; a real config has a few hundred

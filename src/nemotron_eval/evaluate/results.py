@@ -7,8 +7,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.io import read_json, write_json_atomic, write_text_atomic
-from nemotron_eval.tasks import Task
+from nemotron_eval.core.io import read_json, write_json_atomic, write_text_atomic
+from nemotron_eval.data.tasks import Task
 
 SCHEMA_VERSION = 1
 def versions() -> dict[str, str | None]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from nemotron_eval.remote.profile import RemoteProfile
+from nemotron_eval.executors.remote.profile import RemoteProfile
 
 CONTROL = ".nemotron-remote"  # the control folder's name inside the shipped project
 # Left out when the project folder is not a git work tree (no .gitignore to ask).
@@ -34,7 +34,7 @@ def project_files(root: Path) -> list[str]:
 
 def write_control(folder: Path, profile: RemoteProfile, argv: Sequence[str]) -> None:
     """head.sh and the values it reads as data."""
-    head = resources.files("nemotron_eval.remote").joinpath("head.sh").read_bytes()
+    head = resources.files("nemotron_eval.executors.remote").joinpath("head.sh").read_bytes()
     (folder / "head.sh").write_bytes(head)
     (folder / "head.sh").chmod(0o755)
     (folder / "argv").write_bytes(b"".join(a.encode() + b"\0" for a in argv))

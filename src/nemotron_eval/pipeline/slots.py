@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 
 def available_cores() -> int:

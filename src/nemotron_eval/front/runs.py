@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval import layout, progress
-from nemotron_eval.errors import UserError, did_you_mean
-from nemotron_eval.io import read_json, write_json_atomic, write_text_atomic
+from nemotron_eval.pipeline import layout
+from nemotron_eval.front import progress
+from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.io import read_json, write_json_atomic, write_text_atomic
 
 RUNS_DIR = Path("runs")
 _ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
@@ -127,7 +128,7 @@ def state(run: Run) -> str:
     if run.mode == "local" and run.state == "running" and not _alive(run.pid):
         return "failed"
     if run.remote_id and run.state not in FINAL:
-        from nemotron_eval import remote
+        from nemotron_eval.executors import remote
 
         try:
             remote_state = remote.status(run.remote_id).state

@@ -21,7 +21,7 @@ from typing import Any
 from nemotron_eval.executors import remote_names
 from nemotron_eval.executors.slurm import walltime_minutes
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 EXECUTORS = remote_names()  # the executors a head job can be submitted to
 DEFAULT_LOCAL_JOB_DIR = Path.home() / ".nemotron-eval" / "jobs"

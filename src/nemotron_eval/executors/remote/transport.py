@@ -17,8 +17,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.remote.profile import RemoteProfile
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.executors.remote.profile import RemoteProfile
 
 CONNECT_TIMEOUT_S = 10  # ssh's own limit for TCP connect and the banner exchange
 CHECK_TIMEOUT_S = 12  # hard cap on the whole check: a host that does not answer fails within 15 s

@@ -1,7 +1,7 @@
 """Every use of Snakemake's internals, in one place: attributes of its `workflow` object and of its persistence
 that are not in its documented API. Written for Snakemake 9.27 (pyproject.toml pins `snakemake>=9.27,<10`);
 tests/test_snakemake_adapter.py exercises each function on a real workflow and its real persistence and fails
-naming the attribute when a release changes one. The Snakefile and `nemotron_eval.smk` call these functions and
+naming the attribute when a release changes one. The Snakefile and `nemotron_eval.pipeline.smk` call these functions and
 touch no Snakemake attribute themselves (`workflow.basedir` and `config` are documented; they stay where they are).
 
     given_config(workflow)             `--config` values as given (workflow.config_settings.config)

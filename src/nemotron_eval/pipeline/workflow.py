@@ -3,7 +3,7 @@
 The compile chain (`write_config`, `resolve`, `compile_configs`, the task fingerprints, image references),
 staging, the summary and the report run inside Snakemake's process (`run:` rules, local, in threads); the
 deployment, the evaluation, the embedded models' conversion, squashing and the export run as `nemotron-step`
-processes (`nemotron_eval.steps`), which read everything from files.
+processes (`nemotron_eval.pipeline.steps`), which read everything from files.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval import layout, progress
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import sha256_bytes, write_text_atomic
-from nemotron_eval.plan import ModelPlan
-from nemotron_eval.slots import available_cores, task_slot
+from nemotron_eval.pipeline import layout
+from nemotron_eval.front import progress
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import sha256_bytes, write_text_atomic
+from nemotron_eval.pipeline.plan import ModelPlan
+from nemotron_eval.pipeline.slots import available_cores, task_slot
 
 log = logging.getLogger("nemotron_eval")
 
@@ -126,7 +127,7 @@ def stage(short: str, mirror_dir: str, out: str, log_file: str) -> None:
 
 def prepare_model(name: str, receipt: Path) -> None:
     """models/{name}/ and models/{name}.json: an embedded model converted into a Hugging Face checkpoint."""
-    from nemotron_eval import embedded
+    from nemotron_eval.artifacts import embedded
 
     model = embedded.EMBEDDED[name]
     log.info("building %s: %s (about 30 s the first time)", name, model.description)
@@ -142,8 +143,8 @@ def write_image_reference(reference: str, out: str, log_file: str) -> None:
 
 def squash(reference_file: Path, out: Path, log_file: Path) -> None:
     """build/images/{image}.sqsh: enroot import of the image its reference file names."""
-    from nemotron_eval.images import squash as enroot_squash
-    from nemotron_eval.safeload import load_json
+    from nemotron_eval.deploy.images import squash as enroot_squash
+    from nemotron_eval.core.safeload import load_json
 
     reference = str(load_json(reference_file, "image reference file")["reference"])
     log.info("squashing %s into %s", reference, out)
@@ -182,11 +183,12 @@ def evaluate(
     """results/{model}/{task}.json and its per-item records (items.jsonl.gz): one task through NeMo Evaluator
     against the model's running deployment. `data_dir` is read when the task is staged (job.yaml says so), else the
     harness reads the hub."""
-    from nemotron_eval import results, tasks
+    from nemotron_eval.evaluate import results
+    from nemotron_eval.data import tasks
     from nemotron_eval.data.stage import read_manifest
     from nemotron_eval.deploy import types
     from nemotron_eval.deploy.process import EndpointNotReady
-    from nemotron_eval.io import log_tail
+    from nemotron_eval.core.io import log_tail
     from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
     from nemotron_eval.evaluate.harness import HarnessAborted, run_harness
     from nemotron_eval.evaluate.output import HarnessError, parse_harness_output
@@ -317,7 +319,7 @@ def _heartbeat(what: str, harness_dir: Path, every_s: float = 30.0) -> Iterator[
 
 
 def summarize(result_files: list[str], json_out: str, md_out: str, log_file: str) -> None:
-    from nemotron_eval.results import summarize as summarize_results
+    from nemotron_eval.evaluate.results import summarize as summarize_results
 
     with logged(log_file):
         summary = summarize_results([Path(p) for p in result_files], Path(json_out), Path(md_out))

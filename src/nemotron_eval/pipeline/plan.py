@@ -17,18 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval import embedded, executors, exporters
-from nemotron_eval import tasks as task_table
+from nemotron_eval.artifacts import embedded
+from nemotron_eval import executors, exporters
+from nemotron_eval.data import tasks as task_table
 from nemotron_eval.artifacts import Resolved
 from nemotron_eval.config import compile as comp
 from nemotron_eval.config import schema
 from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
 from nemotron_eval.data import stage
 from nemotron_eval.deploy import types as deploy_types
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import dump_yaml, sha256_bytes
-from nemotron_eval.request import Request
-from nemotron_eval.spec import ModelSpec, parse_spec, parse_wildcard
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import dump_yaml, sha256_bytes
+from nemotron_eval.pipeline.request import Request
+from nemotron_eval.artifacts.spec import ModelSpec, parse_spec, parse_wildcard
 
 ENGINES = schema.ENGINES
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TextIO
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.remote import records
-from nemotron_eval.remote.transport import Transport
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.executors.remote import records
+from nemotron_eval.executors.remote.transport import Transport
 
 # Slurm job states (squeue %T / sacct State) by what they mean for a run.
 _STATES = {

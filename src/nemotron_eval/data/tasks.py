@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.data import readers
-from nemotron_eval.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean
 
 LM_EVAL = "lm-evaluation-harness"
 
@@ -201,7 +201,7 @@ def catalog() -> tuple[CatalogEntry, ...]:
     """Every task the installed NeMo Evaluator Launcher knows (its packaged task definitions; about 2 s)."""
     import logging
 
-    from nemotron_eval.launcher import keep_root_logging, module
+    from nemotron_eval.core.launcher import keep_root_logging, module
 
     logging.getLogger("nemo_evaluator_launcher").setLevel(logging.WARNING)
     with keep_root_logging():
@@ -225,7 +225,7 @@ def installed_harnesses() -> frozenset[str]:
     """Harnesses whose package is installed here (the harness runs in this environment, no container)."""
     import logging
 
-    from nemotron_eval.launcher import keep_root_logging, module
+    from nemotron_eval.core.launcher import keep_root_logging, module
 
     logging.getLogger("nemo_evaluator").setLevel(logging.WARNING)
     with keep_root_logging():

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 @dataclass(frozen=True)
 class Request:
@@ -76,7 +76,7 @@ def _typed(data: Mapping[str, Any], where: str) -> Request:
 
 
 def read_request_file(path: Path) -> Request:
-    from nemotron_eval.safeload import load_yaml
+    from nemotron_eval.core.safeload import load_yaml
 
     data = load_yaml(path, "request file")
     if not isinstance(data, dict):
@@ -89,7 +89,7 @@ REQUESTS_DIR = Path(".snakemake") / "nemotron" / "requests"
 
 def persist(request: Request, root: Path = REQUESTS_DIR) -> Path:
     """The request as a file named by its digest (written once, atomically): what jobs Snakemake starts read."""
-    from nemotron_eval.io import dump_yaml, sha256_bytes, write_text_atomic
+    from nemotron_eval.core.io import dump_yaml, sha256_bytes, write_text_atomic
 
     text = dump_yaml(request.as_dict())
     path = Path(root) / f"{sha256_bytes(text.encode())[:20]}.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.errors import UserError
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _ALIAS = r"[A-Za-z0-9][A-Za-z0-9.-]*"

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError
-from nemotron_eval.io import atomic_dir, sha256_file, sha256_tree
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.io import atomic_dir, sha256_file, sha256_tree
 
 DTYPES = ("float32", "bfloat16")
 TOKENIZER_FILES = (
@@ -81,7 +81,7 @@ def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", overwrite
 
 def _make_readable(folder: Path) -> None:
     """mkdtemp makes a private (0700) folder and safetensors writes 0600 files: open them up as the umask allows."""
-    from nemotron_eval.io import current_umask
+    from nemotron_eval.core.io import current_umask
 
     umask = current_umask()
     folder.chmod(0o777 & ~umask)

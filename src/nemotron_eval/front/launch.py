@@ -9,7 +9,7 @@ The options and positional dotlist overrides become a request (`request.Request`
 - no -r/-b: Snakemake runs here with profiles/local, under a supervisor process (`supervise`) that records how
   it ends even if the shell that started it is gone; the command follows its output, Ctrl-C cancels the run.
 - -r/-b PROFILE: the env.toml profile names a cluster (its `executor`, `tunnel`): the Snakemake head process runs
-  there as a small CPU job submitted through NeMo-Run (`nemotron_eval.remote`, the remote path of the executors
+  there as a small CPU job submitted through NeMo-Run (`nemotron_eval.executors.remote`, the remote path of the executors
   that have one), with the executor's Snakemake profile (profiles/<config> when the config has one of that
   executor's, else profiles/<executor>). -r follows it and fetches the
   results when it ends (Ctrl-C cancels it); -b prints the run id and returns.
@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval import layout, runs
-from nemotron_eval.errors import UserError
-from nemotron_eval.request import Request
-from nemotron_eval.spec import parse_wildcard
+from nemotron_eval.pipeline import layout
+from nemotron_eval.front import runs
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.pipeline.request import Request
+from nemotron_eval.artifacts.spec import parse_wildcard
 
 LOCAL_PROFILE = "profiles/local"
 
@@ -46,7 +47,7 @@ def workflow_root(start: Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "Snakefile").is_file() and (folder / "rules" / "common.smk").is_file():
             return folder
-    checkout = Path(__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[3]
     if (checkout / "Snakefile").is_file():
         return checkout
     raise UserError(f"no workflow (Snakefile and rules/) in {here} or its parents; run nemotron eval inside the project")
@@ -70,7 +71,7 @@ def snakemake_argv(profile: str, targets: list[str], request_file: Path, *extra:
 
 def plan_request(args: argparse.Namespace, root: Path, config: str | None) -> tuple[Request, Any, str, list[str]]:
     """The request of `nemotron eval ...`, its plan, the model and the targets."""
-    from nemotron_eval.plan import Plan
+    from nemotron_eval.pipeline.plan import Plan
 
     for item in args.overrides:
         if "=" not in item:
@@ -93,7 +94,8 @@ def eval_command(args: argparse.Namespace) -> int:
     profile_name = args.run or args.batch
     remote_profile, executor = None, None
     if profile_name:
-        from nemotron_eval import executors, remote
+        from nemotron_eval import executors
+        from nemotron_eval.executors import remote
 
         remote_profile = remote.profile_from_env(profile_name)  # one line: unknown profile, no executor, ...
         executor = executors.get(remote_profile.executor, f"env.toml profile {profile_name!r}: executor")
@@ -113,7 +115,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(request, snapshots[model]["eval.yaml"], targets, sm_profile)
     if remote_profile is not None:
-        from nemotron_eval import remote
+        from nemotron_eval.executors import remote
 
         remote.check(remote_profile)  # the host answers, keys, sbatch: before anything is recorded or shipped
     run = runs.Run(
@@ -135,7 +137,7 @@ def _request_text(request: Request, run: runs.Run, root: Path) -> str:
     from dataclasses import replace
 
     from nemotron_eval.config.envtoml import find_env_file
-    from nemotron_eval.io import dump_yaml, write_text_atomic
+    from nemotron_eval.core.io import dump_yaml, write_text_atomic
 
     if run.mode != "local":
         env = find_env_file()
@@ -154,7 +156,7 @@ def _request_text(request: Request, run: runs.Run, root: Path) -> str:
 def dry_run(request: Request, eval_text: str, targets: list[str], profile: str) -> int:
     """eval.yaml on stdout; Snakemake's dry run (the jobs, and why) on stderr. Writes nothing under build/,
     results/ or runs/."""
-    from nemotron_eval.io import dump_yaml
+    from nemotron_eval.core.io import dump_yaml
 
     sys.stdout.write(eval_text)
     sys.stdout.flush()
@@ -172,7 +174,7 @@ def _local(run: runs.Run) -> int:
     """Start the supervisor (its own session: it outlives this shell) and follow the run until it ends."""
     _unlock_if_stale(run)
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "nemotron_eval.steps", "supervise", "--run", run.id, "--log", str(run.folder / "supervisor.log")],
+        [sys.executable, "-m", "nemotron_eval.pipeline.steps", "supervise", "--run", run.id, "--log", str(run.folder / "supervisor.log")],
         stdin=subprocess.DEVNULL, start_new_session=True,
     )
     run.pid = supervisor.pid  # from now on the run can be cancelled (it signals the supervisor)
@@ -275,7 +277,7 @@ NOT_SHIPPED = {"build", "results", "data", "run", "logs", "models", "wandb", "ml
 def _remote(run: runs.Run, profile: Any, root: Path) -> int:
     from dataclasses import replace
 
-    from nemotron_eval import remote
+    from nemotron_eval.executors import remote
 
     if profile.venv is None and not profile.is_ssh:
         profile = replace(profile, venv=sys.prefix)  # on a login node: this very environment, on the shared disk
@@ -317,7 +319,7 @@ def fetch(run_id: str, results: bool = True) -> list[Path]:
     replaces the one of the same name here (atomically); other files here are kept."""
     import shutil
 
-    from nemotron_eval import remote
+    from nemotron_eval.executors import remote
 
     run = runs.load(run_id)
     if not run.remote_id:
@@ -349,7 +351,7 @@ def kill(run_id: str, wait: bool = True, grace_s: float = 60.0) -> str:
     if current in runs.FINAL:
         return current
     if run.remote_id:
-        from nemotron_eval import remote
+        from nemotron_eval.executors import remote
 
         remote.cancel(run.remote_id)
         run.state, run.finished_at = "cancelled", runs.now()
@@ -381,7 +383,7 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
     if task is not None and task not in run.tasks:
         raise UserError(f"run {run.id} has no task {task!r}; its tasks: {', '.join(run.tasks)}")
     if run.remote_id and task is None:
-        from nemotron_eval import remote
+        from nemotron_eval.executors import remote
 
         remote.logs(run.remote_id, follow=follow, out=sys.stdout)
         return 0

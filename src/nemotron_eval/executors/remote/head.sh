@@ -7,7 +7,7 @@
 #   3. runs the command from the file `argv` (NUL-separated words; never parsed by a shell).
 # Nothing user-given is part of this script: values arrive as files, read as data.
 #
-# Cancelling: `nemotron_eval.remote.cancel` touches `cancel-requested`, then sends SIGINT to the job's
+# Cancelling: `nemotron_eval.executors.remote.cancel` touches `cancel-requested`, then sends SIGINT to the job's
 # steps (scancel --signal=INT). The command gets that one SIGINT directly from Slurm; Snakemake then
 # cancels the jobs it submitted. When the command has exited, this script cancels its own job so that
 # Slurm records it as CANCELLED. A SIGINT without that file (the walltime warning, sbatch --signal=INT@N)

@@ -41,7 +41,7 @@ def _append(log: Path | None, text: str) -> None:
 def exit_code(fn: Callable[[], int | None], log: Path | None = None) -> int:
     """Run an entry point's body and turn how it ended into an exit status (see the module docstring).
     Messages never carry the value of a secret environment variable."""
-    from nemotron_eval.secrets import scrub_env_values
+    from nemotron_eval.core.secrets import scrub_env_values
 
     try:
         return int(fn() or 0)

@@ -10,11 +10,11 @@ from typing import Any, NoReturn, TypeVar
 import jsonschema
 import yaml
 
-from nemotron_eval import snakemake_adapter as snakemake
-from nemotron_eval.errors import PREFIX, UserError
+from nemotron_eval.pipeline import snakemake_adapter as snakemake
+from nemotron_eval.core.errors import PREFIX, UserError
 
 T = TypeVar("T")
-SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).parents[1] / "schemas" / "config.schema.yaml"
 # What the pipeline's reruns need of Snakemake's rerun triggers. profiles/default, the workflow profile Snakemake
 # reads for every invocation in this folder (with or without --profile), sets mtime, params and software-env.
 # params: each step's params are digests of the plan, so a changed setting reruns what it changes. Not code:
@@ -73,7 +73,7 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
     import json
     import os
 
-    from nemotron_eval import layout
+    from nemotron_eval.pipeline import layout
 
     if snakemake.forced(workflow):
         return True
@@ -131,7 +131,7 @@ def hint_after_a_kill(workdir: Path = Path(".")) -> None:
     unfinished = incomplete.is_dir() and any(incomplete.iterdir()) and not given & {"--rerun-incomplete", "--ri"}
     if not (stale_lock or unfinished):
         return
-    from nemotron_eval.runs import pid_of_live_snakemake
+    from nemotron_eval.front.runs import pid_of_live_snakemake
 
     if pid_of_live_snakemake(workdir) is not None:
         return  # another Snakemake is running here: its lock is real

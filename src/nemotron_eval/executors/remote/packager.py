@@ -10,8 +10,8 @@ from pathlib import Path
 
 from nemo_run.core.packaging.base import Packager
 
-from nemotron_eval.io import current_umask
-from nemotron_eval.remote.shipping import CONTROL
+from nemotron_eval.core.io import current_umask
+from nemotron_eval.executors.remote.shipping import CONTROL
 
 
 @dataclass(kw_only=True)

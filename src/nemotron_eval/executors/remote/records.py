@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.errors import UserError, did_you_mean
-from nemotron_eval.io import read_json, write_json_atomic
-from nemotron_eval.remote.profile import RemoteProfile, parse_profile
+from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.io import read_json, write_json_atomic
+from nemotron_eval.executors.remote.profile import RemoteProfile, parse_profile
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

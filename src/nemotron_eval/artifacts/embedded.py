@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
-from nemotron_eval.errors import UserError
-from nemotron_eval.spec import ModelSpec
+from nemotron_eval.core.errors import UserError
+from nemotron_eval.artifacts.spec import ModelSpec
 
 MODELS_DIR = Path("models")
 CONVERTER = 1  # bump when the conversion changes what it writes: every embedded model's identity changes
@@ -114,8 +114,8 @@ def build(name: str, folder: Path, receipt: Path) -> dict[str, Any]:
     """Convert the embedded model's weights into a Hugging Face checkpoint at `folder` (replaced atomically), then
     write `receipt` (its lineage). An existing folder built from the same identity is kept. A model made from
     another (`base`) is made from that one's checkpoint, which must be built (the prepare_model rule's input)."""
-    from nemotron_eval.io import read_json, write_json_atomic
-    from nemotron_eval.model import check_checkpoint, convert_gguf, perturb_checkpoint
+    from nemotron_eval.core.io import read_json, write_json_atomic
+    from nemotron_eval.artifacts.model import check_checkpoint, convert_gguf, perturb_checkpoint
 
     model = EMBEDDED[name]
     identity = model.identity()

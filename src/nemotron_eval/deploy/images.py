@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.io import log_tail
-from nemotron_eval.errors import UserError
+from nemotron_eval.core.io import log_tail
+from nemotron_eval.core.errors import UserError
 
 DOCKER_HUB = "docker.io"
 SQUASHED_RUNNERS = ("pyxis", "enroot")

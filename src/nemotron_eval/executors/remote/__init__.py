@@ -68,12 +68,12 @@ Tests: tests/test_remote.py (real local Slurm, real sshd; scripts/ssh-test-deps 
 
 from __future__ import annotations
 
-from nemotron_eval.remote.control import RunStatus, cancel, fetch, logs, status, wait
-from nemotron_eval.remote.profile import RemoteProfile, parse_profile, profile_from_env
-from nemotron_eval.remote.records import RunRecord, list_runs
-from nemotron_eval.remote.shipping import project_files
-from nemotron_eval.remote.submission import Submission, submit
-from nemotron_eval.remote.transport import Transport
+from nemotron_eval.executors.remote.control import RunStatus, cancel, fetch, logs, status, wait
+from nemotron_eval.executors.remote.profile import RemoteProfile, parse_profile, profile_from_env
+from nemotron_eval.executors.remote.records import RunRecord, list_runs
+from nemotron_eval.executors.remote.shipping import project_files
+from nemotron_eval.executors.remote.submission import Submission, submit
+from nemotron_eval.executors.remote.transport import Transport
 
 __all__ = [
     "RemoteProfile", "RunRecord", "RunStatus", "Submission", "Transport", "cancel", "check", "fetch", "list_runs",

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from nemotron_eval.artifacts import LocalRegistry, local_registry
 from nemotron_eval.config.envtoml import load_env_file
-from nemotron_eval.errors import UserError, exit_code
+from nemotron_eval.core.errors import UserError, exit_code
 
 
 def _local_registry(root: str | None) -> LocalRegistry:
@@ -62,7 +62,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
 def _ls_tasks(args: argparse.Namespace) -> int:
     """Every task the installed launcher knows; OFFLINE: staged from the data mirror (else the hub);
     HERE: its harness is installed in this environment (others run in the launcher's containers)."""
-    from nemotron_eval.tasks import listing
+    from nemotron_eval.data.tasks import listing
 
     rows = [r for r in listing() if (not args.offline or r["offline"]) and (not args.harness or r["harness"] == args.harness)]
     _table(("NAME", "HARNESS", "ENDPOINT", "SHORT", "OFFLINE", "HERE"),
@@ -118,13 +118,13 @@ def _add_eval(sub: Any, name: str) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from nemotron_eval.front import eval_command
+    from nemotron_eval.front.launch import eval_command
 
     return eval_command(args)
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from nemotron_eval import runs
+    from nemotron_eval.front import runs
 
     rows = []
     for run_id in runs.all_ids():
@@ -137,12 +137,12 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from nemotron_eval import front, runs
+    from nemotron_eval.front import launch as front, runs
 
     run = runs.load(args.id)
     print(front.summary(run))
     if run.remote_id and runs.state(run) not in runs.FINAL:
-        from nemotron_eval import remote
+        from nemotron_eval.executors import remote
 
         tail = [ln for ln in remote.logs(run.remote_id).splitlines() if "steps (" in ln]
         if tail:
@@ -151,13 +151,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from nemotron_eval import front
+    from nemotron_eval.front import launch as front
 
     return front.show_logs(args.id, follow=args.follow, task=args.task)
 
 
 def _kill(args: argparse.Namespace) -> int:
-    from nemotron_eval import front
+    from nemotron_eval.front import launch as front
 
     state = front.kill(args.id)
     print(f"run {args.id}: {state}")
@@ -165,7 +165,7 @@ def _kill(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from nemotron_eval import front
+    from nemotron_eval.front import launch as front
 
     for path in front.fetch(args.id):
         print(path)

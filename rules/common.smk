@@ -8,7 +8,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from nemotron_eval.pipeline import layout, smk, snakemake_adapter
+from nemotron_eval.core import layout
+from nemotron_eval.pipeline import smk, snakemake_adapter
 from nemotron_eval.pipeline import workflow as wf
 from nemotron_eval.artifacts.embedded import EMBEDDED
 from nemotron_eval.pipeline.plan import plan_for

@@ -14,7 +14,7 @@ from nemotron_eval.artifacts.local import LocalRegistry
 from nemotron_eval.artifacts.wandb import WandbRegistry
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.artifacts.spec import ModelSpec, parse_spec, parse_wildcard
+from nemotron_eval.core.spec import ModelSpec, parse_spec, parse_wildcard
 
 from conftest import nemotron
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from nemotron_eval.artifacts import Resolved
-from nemotron_eval.config.compile import compile_job, resolve_artifacts, resolve_model
+from nemotron_eval.pipeline.compile import compile_job, resolve_artifacts, resolve_model
 from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.artifacts.spec import parse_wildcard
+from nemotron_eval.core.spec import parse_wildcard
 from nemotron_eval.data.tasks import STAGED
 
 from conftest import REPO

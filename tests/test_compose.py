@@ -146,7 +146,6 @@ def test_tasks_filter_accepts_short_and_harness_names() -> None:
         ({"overrides": ["evaluation.tasks.0.name=hellaswag"]}, "evaluation.tasks: hellaswag, hellaswag would all write results/{model}/hellaswag.json"),
         ({"overrides": ["evaluation.tasks.0.name=humaneval"]}, "task 'humaneval' exists in several harnesses; write one of bigcode-evaluation-harness.humaneval"),
         ({"env_profile": "cluster"}, "no env.toml found"),
-        ({"overrides": ["deployment.type=docker"]}, "deployment.type 'docker' is not valid; valid: local, generic, vllm, none"),
         ({"overrides": ["deployment.port=[1"]}, "override 'deployment.port=[1': the value is not valid YAML flow syntax"),
         ({"overrides": ["+deployment.x=${run.nothere}"]}, "deployment.x refers to ${run.nothere}, which is not defined"),
         ({"eval_config": "defualt"}, "(did you mean 'default'?)"),

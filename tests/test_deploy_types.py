@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from nemotron_eval.deploy import types
-from nemotron_eval.deploy.runners import container_runner_wrap, unescape_dollars
+from nemotron_eval.executors.runners import container_runner_wrap, unescape_dollars
 from nemotron_eval.core.errors import UserError
 
 from conftest import nemotron, snakemake
@@ -222,7 +222,7 @@ def test_unknown_runner_and_type(planner, tmp_path: Path) -> None:
         planner("default", ["execution.container_runner=pyxsi"])
     with pytest.raises(UserError, match=r"execution.container_runner='docker'"):
         container_runner_wrap("docker", "img", "true", {}, [])
-    with pytest.raises(UserError, match=r"deployment.type 'vlm' is not valid \(did you mean 'vllm'\?\)"):
+    with pytest.raises(UserError, match=r"^deployment.type='vlm': unknown; valid: local, generic, vllm, none, stub \(did you mean 'vllm'\?\)$"):
         planner("default", ["deployment.type=vlm"])
     with pytest.raises(UserError, match=r"deployment.type='vlm'.*did you mean 'vllm'"):
         types.get("vlm")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, REPO, make_checkpoint, run
-from nemotron_eval.pipeline import layout
+from nemotron_eval.core import layout
 from nemotron_eval.artifacts import LocalRegistry
 from nemotron_eval.pipeline.plan import Plan
 from nemotron_eval.pipeline.request import Request

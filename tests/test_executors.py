@@ -32,7 +32,7 @@ def test_registered_executors_and_an_unknown_one() -> None:
 def test_the_config_refuses_an_unregistered_executor_in_one_line(planner) -> None:
     with pytest.raises(UserError) as e:
         planner("local", ["execution.type=lepton"], env_toml="")
-    assert "execution.type" in str(e.value) and "one of local, slurm" in str(e.value) and "\n" not in str(e.value)
+    assert "execution.type" in str(e.value) and "registered: local, slurm" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_each_executor_has_its_config_group_file_and_profile() -> None:

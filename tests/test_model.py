@@ -77,7 +77,7 @@ def test_check_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
 
 def test_embedded_identity_is_known_before_the_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nemotron_eval.artifacts import embedded
-    from nemotron_eval.artifacts.spec import parse_spec
+    from nemotron_eval.core.spec import parse_spec
 
     monkeypatch.chdir(tmp_path)
     smol = embedded.EMBEDDED["smollm2"]

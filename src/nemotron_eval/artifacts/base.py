@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from nemotron_eval.artifacts.spec import ModelSpec
+from nemotron_eval.core.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.artifacts.spec import ModelSpec
+from nemotron_eval.core.spec import ModelSpec
 
 MODELS_DIR = Path("models")
 CONVERTER = 1  # bump when the conversion changes what it writes: every embedded model's identity changes

@@ -20,7 +20,7 @@ from nemotron_eval.config.validators import checkpoint_path
 from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.core.io import sha256_tree, stat_fingerprint, write_json_atomic
 from nemotron_eval.core.safeload import load_json
-from nemotron_eval.artifacts.spec import MAX_ALIAS, ModelSpec, parse_spec
+from nemotron_eval.core.spec import MAX_ALIAS, ModelSpec, parse_spec
 
 METADATA = "metadata.json"
 ALIASES = "aliases.json"

@@ -13,7 +13,7 @@ from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.artifacts.spec import ModelSpec
+from nemotron_eval.core.spec import ModelSpec
 
 PATH_KEYS = ("absolute_path", "path", "checkpoint_path")
 

@@ -343,11 +343,7 @@ def validate(cfg: dict[str, Any], where: Path) -> None:
     for section in ("run", "deployment", "evaluation"):
         if not isinstance(cfg.get(section), dict):
             raise UserError(f"{where}: section {section!r} is missing or not a mapping")
-    from nemotron_eval.deploy.types import TYPES
-
-    dtype = cfg["deployment"].get("type")
-    if dtype not in TYPES:
-        raise UserError(f"{where}: deployment.type {dtype!r} is not valid{did_you_mean(str(dtype), TYPES)}; valid: {', '.join(TYPES)}")
+    # deployment.type names a registered type: the Plan asks the registry (deploy.types.get), one line
     _check_interpolations(cfg, where)
 
 

@@ -2,7 +2,9 @@
 whatever the deployment, and the sections that are ours entirely (closed: an unknown key is an error).
 
 A deployment type's own rules (its port range, its closed key set, ...) live with the type
-(`deploy.types.Deployment.rules`); `config.schema.check` applies both.
+(`deploy.types.Deployment.rules`), the keys whose values are registered names (`execution.type`,
+`run.env.executor`, `execution.container_runner`) with the executors (`executors.schema_rules`), an exporter's
+with the exporter; the Plan passes them to `config.schema.check` with these.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from nemotron_eval.config.validators import (
     env_vars, gres, host_path, integer, mapping, model_spec, mount_list, mounts_map, no_shell, number, one_of,
     string_list, text, url_path, walltime,
 )
-from nemotron_eval import executors
-from nemotron_eval.deploy.runners import RUNNERS
 
 ENGINES = ("snakemake", "launcher")
-EXECUTORS = executors.names()  # the registered ones (nemotron_eval.executors)
 ENDPOINT_TYPES = ("completions", "chat")
 
 _NAME_OR_NULL = text(SAFE_WORD, "a name of letters, digits and . _ @ + , -")
@@ -40,7 +39,6 @@ RULES: list[tuple[str, Rule]] = [
     ("run.launcher.dry_run", boolean),
     ("run.tasks_at_once", integer(1, null=True)),
     ("run.env", mapping),
-    ("run.env.executor", one_of(*EXECUTORS, null=True)),
     ("run.env.time", walltime),
     ("run.env.build_time", walltime),
     ("run.env.mounts", mount_list),
@@ -59,7 +57,6 @@ RULES: list[tuple[str, Rule]] = [
     ("data", mapping),
     ("data.mirror", text(None, "a folder path")),
     ("execution", mapping),
-    ("execution.type", one_of(*EXECUTORS)),
     ("execution.num_nodes", integer(1)),
     ("execution.num_instances", integer(1)),
     ("execution.ntasks_per_node", integer(1)),
@@ -67,7 +64,6 @@ RULES: list[tuple[str, Rule]] = [
     ("execution.gres", gres),
     ("execution.walltime", walltime),
     ("execution.mem_mb", integer(1, null=True)),
-    ("execution.container_runner", one_of(*RUNNERS)),
     ("execution.account", _NAME_OR_NULL),
     ("execution.partition", _NAME_OR_NULL),
     ("execution.username", _NAME_OR_NULL),

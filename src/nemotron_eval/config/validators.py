@@ -90,10 +90,33 @@ def no_shell(v: Any) -> str | None:
     return None
 
 
-def walltime(v: Any) -> str | None:
-    """A Slurm time, as the slurm executor reads it (executors.slurm.walltime_minutes)."""
-    from nemotron_eval.executors.slurm import walltime_minutes
+def walltime_minutes(value: Any, where: str = "execution.walltime") -> int:
+    """Slurm time formats: MM, HH:MM:SS, D-HH:MM:SS, D-HH -> minutes (rounded up)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if not m or value is None:
+        raise UserError(f"{where}: {value!r} is not a Slurm time (use MM, HH:MM:SS or D-HH:MM:SS)")
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if days is None and b is None:  # plain minutes
+        return int(a or 0)
+    if c is None and b is not None and days is None:  # MM:SS
+        return a + (1 if b else 0)
+    hours, minutes, seconds = a or 0, b or 0, c or 0
+    return (days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
+
+def gpus_per_node(gres: str | None) -> int:
+    """`gpu:8`, `gpu:h100:8` -> 8; None or no gpu -> 0."""
+    if not gres:
+        return 0
+    m = re.fullmatch(r"gpu(?::[A-Za-z0-9_-]+)?:(\d+)", str(gres).strip())
+    if not m:
+        raise UserError(f"execution.gres: {gres!r} is not a GPU request (use gpu:N or gpu:TYPE:N)")
+    return int(m[1])
+
+
+def walltime(v: Any) -> str | None:
+    """A Slurm time, as the slurm executor reads it (`walltime_minutes`)."""
     if v is None:
         return None
     try:
@@ -106,9 +129,7 @@ def walltime(v: Any) -> str | None:
 
 
 def gres(v: Any) -> str | None:
-    """A GPU request, as the slurm executor reads it (executors.slurm.gpus_per_node)."""
-    from nemotron_eval.executors.slurm import gpus_per_node
-
+    """A GPU request, as the slurm executor reads it (`gpus_per_node`)."""
     if v is None:
         return None
     try:
@@ -213,7 +234,7 @@ def string_list(v: Any) -> str | None:
 
 
 def model_spec(v: Any) -> str | None:
-    from nemotron_eval.artifacts.spec import parse_spec
+    from nemotron_eval.core.spec import parse_spec
 
     if not isinstance(v, str):
         return "an artifact spec NAME:ALIAS, e.g. rl:latest"

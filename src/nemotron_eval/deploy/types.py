@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from nemotron_eval import executors
-from nemotron_eval.pipeline import layout
+from nemotron_eval.core import layout
 from nemotron_eval.deploy import process as proc
 from nemotron_eval.config.validators import Rule, integer, text
-from nemotron_eval.deploy.runners import check_runner, container_runner_wrap, unescape_dollars
+from nemotron_eval.executors.runners import check_runner, container_runner_wrap, unescape_dollars
 from nemotron_eval.core.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
@@ -356,7 +356,7 @@ def _tasks_per_node(execution: Mapping[str, Any], nodes: int) -> int:
 
 def _gpus(execution: Mapping[str, Any]) -> int | None:
     """The GPUs per node from execution.gres ("gpu:8", "gpu:h100:8"); None when not said."""
-    from nemotron_eval.executors.slurm import gpus_per_node
+    from nemotron_eval.config.validators import gpus_per_node
 
     return gpus_per_node(execution["gres"]) if execution.get("gres") else None
 

@@ -63,7 +63,7 @@ def run_harness(
     task on the data the harness fetches from the hub (`staged_dir` None).
 
     The harness counts its answered requests into `output_dir/progress` (NeMo Evaluator's progress-tracking
-    interceptor, see `nemotron_eval.front.progress`) and posts the count to `progress_url` when given. `abort` is asked
+    interceptor, see `nemotron_eval.evaluate.progress`) and posts the count to `progress_url` when given. `abort` is asked
     every second while the harness runs: a reason (the deployment died) stops it (HarnessAborted).
 
     Writes the harness's outputs (results.yml, ...) to `output_dir` and its log to `log`

@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 
 from nemotron_eval.executors.base import (
-    Executor, for_execution, for_profile, get, names, profile_executor, register, remote_names,
+    Executor, for_execution, for_profile, get, names, profile_executor, register, remote_names, schema_rules,
 )  # fmt: skip
 
 for _module in pkgutil.iter_modules(__path__):
@@ -17,4 +17,5 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "Executor", "for_execution", "for_profile", "get", "names", "profile_executor", "register", "remote_names",
+    "schema_rules",
 ]  # fmt: skip

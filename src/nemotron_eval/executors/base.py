@@ -15,14 +15,13 @@ the config group file and the profile).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nemotron_eval.deploy.runners import RUNNERS
+from nemotron_eval.config.validators import Rule, one_of
 from nemotron_eval.core.errors import UserError, did_you_mean
-
-Rule = Callable[[Any], "str | None"]
+from nemotron_eval.executors.runners import RUNNERS
 
 
 class Executor:
@@ -126,3 +125,12 @@ def for_profile(profile: str) -> Executor:
 def remote_names() -> tuple[str, ...]:
     """The executors a head job can be submitted to (env.toml's `executor` of a -r/-b profile)."""
     return tuple(n for n, e in _REGISTRY.items() if e.remote)
+
+
+def schema_rules() -> list[tuple[str, Rule]]:
+    """The config keys whose valid values are this registry's names (for `config.schema.check`, through the Plan)."""
+    return [
+        ("run.env.executor", one_of(*_REGISTRY, null=True)),
+        ("execution.type", one_of(*_REGISTRY)),
+        ("execution.container_runner", one_of(*RUNNERS)),
+    ]

@@ -11,36 +11,12 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nemotron_eval.deploy.runners import check_runner
+from nemotron_eval.config.validators import gpus_per_node, walltime_minutes
+from nemotron_eval.executors.runners import check_runner
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors.base import Executor, register
 
 _JOB_ID = re.compile(r"SLURM jobid (\d+)")  # "Job 3 has been submitted with SLURM jobid 1234 (log: ...)."
-
-
-def walltime_minutes(value: Any, where: str = "execution.walltime") -> int:
-    """Slurm time formats: MM, HH:MM:SS, D-HH:MM:SS, D-HH -> minutes (rounded up)."""
-    text = str(value).strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not m or value is None:
-        raise UserError(f"{where}: {value!r} is not a Slurm time (use MM, HH:MM:SS or D-HH:MM:SS)")
-    days, a, b, c = (int(g) if g else None for g in m.groups())
-    if days is None and b is None:  # plain minutes
-        return int(a or 0)
-    if c is None and b is not None and days is None:  # MM:SS
-        return a + (1 if b else 0)
-    hours, minutes, seconds = a or 0, b or 0, c or 0
-    return (days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
-
-
-def gpus_per_node(gres: str | None) -> int:
-    """`gpu:8`, `gpu:h100:8` -> 8; None or no gpu -> 0."""
-    if not gres:
-        return 0
-    m = re.fullmatch(r"gpu(?::[A-Za-z0-9_-]+)?:(\d+)", str(gres).strip())
-    if not m:
-        raise UserError(f"execution.gres: {gres!r} is not a GPU request (use gpu:N or gpu:TYPE:N)")
-    return int(m[1])
 
 
 def check_account(account: str | None, profile: str | None, enforce: str | None) -> None:

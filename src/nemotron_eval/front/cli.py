@@ -173,7 +173,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from nemotron_eval.exporters.rerun import export_run
+    from nemotron_eval.front.export import export_run
 
     for path in export_run(args.id, args.dest, args.format):
         print(path)

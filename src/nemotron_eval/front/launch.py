@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.pipeline import layout
+from nemotron_eval.core import layout
 from nemotron_eval.front import runs
-from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.errors import UserError, exit_code
+from nemotron_eval.pipeline import smk
 from nemotron_eval.pipeline.request import Request
-from nemotron_eval.artifacts.spec import parse_wildcard
+from nemotron_eval.core.spec import parse_wildcard
 
 LOCAL_PROFILE = "profiles/local"
 
@@ -174,7 +175,7 @@ def _local(run: runs.Run) -> int:
     """Start the supervisor (its own session: it outlives this shell) and follow the run until it ends."""
     _unlock_if_stale(run)
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "nemotron_eval.pipeline.steps", "supervise", "--run", run.id, "--log", str(run.folder / "supervisor.log")],
+        [sys.executable, "-m", "nemotron_eval.front.launch", "--supervise", run.id, "--log", str(run.folder / "supervisor.log")],
         stdin=subprocess.DEVNULL, start_new_session=True,
     )
     run.pid = supervisor.pid  # from now on the run can be cancelled (it signals the supervisor)
@@ -185,7 +186,7 @@ def _local(run: runs.Run) -> int:
 def _unlock_if_stale(run: runs.Run) -> None:
     """A Snakemake killed before it could clean up leaves its lock; with no Snakemake running here, lift it."""
     locks = Path(".snakemake/locks")
-    if locks.is_dir() and any(locks.iterdir()) and runs.pid_of_live_snakemake(Path(".")) is None:
+    if locks.is_dir() and any(locks.iterdir()) and smk.pid_of_live_snakemake(Path(".")) is None:
         print("nemotron: an earlier run left Snakemake's lock behind (nothing is running here): unlocking", file=sys.stderr)
         subprocess.run(snakemake_argv(run.snakemake_profile, [], run.request_file, "--unlock"),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -421,3 +422,19 @@ def summary(run: runs.Run) -> str:
             detail = t.detail
         lines.append(f"  {t.model:<24} {t.task:<16} {t.state:<9} {detail}")
     return "\n".join(lines)
+
+
+def supervisor_main(argv: list[str] | None = None) -> int:
+    """`python -m nemotron_eval.front.launch --supervise RUN_ID --log FILE`: the supervisor process of a local run
+    (started by `_local` in its own session, so it outlives the shell that started it, on purpose)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m nemotron_eval.front.launch", description=supervisor_main.__doc__)
+    p.add_argument("--supervise", required=True, metavar="RUN_ID")
+    p.add_argument("--log", type=Path, required=True)
+    a = p.parse_args(argv)
+    return exit_code(lambda: supervise(a.supervise), log=a.log)
+
+
+if __name__ == "__main__":
+    sys.exit(supervisor_main())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -27,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.pipeline import layout
-from nemotron_eval.front import progress
+from nemotron_eval.core import layout
+from nemotron_eval.evaluate import progress
 from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.core.io import read_json, write_json_atomic, write_text_atomic
 
@@ -239,18 +238,3 @@ def result_files(run: Run, root: Path = Path(".")) -> dict[str, list[Path]]:
         found = [(task, root / layout.RESULT.format(model=model, task=task)) for task in run.tasks]
         out[model] = [p for task, p in found if _result(p, str((prints.get(task) or {}).get("fingerprint", ""))) is not None]
     return out
-
-
-def pid_of_live_snakemake(root: Path) -> int | None:
-    """A Snakemake process running in `root` (ours or a user's), if any: its lock is not stale."""
-    import psutil
-
-    target = str(Path(root).resolve())
-    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if "snakemake" in cmd and proc.info["cwd"] == target and proc.pid != os.getpid():
-                return int(proc.pid)
-        except (psutil.Error, TypeError):
-            continue
-    return None

@@ -21,7 +21,7 @@ from nemotron_eval.artifacts import embedded
 from nemotron_eval import executors, exporters
 from nemotron_eval.data import tasks as task_table
 from nemotron_eval.artifacts import Resolved
-from nemotron_eval.config import compile as comp
+from nemotron_eval.pipeline import compile as comp
 from nemotron_eval.config import schema
 from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
 from nemotron_eval.data import stage
@@ -29,7 +29,7 @@ from nemotron_eval.deploy import types as deploy_types
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import dump_yaml, sha256_bytes
 from nemotron_eval.pipeline.request import Request
-from nemotron_eval.artifacts.spec import ModelSpec, parse_spec, parse_wildcard
+from nemotron_eval.core.spec import ModelSpec, parse_spec, parse_wildcard
 
 ENGINES = schema.ENGINES
 
@@ -84,7 +84,9 @@ class Plan:
         executor = executors.for_execution(execution if isinstance(execution, dict) else {})  # unknown: one line
         # what the registries add to the schema's general rules (config.schema's hook: (key pattern, rule) pairs)
         # for this config: the deployment type's, the executor's, and every exporter's `export.<name>.*`
-        self.schema_rules = [*self.deployment.rules, *executor.rules, *exporters.schema_rules()]
+        self.schema_rules = [
+            *self.deployment.rules, *executors.schema_rules(), *executor.rules, *exporters.schema_rules(),
+        ]
         schema.check(self.resolved, self.merged, pending=True, rules=self.schema_rules, closed=self.deployment.closed)
         self.deployment.check(self.resolved)  # what is known before any model (its execution, its endpoint, ...)
         self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +74,7 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
     import json
     import os
 
-    from nemotron_eval.pipeline import layout
+    from nemotron_eval.core import layout
 
     if snakemake.forced(workflow):
         return True
@@ -131,8 +132,6 @@ def hint_after_a_kill(workdir: Path = Path(".")) -> None:
     unfinished = incomplete.is_dir() and any(incomplete.iterdir()) and not given & {"--rerun-incomplete", "--ri"}
     if not (stale_lock or unfinished):
         return
-    from nemotron_eval.front.runs import pid_of_live_snakemake
-
     if pid_of_live_snakemake(workdir) is not None:
         return  # another Snakemake is running here: its lock is real
     what = " and ".join(x for x, on in (("--unlock once", stale_lock), ("--rerun-incomplete", unfinished)) if on)
@@ -140,3 +139,18 @@ def hint_after_a_kill(workdir: Path = Path(".")) -> None:
         f"nemotron: an earlier run was interrupted: add {what} (finished tasks are kept and answered requests "
         "come from the harness's cache; `nemotron eval` does this for you)\n"
     )
+
+
+def pid_of_live_snakemake(root: Path) -> int | None:
+    """A Snakemake process running in `root` (ours or a user's), if any: its lock is not stale."""
+    import psutil
+
+    target = str(Path(root).resolve())
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if "snakemake" in cmd and proc.info["cwd"] == target and proc.pid != os.getpid():
+                return int(proc.pid)
+        except (psutil.Error, TypeError):
+            continue
+    return None

@@ -36,8 +36,6 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("squash", help="enroot import of a deployment image (its reference from a file)")
     s.add_argument("--reference", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
-    s = sub.add_parser("supervise", help="run Snakemake for a `nemotron eval` run and record how it ends")
-    s.add_argument("--run", required=True)
     s = sub.add_parser("export", help="one model's results to one destination (an exporter: wandb, mlflow, local)")
     s.add_argument("results", nargs="+", type=Path)
     s.add_argument("--dest", required=True, help="the exporter's name (nemotron_eval.exporters)")
@@ -68,9 +66,8 @@ def _terminated(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    if a.step != "supervise":  # a run's supervisor outlives the shell that started it, on purpose
-        signal.signal(signal.SIGTERM, _terminated)  # the serve step installs its own handlers
-        watch_parent()
+    signal.signal(signal.SIGTERM, _terminated)  # the serve step installs its own handlers
+    watch_parent()
 
     def run() -> int:
         from nemotron_eval.pipeline import workflow as wf
@@ -79,10 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             from nemotron_eval.deploy.serve import serve
 
             return serve(a.eval, a.model, a.endpoint_file, a.log)
-        if a.step == "supervise":
-            from nemotron_eval.front.launch import supervise
-
-            return supervise(a.run)
         with wf.logged(a.log):
             if a.step == "prepare-model":
                 wf.prepare_model(a.name, a.receipt)

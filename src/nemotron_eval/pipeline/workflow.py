@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.pipeline import layout
-from nemotron_eval.front import progress
+from nemotron_eval.core import layout
+from nemotron_eval.evaluate import progress
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import sha256_bytes, write_text_atomic
 from nemotron_eval.pipeline.plan import ModelPlan
@@ -84,7 +84,7 @@ def write_config(mp: ModelPlan, which: str, out: str, log_file: str) -> None:
 
 def resolve(mp: ModelPlan, out: str, log_file: str) -> None:
     """build/{model}/resolved.yaml: the checkpoint made available here (a W&B download), then the plan's file."""
-    from nemotron_eval.config.compile import materialize
+    from nemotron_eval.pipeline.compile import materialize
 
     with logged(log_file):
         materialize(mp.artifact, mp.merged)

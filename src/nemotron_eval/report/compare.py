@@ -22,7 +22,7 @@ from typing import Any
 
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import read_json
-from nemotron_eval.pipeline import layout
+from nemotron_eval.core import layout
 from nemotron_eval.evaluate.items import read_items
 from nemotron_eval.report.stats import mcnemar_exact, paired_bootstrap, wilson_interval
 
@@ -41,7 +41,7 @@ LOG_PATH = layout.TASK_LOG
 
 def model_key(spec: str) -> str:
     """The `{model}` wildcard of a spec: rl:latest -> rl_latest, sft:2 -> sft_v2 (the folders under results/, logs/)."""
-    from nemotron_eval.artifacts.spec import parse_spec
+    from nemotron_eval.core.spec import parse_spec
 
     return parse_spec(spec, where="model.spec").wildcard
 

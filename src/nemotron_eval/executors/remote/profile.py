@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.executors import remote_names
-from nemotron_eval.executors.slurm import walltime_minutes
+from nemotron_eval.config.validators import walltime_minutes
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.core.errors import UserError, did_you_mean
 

@@ -30,7 +30,7 @@ from nemotron_eval.config.compose import ART_RE, _replace_art
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import stat_fingerprint
-from nemotron_eval.artifacts.spec import ModelSpec
+from nemotron_eval.core.spec import ModelSpec
 from nemotron_eval.data.tasks import Task
 
 IMAGES_DIR = Path("build/images")

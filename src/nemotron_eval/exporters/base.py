@@ -126,6 +126,20 @@ def schema_rules() -> list[tuple[str, Rule]]:
 # --- shared by the exporters ------------------------------------------------------------------------
 
 
+def checked_section(name: str, section: Mapping[str, Any] | None, rules: Mapping[str, Callable[[Any], str | None]],
+                    *, also: Sequence[str] = ()) -> dict[str, Any]:
+    """`export.<name>` as a dict, each key known (its rule, or one of `also`: accepted, checked elsewhere) and
+    valid by its rule; else one line naming the key and what is valid."""
+    section = dict(section or {})
+    for key, value in section.items():
+        if key not in rules and key not in also:
+            raise UserError(f"export.{name}.{key}: unknown key{did_you_mean(str(key), list(rules))}; valid: {', '.join(rules)}")
+        problem = rules[key](value) if key in rules else None
+        if problem:
+            raise UserError(f"export.{name}.{key}={value!r}: {problem}")
+    return section
+
+
 def load_results(paths: Sequence[Path]) -> list[dict[str, Any]]:
     if not paths:
         raise UserError("export: no result files given (results/{model}/{task}.json)")

@@ -12,24 +12,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nemotron_eval.config.validators import boolean
-from nemotron_eval.core.errors import UserError, did_you_mean
-from nemotron_eval.exporters.base import ExportJob, Exporter, export_requested, load_results, register, write_receipt
+from nemotron_eval.exporters.base import (
+    ExportJob, Exporter, checked_section, export_requested, load_results, register, write_receipt,
+)  # fmt: skip
 from nemotron_eval.core.io import csv_text, write_text_atomic
 
 DESTINATION = "local"
 RECEIPT_VERSION = 1
-KEYS = ("csv",)
 COLUMNS = ["task", "metric", "value", "stderr", "n_samples", "model", "version", "digest"]
 
 
 def parse_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
-    section = dict(section or {})
-    for key, value in section.items():
-        if key not in KEYS:
-            raise UserError(f"export.local.{key}: unknown key{did_you_mean(str(key), KEYS)}; valid: {', '.join(KEYS)}")
-        problem = LocalExporter.rules[key](value)
-        if problem:
-            raise UserError(f"export.local.{key}={value!r}: {problem}")
+    section = checked_section("local", section, LocalExporter.rules)
     return {"csv": bool(section.get("csv"))}
 
 

@@ -29,16 +29,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import (
-    ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render,
+    ExportJob, Exporter, checked_section, comparison_with, export_requested, first_line, load_results, name_fields, register, render,
     run_id, say, stage, task_metrics, write_receipt,
 )
 from nemotron_eval.core.secrets import redact
 
 DESTINATION = "mlflow"
 RECEIPT_VERSION = 1
-KEYS = ("tracking_uri", "experiment_name", "run_name", "tags")
 DEFAULT_EXPERIMENT = "nemotron-eval"
 DEFAULT_RUN_NAME = "eval-{name}-{version}"
 STORE = Path("mlruns")  # the project's own store, under the working directory (the project)
@@ -70,13 +69,7 @@ def shown_uri(uri: str) -> str:
 
 
 def parse_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
-    section = dict(section or {})
-    for key, value in section.items():
-        if key not in KEYS:
-            raise UserError(f"export.mlflow.{key}: unknown key{did_you_mean(str(key), KEYS)}; valid: {', '.join(KEYS)}")
-        problem = MlflowExporter.rules[key](value)
-        if problem:
-            raise UserError(f"export.mlflow.{key}={value!r}: {problem}")
+    section = checked_section("mlflow", section, MlflowExporter.rules)
     uri = section.get("tracking_uri") or default_tracking_uri()
     if urllib.parse.urlsplit(uri).password is not None:
         raise UserError(

@@ -120,3 +120,51 @@ def test_stats_count_per_client_and_reach_the_file_at_shutdown(tmp_path: Path) -
 def test_it_is_a_registered_deployment_type() -> None:
     kind = types.get("stub")
     assert isinstance(kind, stub.Stub) and kind.tasks_at_once(2) is None and kind.readiness_timeout({}) == 30
+
+
+def test_latency_holds_each_request_without_holding_the_others(tmp_path: Path) -> None:
+    """`--latency-ms` (deployment.latency_ms): a request takes at least that long, and two at once take about as
+    long as one (each waits in its own thread), so a test can hold a task mid-way and the server stays concurrent."""
+    import threading
+
+    checkpoint = stub.write_checkpoint(tmp_path / "c")
+    endpoint = tmp_path / "e.json"
+    proc = subprocess.Popen([sys.executable, "-m", "nemotron_eval.deploy.stub", "--checkpoint", str(checkpoint),
+                             "--endpoint-file", str(endpoint), "--latency-ms", "600"], stderr=subprocess.DEVNULL)
+    try:
+        while not endpoint.exists():
+            assert proc.poll() is None
+            time.sleep(0.01)
+        url = json.loads(endpoint.read_text())["completions_url"]
+        started = time.monotonic()
+        assert post(url, {"prompt": "abc", "max_tokens": 1})[0] == 200
+        assert time.monotonic() - started >= 0.6
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda: codes.append(post(url, {"prompt": "abc", "max_tokens": 1})[0]))
+                   for _ in range(2)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.monotonic() - started
+        assert codes == [200, 200] and 0.6 <= took < 1.0, took  # one after the other would take 1.2 s
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def test_latency_ms_is_the_stub_types_own_setting(planner, tmp_path: Path) -> None:
+    """deployment.latency_ms: checked by the stub type's schema rule, passed to the server as --latency-ms, and
+    no part of what scores (its type's not_scoring: a task's fingerprint does not change with it)."""
+    from nemotron_eval.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"^deployment\.latency_ms=-1: a whole number >= 0"):
+        planner("local", ["deployment=stub", "deployment.latency_ms=-1"]).model("demo_latest")
+    plans = [planner("local", ["deployment=stub", f"deployment.latency_ms={ms}"]).model("demo_latest") for ms in (0, 250)]
+    runtime = types.Runtime(run_dir=tmp_path / "run", deployment_id="d-1", environ={})
+    argv = [types.get("stub").plan(p.eval, runtime).argv for p in plans]
+    assert "--latency-ms" not in argv[0] and argv[1][-2:] == ["--latency-ms", "250"]
+    assert argv[0] == argv[1][:-2]
+    assert [p.job["run"]["tasks"]["openbookqa"]["fingerprint"] for p in plans].count(
+        plans[0].job["run"]["tasks"]["openbookqa"]["fingerprint"]) == 2

@@ -2,7 +2,7 @@
 tests and dry runs of the whole pipeline (the real harness, the real DAG) in seconds instead of minutes.
 
     python -m nemotron_eval.deploy.stub --checkpoint DIR [--host 127.0.0.1] [--port 0] [--served-model-name NAME]
-        [--endpoint-file F] [--deployment-id ID] [--stats-file F]
+        [--endpoint-file F] [--deployment-id ID] [--stats-file F] [--latency-ms MS]
     python -m nemotron_eval.deploy.stub --make-checkpoint DIR      # a stub "checkpoint": config + tokenizer only
 
 How to use it: pick the config group option `deployment=stub` and a checkpoint whose tokenizer is the stub's
@@ -25,6 +25,9 @@ transformers and listens in about a tenth of a second):
   next candidates, plus the token there when it is not among them (as `deploy.server` does).
 * Generation appends greedy tokens, `max_tokens` of them or until a `stop` string (`finish_reason` says which).
   `temperature`, `top_p` and `seed` are accepted and ignored: the same prompt always gets the same answer.
+* `--latency-ms MS` (`deployment.latency_ms`, default 0): each completion request takes at least MS milliseconds,
+  each in its own thread (requests in flight wait together, not one after another), so that a test can hold a
+  task mid-way, e.g. to kill it there, without racing an answer that comes at once.
 * `POST /v1/completions` and `/c/<client>/v1/completions` (a client's own figures), `GET /health`, `/v1/health`,
   `/v1/models`, `/stats` (`deploy.stats`: requests and tokens per client; computed = prompt tokens).
 """
@@ -43,12 +46,15 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nemotron_eval.config.validators import integer
 from nemotron_eval.deploy.local import Local
+from nemotron_eval.deploy.types import DeploymentPlan, Runtime
 from nemotron_eval.deploy.stats import ServerStats, StatsWriter
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import write_json_atomic, write_text_atomic
@@ -269,6 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/v1/completions":
             self._error(404, f"no POST {self.path} here: /v1/completions or /c/<client>/v1/completions")
             return
+        if self.server.latency_s:
+            time.sleep(self.server.latency_s)  # this request's thread only: the others go on
         started = time.monotonic()
         try:
             choices = complete(json.loads(raw or b"null"))
@@ -292,6 +300,7 @@ class _Server(ThreadingHTTPServer):
     model_id: str
     created: int
     stats: ServerStats
+    latency_s: float = 0.0
 
 
 def endpoint_info(host: str, port: int, model_id: str, deployment_id: str | None, checkpoint: Path) -> dict[str, Any]:
@@ -316,6 +325,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--endpoint-file", type=Path, help="JSON written once the server is listening")
     parser.add_argument("--deployment-id")
     parser.add_argument("--stats-file", type=Path, help="JSON statistics, written while serving and at shutdown")
+    parser.add_argument("--latency-ms", type=int, default=0, metavar="MS",
+                        help="each completion request takes at least MS milliseconds (default 0)")
     return parser.parse_args(argv)
 
 
@@ -325,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.make_checkpoint:
         print(write_checkpoint(args.make_checkpoint))
         return 0
+    if args.latency_ms < 0:
+        print(f"error: --latency-ms {args.latency_ms}: valid: a whole number of milliseconds >= 0", file=sys.stderr)
+        return 2
     if not args.checkpoint.is_dir():
         print(f"error: --checkpoint {args.checkpoint}: not a folder", file=sys.stderr)
         return 2
@@ -335,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "--port 0 for a free one", file=sys.stderr)
         return 2
     httpd.model_id, httpd.created, httpd.stats = args.served_model_name, int(time.time()), ServerStats(model_load_s=0.0)
+    httpd.latency_s = args.latency_ms / 1000
     writer = StatsWriter(args.stats_file, lambda: httpd.stats.snapshot(stub=True)) if args.stats_file else None
     stopped: list[int] = []
 
@@ -367,9 +382,13 @@ class Stub(Local):
     """The `stub` deployment type (`configs/deployment/stub.yaml`): a process on this host with the local
     server's command-line contract (`--endpoint-file`, `--deployment-id`, `--stats-file`, added by the serve step),
     so it plans, starts, waits and stops as `local` does. Its own: a short readiness timeout, every task's harness
-    at once (the stub costs nothing), and a checkpoint without weights (config and tokenizer are enough)."""
+    at once (the stub costs nothing), a checkpoint without weights (config and tokenizer are enough), and
+    `deployment.latency_ms` (each request's time, passed as `--latency-ms`: how it is served, never a score)."""
 
     readiness_default_s = 30
+    rules = (*Local.rules, ("deployment.latency_ms", integer(0)))
+    keys = (*Local.keys, "latency_ms")
+    not_scoring = (*Local.not_scoring, "latency_ms")
 
     def check_task(self, task: Task, checkpoint: Path | None) -> None:
         if task.endpoint_type != "completions":
@@ -378,6 +397,11 @@ class Stub(Local):
 
     def tasks_at_once(self, cores: int) -> int | None:
         return None
+
+    def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
+        plan = super().plan(eval_cfg, runtime)
+        latency = (eval_cfg.get("deployment") or {}).get("latency_ms") or 0
+        return replace(plan, argv=[*plan.argv, "--latency-ms", str(latency)]) if latency else plan
 
 
 if __name__ == "__main__":

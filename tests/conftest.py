@@ -149,6 +149,18 @@ def seed_smollm2(request: pytest.FixtureRequest, work: Path) -> None:
     shutil.copytree(root / "smollm2", models / "smollm2", copy_function=_link_or_copy)
 
 
+STUB = ("deployment=stub", "run.model=stub:latest")  # the overrides of a run against the stub deployment
+
+
+def register_stub(work: Path) -> None:
+    """A stub checkpoint (deploy.stub: config and byte tokenizer, no weights) registered as `stub` in a working
+    directory: with the overrides STUB a run deploys the stub, for tests whose point is not the model's numbers."""
+    from nemotron_eval.artifacts import LocalRegistry
+    from nemotron_eval.deploy.stub import write_checkpoint
+
+    LocalRegistry(work / "artifacts").add("stub", write_checkpoint(work.parent / "stub-checkpoint"))
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)

@@ -1,7 +1,9 @@
 """Faults lose nothing: a deployment killed mid-task, Snakemake killed outright, kills at random moments.
 
-Real parts only: the real SmolLM2 deployment, the real harness and lm-eval, the real data, the snakemake CLI and
-`nemotron eval`; processes are killed with SIGKILL as a crash would."""
+Real parts only: the real harness and lm-eval, the real data, the snakemake CLI and `nemotron eval`; the real
+SmolLM2 deployment for the random kills and the five-task run, the stub deployment (deploy.stub, each request held
+0.5 s by deployment.latency_ms) where the model's numbers are not the point; processes are killed with SIGKILL as a
+crash would."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, seed_smollm2, wait_for
+from conftest import BIN, SHARED_BENCHMARKS, STUB, copy_workflow, register_stub, seed_smollm2, wait_for
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 pytestmark = [
@@ -35,7 +37,8 @@ def ours(work: Path) -> list[psutil.Process]:
     for proc in psutil.process_iter(["cmdline", "cwd", "environ"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
-            if not any(k in cmd for k in ("nemotron_eval.deploy.server", "nemotron-step", "lm-eval", "lm_eval", "run_eval", "snakemake")):
+            if not any(k in cmd for k in ("nemotron_eval.deploy.server", "nemotron_eval.deploy.stub", "nemotron-step",
+                                          "lm-eval", "lm_eval", "run_eval", "snakemake")):
                 continue
             if str(work) in cmd or (proc.info["cwd"] or "").startswith(str(work)):
                 found.append(proc)
@@ -49,8 +52,8 @@ def snakemake(work: Path, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def harness_running(work: Path, task: str) -> bool:
-    return any((d / "progress").is_file() for d in (work / "results/smollm2_latest/harness").glob(f"{task}-*"))
+def harness_running(work: Path, task: str, model: str = "smollm2_latest") -> bool:
+    return any((d / "progress").is_file() for d in (work / f"results/{model}/harness").glob(f"{task}-*"))
 
 
 @pytest.fixture
@@ -62,19 +65,35 @@ def work(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     return work
 
 
-def test_a_killed_deployment_fails_its_tasks_within_30_s_with_its_log(work: Path) -> None:
-    proc = snakemake(work, "--config", f'overrides=["{LIMIT}=200"]', 'tasks=["openbookqa","winogrande"]', "--",
-                     "results/smollm2_latest/openbookqa.json", "results/smollm2_latest/winogrande.json")
+@pytest.fixture
+def stub_work(tmp_path: Path) -> Path:
+    """A workflow copy with the stub checkpoint registered (conftest.register_stub): run with the overrides STUB."""
+    work = copy_workflow(tmp_path)
+    register_stub(work)
+    return work
+
+
+# held mid-task: each request 0.5 s, 2 at a time (configs/local.yaml's parallelism)
+STUB_SLOW = json.dumps([*STUB, "deployment.latency_ms=500"])[1:-1]
+
+
+def test_a_killed_deployment_fails_its_tasks_within_30_s_with_its_log(stub_work: Path) -> None:
+    """The deployment SIGKILLed while two tasks' harnesses ask it: both tasks fail within 30 s, each log saying the
+    deployment stopped, with its log's tail; nothing is left running. Against the stub deployment: what the
+    pipeline does when its deployment dies is the point, not the model's numbers."""
+    work = stub_work
+    proc = snakemake(work, "--config", f'overrides=[{STUB_SLOW},"{LIMIT}=200"]', 'tasks=["openbookqa","winogrande"]',
+                     "--", "results/stub_latest/openbookqa.json", "results/stub_latest/winogrande.json")
     try:
-        wait_for(lambda: harness_running(work, "openbookqa") and harness_running(work, "winogrande"), 600)
-        server = next(p for p in ours(work) if "nemotron_eval.deploy.server" in " ".join(p.cmdline()))
+        wait_for(lambda: all(harness_running(work, task, "stub_latest") for task in ("openbookqa", "winogrande")), 600)
+        server = next(p for p in ours(work) if "nemotron_eval.deploy.stub" in " ".join(p.cmdline()))
         server.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         out, _ = proc.communicate(timeout=120)
         assert time.monotonic() - killed < 30, out[-3000:]
         assert proc.returncode != 0
         for task in ("openbookqa", "winogrande"):
-            log = (work / f"logs/evaluate_task/smollm2_latest/{task}.log").read_text()
+            log = (work / f"logs/evaluate_task/stub_latest/{task}.log").read_text()
             assert f"{task}: stopped: " in log and "exited" in log, log[-2000:]
             assert "loaded" in log or "serving" in log  # the deployment's log tail came with it
         wait_for(lambda: not ours(work), 30)
@@ -160,34 +179,34 @@ def test_kills_at_random_moments_truncate_nothing_and_leave_nothing_running(tmp_
 # --- counted at the server ---------------------------------------------------------------------------------------
 
 
-def harness_dir(work: Path, task: str) -> Path:
-    (found,) = (work / "results/smollm2_latest/harness").glob(f"{task}-*")
+def harness_dir(work: Path, task: str, model: str = "smollm2_latest") -> Path:
+    (found,) = (work / f"results/{model}/harness").glob(f"{task}-*")
     return found
 
 
-def cached_answers(work: Path, task: str) -> int:
+def cached_answers(work: Path, task: str, model: str = "smollm2_latest") -> int:
     """Responses the harness holds in its request cache (NeMo Evaluator's caching interceptor, a diskcache)."""
     import sqlite3
 
-    db = harness_dir(work, task) / "cache" / "responses" / "cache.db"
+    db = harness_dir(work, task, model) / "cache" / "responses" / "cache.db"
     if not db.is_file():
         return 0
     with sqlite3.connect(db) as con:
         return int(con.execute("select count(*) from Cache").fetchone()[0])
 
 
-def probes(work: Path, task: str) -> int:
+def probes(work: Path, task: str, model: str = "smollm2_latest") -> int:
     """Requests NeMo Evaluator sends before a run to check the endpoint's capabilities (one per capability, e.g.
     "3 + 3 = 6" with echo and logprobs for log-likelihood tasks); they bypass its cache."""
-    config = yaml.safe_load((harness_dir(work, task) / "run_config.yml").read_text())
+    config = yaml.safe_load((harness_dir(work, task, model) / "run_config.yml").read_text())
     return len(config["config"].get("required_capabilities") or [])
 
 
-def server_stats(work: Path) -> dict[str, Any] | None:
+def server_stats(work: Path, model: str = "smollm2_latest") -> dict[str, Any] | None:
     import urllib.request
 
     try:
-        endpoint = json.loads((work / "run/smollm2_latest/endpoint.json").read_text())
+        endpoint = json.loads((work / f"run/{model}/endpoint.json").read_text())
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(endpoint["stats_url"], timeout=5) as response:
             return json.loads(response.read())
@@ -200,27 +219,34 @@ def nemotron_eval(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=1200)
 
 
-def test_a_rerun_after_a_kill_asks_only_what_was_not_answered(work: Path) -> None:
+def test_a_rerun_after_a_kill_asks_only_what_was_not_answered(stub_work: Path) -> None:
     """Snakemake killed (SIGKILL) in the middle of a task; the plain `nemotron eval` rerun sends the server only
-    the requests the first run did not get answers for (counted by the new deployment), and finishes."""
-    proc = snakemake(work, "--config", f'overrides=["{LIMIT}=20"]', 'tasks=["hellaswag"]', "--",
-                     "results/smollm2_latest/hellaswag.json")
+    the requests the first run did not get answers for (counted by the new deployment), and finishes. Against the
+    stub deployment: what is asked again is the point, counted at the server (the stub counts per client as the
+    real server does), not the model's numbers; the rerun without the latency (not scoring) keeps the answers."""
+    work = stub_work
+
+    def answered() -> int:
+        return ((server_stats(work, "stub_latest") or {}).get("clients") or {}).get("hellaswag", {}).get("requests", 0)
+
+    proc = snakemake(work, "--config", f'overrides=[{STUB_SLOW},"{LIMIT}=20"]', 'tasks=["hellaswag"]', "--",
+                     "results/stub_latest/hellaswag.json")
     try:
-        wait_for(lambda: ((server_stats(work) or {}).get("clients") or {}).get("hellaswag", {}).get("requests", 0) >= 20, 600)
+        wait_for(lambda: answered() >= 20, 600)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
         wait_for(lambda: not ours(work), 30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    before = cached_answers(work, "hellaswag")
-    assert before >= 10
-    done = nemotron_eval(work, "-t", "hellaswag", f"{LIMIT}=20")
+    before = cached_answers(work, "hellaswag", "stub_latest")
+    assert 10 <= before < 80  # killed mid-task
+    done = nemotron_eval(work, "-t", "hellaswag", f"{LIMIT}=20", *STUB)
     assert done.returncode == 0, done.stderr[-3000:]
-    after = cached_answers(work, "hellaswag")
+    after = cached_answers(work, "hellaswag", "stub_latest")
     assert after == 80  # 20 items x 4 endings
-    rerun = json.loads((work / "run/smollm2_latest/stats.json").read_text())["clients"]["hellaswag"]
-    assert rerun["requests"] == after - before + probes(work, "hellaswag"), (rerun, before, after)
+    rerun = json.loads((work / "run/stub_latest/stats.json").read_text())["clients"]["hellaswag"]
+    assert rerun["requests"] == after - before + probes(work, "hellaswag", "stub_latest"), (rerun, before, after)
 
 
 def test_five_tasks_at_parallelism_8_get_each_answer_once(work: Path) -> None:

@@ -1,6 +1,7 @@
 """The front door: `nemotron eval` with the recipe's options, run records, and a run's life after submission.
 
-Real parts only: the snakemake CLI under the command, the real model and harness (slow tests), the local Slurm of
+Real parts only: the snakemake CLI under the command, the real harness (slow tests; the local runs against the
+stub deployment, deploy.stub: a run's life is their point, not the model's numbers), the local Slurm of
 scripts/local-slurm with a head job submitted through NeMo-Run (tunnel = "local", and "ssh" through the
 throwaway sshd of conftest.py)."""
 
@@ -18,7 +19,9 @@ import psutil
 import pytest
 import yaml
 
-from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, run, seed_smollm2, slurm_problem, wait_for
+from conftest import (
+    BIN, SHARED_BENCHMARKS, STUB, copy_workflow, error_line, register_stub, run, slurm_problem, wait_for,
+)
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 LIMIT = "evaluation.nemo_evaluator_config.config.params.limit_samples"
@@ -83,18 +86,21 @@ def test_bad_input_is_one_line_and_submits_nothing(work: Path, what: str, args: 
 
 @pytest.mark.slow
 @needs_mirror
-def test_a_local_run_has_an_id_a_record_and_a_status(work: Path, request: pytest.FixtureRequest) -> None:
-    seed_smollm2(request, work)  # the model's conversion is not this test's point
-    proc = nemotron(work, "eval", "-c", "local", "-t", "openbookqa", f"{LIMIT}=3")
+def test_a_local_run_has_an_id_a_record_and_a_status(work: Path) -> None:
+    """`nemotron eval` on this host: a run id, its record and copies, `runs`, `status`, `logs`, and the same targets
+    as snakemake's. Against the stub deployment: the run's record and status are the point, not the model's numbers
+    (the real model's runs are test_e2e_local's and test_faults' five-task run)."""
+    register_stub(work)
+    proc = nemotron(work, "eval", "-c", "local", "-t", "openbookqa", f"{LIMIT}=3", *STUB)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((work / "results/smollm2_latest/openbookqa.json").read_text())
+    result = json.loads((work / "results/stub_latest/openbookqa.json").read_text())
     assert result["n_samples"] == 3
     [run_id] = os.listdir(work / "runs")
     folder = work / "runs" / run_id
     record = json.loads((folder / "run.json").read_text())
     assert record["state"] == "done" and record["exit_code"] == 0 and record["tasks"] == ["openbookqa"]
     # the run's own copies of what it compiled, and the request Snakemake read
-    assert (folder / "smollm2_latest/eval.yaml").read_bytes() == (work / "build/smollm2_latest/eval.yaml").read_bytes()
+    assert (folder / "stub_latest/eval.yaml").read_bytes() == (work / "build/stub_latest/eval.yaml").read_bytes()
     assert yaml.safe_load((folder / "request.yaml").read_text())["tasks"] == ["openbookqa"]
     assert "evaluate_task" in (folder / "snakemake.log").read_text()
     runs = nemotron(work, "runs").stdout.splitlines()
@@ -104,8 +110,9 @@ def test_a_local_run_has_an_id_a_record_and_a_status(work: Path, request: pytest
     logs = nemotron(work, "logs", run_id, "--task", "openbookqa")
     assert logs.returncode == 0 and "openbookqa: acc" in logs.stdout
     # the same targets as snakemake: nothing left to do
+    overrides = json.dumps([f"{LIMIT}=3", *STUB])  # in the command's order: later ones win
     again = run([str(BIN / "snakemake"), "--profile", "profiles/local", "--config",
-                 f'overrides=["{LIMIT}=3"]', "tasks=[openbookqa]", "--", "results/smollm2_latest/openbookqa.json"], work)
+                 f"overrides={overrides}", "tasks=[openbookqa]", "--", "results/stub_latest/openbookqa.json"], work)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -116,7 +123,8 @@ def our_processes(work: Path) -> list[str]:
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
             if proc.info["cwd"] and str(work) in proc.info["cwd"] or str(work) in cmd:
-                if any(k in cmd for k in ("nemotron_eval.deploy.server", "nemotron-step", "lm-eval", "run_eval")):
+                if any(k in cmd for k in ("nemotron_eval.deploy.server", "nemotron_eval.deploy.stub", "nemotron-step",
+                                          "lm-eval", "run_eval")):
                     found.append(cmd[:160])
         except psutil.Error:
             continue
@@ -125,9 +133,13 @@ def our_processes(work: Path) -> list[str]:
 
 @pytest.mark.slow
 @needs_mirror
-def test_kill_cancels_a_local_run_and_leaves_no_server(work: Path, request: pytest.FixtureRequest) -> None:
-    seed_smollm2(request, work)  # the model's conversion is not this test's point
-    proc = subprocess.Popen([str(BIN / "nemotron"), "eval", "-c", "local", "-t", "openbookqa", f"{LIMIT}=200"], cwd=work,
+def test_kill_cancels_a_local_run_and_leaves_no_server(work: Path) -> None:
+    """`nemotron kill` of a local run in the middle of its task: cancelled, its record says so, and no deployment,
+    step or harness is left. Against the stub deployment: the run's life is the point, not the model's numbers;
+    each request takes 0.5 s (deployment.latency_ms) so that the task is still running when it is killed."""
+    register_stub(work)
+    proc = subprocess.Popen([str(BIN / "nemotron"), "eval", "-c", "local", "-t", "openbookqa", f"{LIMIT}=200", *STUB,
+                             "deployment.latency_ms=500"], cwd=work,
                             env={**os.environ, "NEMOTRON_DATA_MIRROR": str(MIRROR)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -246,6 +246,11 @@ def evaluate(
                 )
     except HarnessAborted as e:
         raise UserError(f"{task.short}: stopped: {e}") from None
+    except SystemExit:  # stopped from outside (SIGTERM): Snakemake ends a group when one of its jobs failed
+        gone = deployment_gone(endpoint_file)
+        if gone:  # ... because the deployment died under another task: this log says so too, with its tail
+            raise UserError(f"{task.short}: stopped: {gone}") from None
+        raise
     except HarnessError as e:
         raise HarnessError(f"{e}\nlast lines of the deployment's log {deployment_log}:\n{log_tail(deployment_log, 15)}") from None
     finished = results.now()

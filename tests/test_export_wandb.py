@@ -514,3 +514,7 @@ def test_a_run_exports_when_auto_export_asks_and_says_early_what_is_missing(plan
         planner("local", on).targets()
     plan = planner("local", [*on, "export.wandb.entity=team", "export.wandb.project=evals"], tasks=["openbookqa"])
     assert plan.targets(per_task=True) == ["results/smollm2_latest/openbookqa.json", "results/smollm2_latest/wandb.json"]
+    for key in ("name", "group"):
+        with pytest.raises(UserError, match=rf"export.wandb.{key}='eval-{{foo}}': unknown placeholder {{foo}}; valid: "):
+            planner("local", [*on, "export.wandb.entity=team", "export.wandb.project=evals",
+                              f"+export.wandb.{key}=eval-{{foo}}"]).targets()

@@ -85,7 +85,11 @@ class WandbExporter(Exporter):
     rules = {"entity": text(SAFE_WORD, "a W&B entity name"), "project": text(SAFE_WORD, "a W&B project name")}
 
     def check(self, section: Mapping[str, Any] | None) -> None:
-        parse_config(section)
+        cfg = parse_config(section)
+        # an unknown placeholder in the run's name or group fails now, not after the evaluation
+        render(cfg.name, name_fields({}), "export.wandb.name")
+        if cfg.group:
+            render(cfg.group, name_fields({}), "export.wandb.group")
 
     def export(self, job: ExportJob) -> dict[str, Any]:
         return export_model(job.results, job.summary, job.receipt, job.section, job.auto_export,

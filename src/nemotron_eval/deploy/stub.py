@@ -54,6 +54,9 @@ from typing import TYPE_CHECKING, Any
 
 from nemotron_eval.config.validators import integer
 from nemotron_eval.deploy.local import Local
+from nemotron_eval.deploy.server.protocol import (  # the CPU server's request checks (no torch)
+    DEFAULT_MAX_TOKENS, MAX_TOP_LOGPROBS, BadRequest, _int,
+)
 from nemotron_eval.deploy.types import DeploymentPlan, Runtime
 from nemotron_eval.deploy.stats import ServerStats, StatsWriter
 from nemotron_eval.core.errors import UserError
@@ -68,8 +71,6 @@ EOS_ID = 256
 EOS = "<|endoftext|>"
 WINDOW = 16  # tokens of context a log-prob depends on
 ALPHABET = b" etaoinshrdlucmfwypvbgkqjxz0123456789.,\nABCDE"  # what the stub "prefers" and generates
-MAX_TOP_LOGPROBS = 20
-DEFAULT_MAX_TOKENS = 16
 CONTEXT_LENGTH = 1_000_000  # the stub checkpoint's max_position_embeddings: lm-eval never truncates
 CLIENT = re.compile(r"/c/([A-Za-z0-9._-]{1,64})(/.*)")
 
@@ -126,19 +127,6 @@ def top(ids: Sequence[int], i: int, k: int, token: int) -> dict[int, float]:
 
 def token_text(token: int) -> str:
     return EOS if token == EOS_ID else BYTE_CHARS[token]
-
-
-class BadRequest(ValueError):
-    """A request the stub refuses with HTTP 400; the message says what is wrong."""
-
-
-def _int(body: Mapping[str, Any], key: str, default: int | None, low: int, high: int | None = None) -> int | None:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise BadRequest(f"'{key}' must be an integer >= {low}{f' and <= {high}' if high is not None else ''}, got {value!r}")
-    return value
 
 
 def prompts_of(prompt: Any) -> list[list[int]]:

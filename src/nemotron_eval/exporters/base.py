@@ -224,6 +224,25 @@ def say(dest: str, line: str, secret_names: Sequence[str]) -> None:
     print(f"nemotron: {dest}: {scrub_env_values(line, secret_names)}", file=sys.stderr)
 
 
+RECEIPT_VERSION = 1
+
+
+def begin_receipt(job: ExportJob, destination: str, secret_names: Sequence[str]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+    """What every exporter does first: the results read, the receipt's common fields, and when `destination` is
+    not asked for (execution.auto_export), the receipt saying why, already written (None otherwise)."""
+    rows = load_results(job.results)
+    base: dict[str, Any] = {
+        "schema_version": RECEIPT_VERSION, "destination": destination, "model": rows[0]["model"].get("spec"),
+        "results": [str(p) for p in job.results], "summary": str(job.summary),
+    }
+    wanted, why = export_requested(job.auto_export, destination)
+    if wanted:
+        return rows, base, None
+    skipped = {**base, "exported": False, "reason": why}
+    write_receipt(job.receipt, skipped, secret_names)
+    return rows, base, skipped
+
+
 def write_receipt(path: Path, receipt: dict[str, Any], secret_names: Sequence[str]) -> None:
     write_json_atomic(Path(path), json.loads(scrub_env_values(json.dumps(receipt), secret_names)))
 

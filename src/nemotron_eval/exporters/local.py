@@ -13,12 +13,11 @@ from typing import Any
 
 from nemotron_eval.config.validators import boolean
 from nemotron_eval.exporters.base import (
-    ExportJob, Exporter, checked_section, export_requested, load_results, register, write_receipt,
+    ExportJob, Exporter, begin_receipt, checked_section, register, write_receipt,
 )  # fmt: skip
 from nemotron_eval.core.io import csv_text, write_text_atomic
 
 DESTINATION = "local"
-RECEIPT_VERSION = 1
 COLUMNS = ["task", "metric", "value", "stderr", "n_samples", "model", "version", "digest"]
 
 
@@ -49,16 +48,9 @@ class LocalExporter(Exporter):
         parse_config(section)
 
     def export(self, job: ExportJob) -> dict[str, Any]:
-        rows = load_results(job.results)
-        base: dict[str, Any] = {
-            "schema_version": RECEIPT_VERSION, "destination": DESTINATION, "model": rows[0]["model"].get("spec"),
-            "results": [str(p) for p in job.results], "summary": str(job.summary),
-        }
-        wanted, why = export_requested(job.auto_export, DESTINATION)
-        if not wanted:
-            out = {**base, "exported": False, "reason": why}
-            write_receipt(job.receipt, out, job.secret_names)
-            return out
+        rows, base, skipped = begin_receipt(job, DESTINATION, job.secret_names)
+        if skipped is not None:
+            return skipped
         cfg = parse_config(job.section)
         csv_path = job.receipt.with_suffix(".csv") if cfg["csv"] or job.options.get("csv") else None
         body = table(rows)

@@ -31,13 +31,12 @@ from typing import Any
 
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import (
-    ExportJob, Exporter, checked_section, comparison_with, export_requested, first_line, load_results, name_fields, register, render,
+    ExportJob, Exporter, begin_receipt, checked_section, comparison_with, first_line, name_fields, register, render,
     run_id, say, stage, task_metrics, write_receipt,
 )
 from nemotron_eval.core.secrets import redact
 
 DESTINATION = "mlflow"
-RECEIPT_VERSION = 1
 DEFAULT_EXPERIMENT = "nemotron-eval"
 DEFAULT_RUN_NAME = "eval-{name}-{version}"
 STORE = Path("mlruns")  # the project's own store, under the working directory (the project)
@@ -141,17 +140,10 @@ class MlflowExporter(Exporter):
 
     def export(self, job: ExportJob) -> dict[str, Any]:
         started = time.monotonic()
-        rows = load_results(job.results)
         secret_names = [*job.secret_names, *CREDENTIAL_NAMES]
-        base: dict[str, Any] = {
-            "schema_version": RECEIPT_VERSION, "destination": DESTINATION, "model": rows[0]["model"].get("spec"),
-            "results": [str(p) for p in job.results], "summary": str(job.summary),
-        }
-        wanted, why = export_requested(job.auto_export, DESTINATION)
-        if not wanted:
-            out = {**base, "exported": False, "reason": why}
-            write_receipt(job.receipt, out, secret_names)
-            return out
+        rows, base, skipped = begin_receipt(job, DESTINATION, secret_names)
+        if skipped is not None:
+            return skipped
         cfg = parse_config(job.section)
         if not Path(job.summary).is_file():
             raise UserError(f"{job.summary}: no summary (results/{{model}}/summary.json); run the summary first")

@@ -54,7 +54,7 @@ from typing import Any
 from nemotron_eval.config.validators import SAFE_WORD, text
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import (
-    ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render, run_id, say,
+    RECEIPT_VERSION, ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render, run_id, say,
     write_receipt,
 )
 from nemotron_eval.exporters.wandb_payload import (
@@ -73,7 +73,6 @@ __all__ = [  # the W&B export's names, wherever they live
     "parse_config", "render", "run_id", "verify_login",
 ]  # fmt: skip
 
-RECEIPT_VERSION = 1
 DESTINATION = "wandb"
 
 

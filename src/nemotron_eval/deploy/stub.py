@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from nemotron_eval.config.validators import integer
 from nemotron_eval.deploy.local import Local
 from nemotron_eval.deploy.server.protocol import (  # the CPU server's request checks (no torch)
-    DEFAULT_MAX_TOKENS, MAX_TOP_LOGPROBS, BadRequest, _int,
+    DEFAULT_MAX_TOKENS, MAX_TOP_LOGPROBS, BadRequest, int_field,
 )
 from nemotron_eval.deploy.types import DeploymentPlan, Runtime
 from nemotron_eval.deploy.stats import ServerStats, StatsWriter
@@ -154,8 +154,8 @@ def complete(body: Any) -> list[dict[str, Any]]:
         raise BadRequest("the request body must be a JSON object")
     if body.get("stream"):
         raise BadRequest("'stream' is not supported by this server")
-    max_tokens = _int(body, "max_tokens", DEFAULT_MAX_TOKENS, 0)
-    k = _int(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
+    max_tokens = int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 0)
+    k = int_field(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):

@@ -26,7 +26,7 @@ class Prompt:
     offsets: list[int]  # character offset of each token in `text`
 
 
-def _int(body: dict[str, Any], key: str, default: int | None, low: int, high: int | None = None) -> int | None:
+def int_field(body: dict[str, Any], key: str, default: int | None, low: int, high: int | None = None) -> int | None:
     value = body.get(key, default)
     if value is None:
         return default
@@ -86,19 +86,19 @@ def parse_request(engine: Engine, body: Any) -> tuple[list[Prompt], dict[str, An
         raise BadRequest("the request body must be a JSON object")
     if body.get("stream"):
         raise BadRequest("'stream' is not supported by this server")
-    if _int(body, "n", 1, 1) != 1 or _int(body, "best_of", 1, 1) != 1:
+    if int_field(body, "n", 1, 1) != 1 or int_field(body, "best_of", 1, 1) != 1:
         raise BadRequest("only n=1 and best_of=1 are supported")
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise BadRequest(f"'stop' must be a string or a list of strings, got {stop!r}")
     params = {
-        "max_tokens": _int(body, "max_tokens", DEFAULT_MAX_TOKENS, 0),
+        "max_tokens": int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 0),
         "echo": bool(body.get("echo", False)),
-        "logprobs": _int(body, "logprobs", None, 0, MAX_TOP_LOGPROBS),
+        "logprobs": int_field(body, "logprobs", None, 0, MAX_TOP_LOGPROBS),
         "temperature": _float(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _float(body, "top_p", 1.0, 0.0, 1.0),
-        "seed": _int(body, "seed", None, -(2**63), 2**63 - 1),
+        "seed": int_field(body, "seed", None, -(2**63), 2**63 - 1),
         "stop": tuple(stops),
     }
     if params["top_p"] == 0.0:  # an empty nucleus: NeMo's recipe sends it for greedy MMLU (as its server takes it)

@@ -138,7 +138,7 @@ def test_registry_refuses_payload_names_and_aliases(tmp_path: Path) -> None:
 
 # --- secrets ----------------------------------------------------------------------------------------------------
 
-SECRET_VARS = ("WANDB_API_KEY", "HF_TOKEN", "OPENAI_API_KEY", "DB_PASSWORD", "OPENAI_KEY", "DB_PASS")
+SECRET_VARS = ("WANDB_API_KEY", "HF_TOKEN", "OPENAI_API_KEY", "DB_PASSWORD", "OPENAI_KEY", "DB_PASS", "PGPASSWORD", "CI_JOB_JWT")
 
 
 def files_holding(roots: list[Path], needles: list[str]) -> list[str]:
@@ -186,6 +186,10 @@ SPELLINGS = [
      "evaluation.env_vars.OPENAI_API_KEY=host:OPENAI_API_KEY"),
     ("env.toml [wandb] api_key", [], '[wandb]\napi_key = "{WANDB_API_KEY}"\n', "env.toml: [wandb] api_key holds a secret value"),
     ("env.toml profile token", [], '[p]\ntoken = "{HF_TOKEN}"\n', "env.toml: [p] token holds a secret value"),
+    # names no list of secret names held: read from the environment only from an allowlist, or found by shape
+    ("oc.env CI_JOB_JWT", ["+run.env.k=x${oc.env:CI_JOB_JWT}"], None, "env_vars: CI_JOB_JWT: host:CI_JOB_JWT"),
+    ("env.toml URL with a password", [], '[p]\nregistry = "https://me:{PGPASSWORD}@r.example.org"\n',
+     "env.toml: [p] registry holds a secret value"),
 ]
 
 

@@ -268,8 +268,9 @@ def _replace_art(node: Any, value_of: Any) -> Any:
 def env_reads(cfg: dict[str, Any]) -> list[str]:
     """The environment variables a config reads through `${oc.env:...}`, as OmegaConf itself parses the calls:
     with spaces (`${oc.env: NAME}`), quotes, defaults (`${oc.env:A,${oc.env:B}}`) and names that are themselves
-    interpolated (`${oc.env:${run.env.n}}`). Found by resolving the config once with `oc.env` replaced by a
-    recorder (restored afterwards); what does not resolve is reported by `_check_interpolations`."""
+    interpolated (`${oc.env:${run.env.n}}`) or escaped (`\\${oc.env:N}`, read when eval.yaml is loaded). Found by
+    resolving the config with `oc.env` replaced by a recorder (restored afterwards); what does not resolve is
+    reported by `_check_interpolations`."""
     import os
 
     from omegaconf.basecontainer import BaseContainer
@@ -284,8 +285,9 @@ def env_reads(cfg: dict[str, Any]) -> list[str]:
     _replace_art(stub, pending_art)
     original = BaseContainer._resolvers.get("oc.env")
     OmegaConf.register_new_resolver("oc.env", record, replace=True, use_cache=False)
-    try:
-        OmegaConf.to_container(OmegaConf.create(stub), resolve=True)
+    try:  # twice: an escaped \${oc.env:X} resolves to text that the launcher's OmegaConf would resolve again
+        once = OmegaConf.to_container(OmegaConf.create(stub), resolve=True)
+        OmegaConf.to_container(OmegaConf.create(once), resolve=True)
     except (OmegaConfBaseException, ValueError, TypeError):
         pass
     finally:
@@ -316,26 +318,26 @@ def resolve_pending(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def refuse_secrets(cfg: dict[str, Any]) -> None:
-    """Secrets travel by name (env_vars `host:NAME`, `api_key_name`, the environment), never as values: not read
-    through `${oc.env:...}`, not written as literals. The message never repeats a value."""
-    from nemotron_eval.core.secrets import BY_NAME, literal_secret, looks_secret_env
+    """Secrets travel by name (env_vars `host:NAME`, `api_key_name`, the environment), never as values: the
+    environment is read through `${oc.env:...}` only for the variables in secrets.ENV_READABLE, and no value
+    holds a secret by its key's name or its own shape. The message never repeats a value."""
+    from nemotron_eval.core.secrets import BY_NAME, env_read_problem, in_env_map, literal_secret
 
     for name in env_reads(cfg):
-        if looks_secret_env(name):
-            raise UserError(
-                f"${{oc.env:{name}}} in the config would copy a secret into build/ and Snakemake's records; pass it by name "
-                f"instead (env_vars: {name}: host:{name}, or target.api_endpoint.api_key_name={name}); jobs read it "
-                "from the environment"
-            )
-    key = literal_secret(cfg)
-    if key and key.rsplit(".", 2)[-2:-1] == ["env_vars"]:
+        problem = env_read_problem(name)
+        if problem:
+            raise UserError(problem)
+    found = literal_secret(cfg)
+    if found is None:
+        return
+    key, what = found
+    if in_env_map(key):
         name = key.rsplit(".", 1)[-1]
         raise UserError(
-            f"config key {key} holds a secret value (not repeated here), which would be written to build/; pass it by "
-            f"name: {key}=host:{name} (copied from the environment where the job starts)"
+            f"config key {key} holds a secret value (not repeated here): {what}, which would be written to build/; "
+            f"pass it by name: {key}=host:{name} (copied from the environment where the job starts)"
         )
-    if key:
-        raise UserError(f"config key {key} holds a secret value (not repeated here), which would be written to build/; {BY_NAME}")
+    raise UserError(f"config key {key} holds a secret value (not repeated here): {what}, which would be written to build/; {BY_NAME}")
 
 
 def validate(cfg: dict[str, Any], where: Path) -> None:

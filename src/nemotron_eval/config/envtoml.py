@@ -75,8 +75,8 @@ def check_tables(tables: dict[str, Any], where: Path) -> None:
 
     secret = literal_secret(tables)
     if secret:
-        table, _, key = secret.partition(".")
-        raise UserError(f"{where}: [{table}] {key} holds a secret value (not repeated here); env.toml is no place for it; {BY_NAME}")
+        (table, _, key), what = secret[0].partition("."), secret[1]
+        raise UserError(f"{where}: [{table}] {key} holds a secret value (not repeated here): {what}; env.toml is no place for it; {BY_NAME}")
     for name, value in tables.items():
         if not isinstance(value, dict):
             if name in SETTINGS_TABLES:

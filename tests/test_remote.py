@@ -408,6 +408,78 @@ def test_malformed_values(tmp_path: Path, key: str, value: str, expected: str) -
     assert f"{key}=" in message and expected in message
 
 
+# A folder name a shell would run or split, and how a profile can reach it: named directly, or through a symlink
+# whose own name is harmless (the check must look at the path NeMo-Run gets, after resolving).
+INJECTING = ("$(touch INJECTED)", "`touch INJECTED`", "keys dir", "a;touch INJECTED", "q'uote")
+
+
+def injecting_folder(tmp_path: Path, name: str, via_symlink: bool) -> tuple[Path, Path]:
+    """(the path a profile names, the folder it resolves to, named `name`) with a key file `id` inside."""
+    real = tmp_path / "real" / name
+    real.mkdir(parents=True)
+    (real / "id").write_text("not a key\n")
+    if not via_symlink:
+        return real, real
+    (tmp_path / "safe-link").symlink_to(real)
+    return tmp_path / "safe-link", real
+
+
+@pytest.mark.parametrize("via_symlink", [False, True], ids=["named", "through-a-symlink"])
+@pytest.mark.parametrize("name", INJECTING)
+def test_identity_path_that_a_shell_would_split_or_run_is_refused(tmp_path: Path, project: Path, name: str, via_symlink: bool) -> None:
+    """NeMo-Run pastes the identity into `rsync --rsh='ssh -i PATH'`: the resolved path is checked, in one line,
+    before anything connects; nothing the folder name says runs."""
+    named, _ = injecting_folder(tmp_path, name, via_symlink)
+    table = base_profile(tmp_path, tunnel="ssh", host="127.0.0.1", port=free_port(), identity=str(named / "id"))
+    message = bad(lambda: remote.submit(remote.parse_profile("my-cluster", table), ["true"], project_root=project))
+    assert message.startswith("env.toml: profile 'my-cluster': identity=") and "resolves to" in message, message
+    assert not list(tmp_path.rglob("INJECTED")) and not (Path.cwd() / "INJECTED").exists()
+
+
+def test_identity_reached_through_an_odd_link_is_passed_resolved(tmp_path: Path) -> None:
+    """The other way round: a link with a space in its name to a key in a plain folder is fine; NeMo-Run gets the
+    plain, resolved path (and `~` is expanded before it is resolved)."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "id").write_text("not a key\n")
+    (tmp_path / "my keys").symlink_to(tmp_path / "keys")
+    table = base_profile(tmp_path, tunnel="ssh", host="127.0.0.1", identity=str(tmp_path / "my keys" / ".." / "my keys" / "id"))
+    assert remote.parse_profile("p", table).identity == os.path.realpath(tmp_path / "keys" / "id")
+
+
+@pytest.mark.parametrize("name", INJECTING)
+def test_local_job_folder_reached_through_a_symlink_is_refused(tmp_path: Path, name: str) -> None:
+    """tunnel = "local": the job folder is NeMo-Run's experiment folder here (`mkdir -p`, `tar -C`), so it is
+    resolved and checked too."""
+    named, _ = injecting_folder(tmp_path, name, via_symlink=True)
+    message = bad(lambda: remote.parse_profile("here", base_profile(tmp_path, remote_job_dir=str(named))))
+    assert "remote_job_dir=" in message and "resolves to" in message
+    assert not list(tmp_path.rglob("INJECTED"))
+
+
+def test_nemorun_home_that_a_shell_would_run_is_refused(tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NeMo-Run's own folder ($NEMORUN_HOME) holds the experiment it tars and rsyncs by shell commands: a path
+    with a `$(...)`, here reached through a symlink, is refused before anything connects, naming no value."""
+    named, _ = injecting_folder(tmp_path, "$(touch INJECTED)", via_symlink=True)
+    key = tmp_path / "id"
+    key.write_text("not a key\n")
+    profile = remote.parse_profile("p", base_profile(tmp_path, tunnel="ssh", host="127.0.0.1", port=free_port(), identity=str(key)))
+    monkeypatch.setenv("NEMORUN_HOME", str(named))
+    with pytest.raises(UserError) as info:
+        remote.submit(profile, ["true"], project_root=project)
+    message = str(info.value)
+    assert "$NEMORUN_HOME" in message and "'$'" in message and str(tmp_path) not in message, message
+    assert not list(tmp_path.rglob("INJECTED"))
+
+
+def test_local_user_name_that_a_shell_would_split_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `user`, the local user name ($LOGNAME) becomes rsync's `user@host`: held to the same rule."""
+    monkeypatch.setenv("LOGNAME", "me;touch INJECTED")
+    table = base_profile(tmp_path, tunnel="ssh", host="127.0.0.1")
+    message = bad(lambda: remote.parse_profile("p", table))
+    assert "local user name" in message and "INJECTED" not in message
+    assert remote.parse_profile("p", {**table, "user": "me"}).user == "me"
+
+
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP port that accepts connections and never says anything: a host that does not answer SSH."""

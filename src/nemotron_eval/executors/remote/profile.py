@@ -5,13 +5,17 @@ belongs to the pipeline and is kept as it is in `RemoteProfile.table`. Every err
 naming the profile, the key and what would be valid, raised before anything connects or submits.
 
 Paths and names are held to a small character set on purpose: NeMo-Run pastes the job folder, the
-identity file and the SSH host into shell commands without quoting (`mkdir -p`, `rsync --rsh`, the sbatch
-script), so a space or a quote there would split or inject. Our own commands quote everything.
+identity file, the SSH user and host and its own experiment folder into shell commands without quoting
+(`mkdir -p`, `tar -xvzf`, `rsync --rsh='ssh -i ...' ... user@host:dir`, the sbatch script), so a space or a
+quote there would split or inject. A local path is checked as NeMo-Run will use it: `~` expanded, made absolute,
+symlinks and `..` resolved (`local_shell_path`), and that resolved path is what NeMo-Run gets. A remote path is
+checked as written: the remote shell sees those characters only. Our own commands quote everything.
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +39,18 @@ KNOWN_KEYS = (
 
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@%=-]+")
 _SAFE_PATH_HELP = "letters, digits and _ . / + @ % = - (NeMo-Run puts it into shell commands unquoted)"
+
+
+def unsafe_characters(path: str) -> str:
+    """The characters of `path` outside the safe set, for a message ('' when there are none)."""
+    return " ".join(repr(c) for c in sorted(set(re.sub(r"[A-Za-z0-9_./+@%=-]", "", path))))
+
+
+def local_shell_path(value: str | Path) -> tuple[str, str]:
+    """A local path as NeMo-Run will paste it into a shell command (`~` expanded, absolute, symlinks and `..`
+    resolved), and the characters of it outside the safe set ('' when it may be used)."""
+    resolved = os.path.realpath(os.path.expanduser(str(value)))
+    return resolved, unsafe_characters(resolved)
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -99,11 +115,12 @@ def parse_profile(name: str, table: Mapping[str, Any], where: str = "env.toml") 
         raise p.error("host", f'is set but tunnel is {tunnel!r}; add tunnel = "ssh" or remove host')
     # On a login node (tunnel = "local") the job folder may default to one in the home folder, which clusters
     # share with their compute nodes; from a laptop it must be named.
-    remote_job_dir = p.path("remote_job_dir", required=tunnel == "ssh", absolute=True) or str(DEFAULT_LOCAL_JOB_DIR)
+    remote_job_dir = p.path("remote_job_dir", required=tunnel == "ssh", absolute=True, local=tunnel == "local")
+    remote_job_dir = remote_job_dir or p.local_default("remote_job_dir", DEFAULT_LOCAL_JOB_DIR)
     host, user, port, identity = "localhost", getpass.getuser(), 22, None
     if tunnel == "ssh":
         host = p.match("host", _HOST, "a host name or IPv4 address", required=True) or ""
-        user = p.match("user", _USER, "a user name") or user
+        user = p.match("user", _USER, "a user name") or p.default_user(user)
         port = p.integer("port", 1, 65535) or 22
         identity = p.identity("identity")
     return RemoteProfile(
@@ -182,7 +199,8 @@ class _Reader:
             raise self.error(key, "is not a Slurm time limit (use MM, HH:MM:SS or D-HH:MM:SS)")
         return str(value)
 
-    def path(self, key: str, required: bool = False, absolute: bool = False) -> str | None:
+    def path(self, key: str, required: bool = False, absolute: bool = False, local: bool = False) -> str | None:
+        """A folder NeMo-Run pastes into shell commands; `local`: on this machine, resolved (see local_shell_path)."""
         hint = "add it: an absolute folder on the cluster's shared file system, e.g. /lustre/me/nemotron"
         value = self.get(key, required, hint)
         if value is None:
@@ -191,22 +209,47 @@ class _Reader:
             raise self.error(key, f"may only contain {_SAFE_PATH_HELP}")
         if absolute and not value.startswith("/"):
             raise self.error(key, "is not an absolute path (start it with /; ~ is not expanded on the cluster)")
-        return value.rstrip("/") or "/"
+        return self.resolved(key, value) if local else value.rstrip("/") or "/"
+
+    def resolved(self, key: str, value: str) -> str:
+        """`value` as a local path resolved, or the error naming what the resolved path holds."""
+        path, unsafe = local_shell_path(value)
+        if unsafe:
+            raise self.error(key, f"resolves to {path!r}, which has {unsafe}; it may only contain {_SAFE_PATH_HELP}")
+        return path
+
+    def local_default(self, key: str, default: Path) -> str:
+        path, unsafe = local_shell_path(default)
+        if unsafe:
+            raise UserError(
+                f"{self.where}: profile {self.name!r}: the default {key} ({path!r}, in your home folder) has {unsafe}, "
+                f"which NeMo-Run would paste into shell commands; set {key} to a folder with only {_SAFE_PATH_HELP}"
+            )
+        return path
+
+    def default_user(self, user: str) -> str:
+        """The local user name (getpass: $LOGNAME, $USER, ...), held to the same rule as a `user` key."""
+        if not _USER.fullmatch(user):
+            raise UserError(
+                f"{self.where}: profile {self.name!r}: the local user name (from $LOGNAME or $USER) is not a user name "
+                'NeMo-Run can pass to ssh and rsync; set user = "..." in the profile'
+            )
+        return user
 
     def identity(self, key: str) -> str | None:
         value = self.get(key, False, "")
         if value is None:
             return None
-        if not isinstance(value, str):
+        if not isinstance(value, str) or "\0" in value:
             raise self.error(key, "is not a path to a private key file")
         path = Path(value).expanduser()
-        if not _SAFE_PATH.fullmatch(str(path)):
-            raise self.error(key, f"may only contain {_SAFE_PATH_HELP}")
         if not path.is_file():
             raise self.error(
                 key, f"does not exist ({path} is not a file); point it at your SSH private key or remove it to use ssh-agent"
             )
-        return str(path.resolve())
+        # NeMo-Run pastes the file's path into `rsync --rsh='ssh -i PATH'`: the path it gets is the resolved one,
+        # checked here (a folder with a space or a `$(...)`, also one reached through a symlink, is refused).
+        return self.resolved(key, value)
 
     def lines(self, key: str) -> tuple[str, ...]:
         value = self.get(key, False, "")

@@ -27,7 +27,7 @@ from typing import TextIO
 
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors.remote import control, records
-from nemotron_eval.executors.remote.profile import RemoteProfile
+from nemotron_eval.executors.remote.profile import RemoteProfile, local_shell_path
 from nemotron_eval.executors.remote.shipping import CONTROL, project_files, write_control
 from nemotron_eval.executors.remote.transport import Transport, last_line
 
@@ -73,6 +73,7 @@ def submit(
     bad = [n for n in names if Path(n).is_absolute() or ".." in Path(n).parts or not (root / n).exists()]
     if bad:
         raise UserError(f"files to ship: {bad[0]!r} is not a path inside {root}")
+    experiments_home(profile)
     if check:
         Transport(profile).check()
     result = _launch(profile, list(argv), root, names)
@@ -87,6 +88,22 @@ def submit(
     return replace(result, final=control.status(result.id))
 
 
+def experiments_home(profile: RemoteProfile) -> str:
+    """The folder NeMo-Run keeps its experiment in: the job folder itself on a login node, else NeMo-Run's home
+    ($NEMORUN_HOME, default ~/.nemo_run) resolved and checked, since NeMo-Run pastes it into `mkdir`, `tar` and
+    `rsync` commands. One line (naming no environment value) when that path would split or inject."""
+    if not profile.is_ssh:
+        return profile.remote_job_dir
+    home, unsafe = local_shell_path(records.nemorun_home())
+    if unsafe:
+        raise UserError(
+            f"NeMo-Run's folder ($NEMORUN_HOME, default ~/.nemo_run) resolves to a path with {unsafe}, which NeMo-Run "
+            "would paste into shell commands; set NEMORUN_HOME to a folder whose path has only letters, digits and "
+            "_ . / + @ % = -"
+        )
+    return home
+
+
 def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str]) -> Submission:
     import invoke.exceptions
     import nemo_run as run
@@ -98,16 +115,15 @@ def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str
     shipped_bytes = sum((root / n).stat().st_size for n in names if (root / n).is_file())
     run_id = f"{TITLE}_{time.time_ns()}"
     jobs_root = f"{profile.remote_job_dir}/experiments"
+    base_dir = experiments_home(profile)  # ssh: rsync copies it to jobs_root; local: it is the job folder, no copy
     tunnel: run.SSHTunnel | run.LocalTunnel
     if profile.is_ssh:
         # NeMo-Run's own executor builder leaves the port out; it is passed here.
         tunnel = run.SSHTunnel(
             host=profile.host, user=profile.user, port=profile.port, identity=profile.identity, job_dir=jobs_root
         )
-        base_dir = None  # NeMo-Run's experiment folder stays here; rsync copies it to jobs_root
     else:
         tunnel = run.LocalTunnel(job_dir=jobs_root)
-        base_dir = profile.remote_job_dir  # the experiment folder is the job folder: no copy
         Path(jobs_root).mkdir(parents=True, exist_ok=True)
     log.info("shipping %d files (%.1f kB) to %s", len(names), shipped_bytes / 1e3, profile.destination)
     with tempfile.TemporaryDirectory(prefix="nemotron-remote-") as control_dir:

@@ -179,10 +179,12 @@ def sacct(job: str) -> str:
 def test_batch_on_the_local_cluster_then_status_fetch_and_kill(work: Path, slurm: None, tmp_path: Path) -> None:
     """The acceptance flow: -b returns a run id within 60 s; the head job runs Snakemake on the cluster, which
     submits the deployment/evaluation group job; status says done; fetch brings the result; a second run is
-    killed with both its jobs."""
+    killed with both its jobs. Against the stub deployment: the submission, the jobs and the records are the point
+    (test_e2e_slurm runs the real model on this Slurm)."""
+    register_stub(work)
     (work / "env.toml").write_text(slurm_profile_toml(tunnel="local", remote_job_dir=str(tmp_path / "cluster")))
     started = time.monotonic()
-    proc = nemotron(work, "eval", "-c", "slurm-local", "-b", "local-cluster", "-t", "openbookqa", f"{LIMIT}=2")
+    proc = nemotron(work, "eval", "-c", "slurm-local", "-b", "local-cluster", "-t", "openbookqa", f"{LIMIT}=2", *STUB)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.monotonic() - started < 60
     run_id = proc.stdout.strip().splitlines()[-1]
@@ -196,10 +198,11 @@ def test_batch_on_the_local_cluster_then_status_fetch_and_kill(work: Path, slurm
     assert any("nemotron-eval.head" in h and "COMPLETED" in h for h in heads)
     assert any("gres/gpu=2" in h and "COMPLETED" in h for h in heads)  # the group job the head submitted
     assert nemotron(work, "fetch", run_id).returncode == 0
-    assert json.loads((work / "results/smollm2_latest/openbookqa.json").read_text())["n_samples"] == 2
+    assert json.loads((work / "results/stub_latest/openbookqa.json").read_text())["n_samples"] == 2
     assert "(n=2)" in nemotron(work, "status", run_id).stdout
 
-    second = nemotron(work, "eval", "-c", "slurm-local", "-b", "local-cluster", "-t", "openbookqa", f"{LIMIT}=300")
+    second = nemotron(work, "eval", "-c", "slurm-local", "-b", "local-cluster", "-t", "openbookqa", f"{LIMIT}=300",
+                      *STUB, "deployment.latency_ms=500")
     second_id = second.stdout.strip().splitlines()[-1]
     remote_id = json.loads((work / "runs" / second_id / "run.json").read_text())["remote_id"]
 
@@ -219,20 +222,22 @@ def test_batch_on_the_local_cluster_then_status_fetch_and_kill(work: Path, slurm
 @pytest.mark.slow
 @needs_mirror
 def test_batch_through_ssh(work: Path, slurm: None, sshd: dict[str, Any], tmp_path: Path) -> None:
-    """The same submission from a "laptop": through a real sshd on this machine (tunnel = "ssh")."""
+    """The same submission from a "laptop": through a real sshd on this machine (tunnel = "ssh"), against the stub
+    deployment (the tunnel is the point)."""
     from conftest import REPO
 
+    register_stub(work)
     user = pwd.getpwuid(os.getuid()).pw_name
     (work / "env.toml").write_text(slurm_profile_toml(
         tunnel="ssh", host="127.0.0.1", user=user, identity=sshd["identity"], remote_job_dir=str(tmp_path / "cluster"),
         venv=str(REPO / ".venv")).replace('venv = ', f'port = {sshd["port"]}\nvenv = '))
     # An SSH session does not carry this shell's environment: the data mirror on the cluster is said in the config.
     proc = nemotron(work, "eval", "-c", "slurm-local", "-b", "local-cluster", "-t", "openbookqa", f"{LIMIT}=2",
-                    f"data.mirror={MIRROR}")
+                    f"data.mirror={MIRROR}", *STUB)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = proc.stdout.strip().splitlines()[-1]
     final = wait_for(lambda: (line := nemotron(work, "status", run_id).stdout.splitlines()[0]).split()[-1] in
                      ("done", "failed", "cancelled") and line, 600, 5)
     assert final.endswith("done"), nemotron(work, "logs", run_id).stdout[-3000:]
     assert nemotron(work, "fetch", run_id).returncode == 0
-    assert json.loads((work / "results/smollm2_latest/openbookqa.json").read_text())["n_samples"] == 2
+    assert json.loads((work / "results/stub_latest/openbookqa.json").read_text())["n_samples"] == 2

@@ -50,6 +50,55 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def started(pid: int) -> str | None:
+    """Who `pid` is, beyond its number: the boot and the moment it started (/proc/<pid>/stat field 22, clock ticks
+    since boot). A PID is reused once its process is gone; this pair is not. None when `pid` is gone or exited, or
+    when there is no /proc to ask."""
+    fields = _stat(pid)
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    if fields is None or fields[0] in ("Z", "X"):
+        return None
+    return f"{boot}:{fields[19]}"  # field 22 of the whole line; 3 (state) is fields[0]
+
+
+def is_ours(pid: int | None, identity: str | None) -> bool:
+    """Whether `pid` is still the process recorded as `identity` (`started`): alive, and not a later process
+    that took its PID. A record without an identity cannot tell, so it is not."""
+    return pid is not None and identity is not None and started(pid) == identity
+
+
+def signal_if_ours(pid: int | None, identity: str | None, sig: int) -> bool:
+    """Send `sig` to `pid` only if it is the process recorded as `identity`; whether it was sent. Race-free on
+    Linux: the process is pinned by a pidfd before its identity is read, so a PID reused in between is never
+    signalled (the pidfd still names the old, exited process)."""
+    if pid is None or identity is None:
+        return False
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): check, then signal
+        if not is_ours(pid, identity):
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        if not is_ours(pid, identity):
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
 def exit_status(pid: int) -> Callable[[], object | None]:
     """For `wait_until`: None while `pid` runs, then a status (unknown: it is not our child)."""
     return lambda: None if alive(pid) else "unknown (not a child of this process)"

@@ -31,7 +31,8 @@ from typing import Any
 
 from nemotron_eval.core import layout
 from nemotron_eval.front import runs
-from nemotron_eval.core.errors import UserError, exit_code
+from nemotron_eval.core.errors import PREFIX, UserError, exit_code
+from nemotron_eval.deploy.process import signal_if_ours, started
 from nemotron_eval.pipeline import smk
 from nemotron_eval.pipeline.request import Request
 from nemotron_eval.core.spec import parse_wildcard
@@ -178,7 +179,7 @@ def _local(run: runs.Run) -> int:
         [sys.executable, "-m", "nemotron_eval.front.launch", "--supervise", run.id, "--log", str(run.folder / "supervisor.log")],
         stdin=subprocess.DEVNULL, start_new_session=True,
     )
-    run.pid = supervisor.pid  # from now on the run can be cancelled (it signals the supervisor)
+    run.pid, run.pid_started = supervisor.pid, started(supervisor.pid)  # from now on the run can be cancelled
     run.save()
     return follow(run, supervisor)
 
@@ -201,7 +202,7 @@ def supervise(run_id: str) -> int:
     with open(run.log_file, "ab", buffering=0) as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        run.pid = os.getpid()
+        run.pid, run.pid_started = os.getpid(), started(os.getpid())
         run.save()
 
         def cancel(signum: int, _frame: Any) -> None:  # the first: SIGINT to Snakemake's group; then SIGTERM
@@ -230,10 +231,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+        locked = retelling = False
 def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, poll_s: float = 0.5) -> int:
+            if line.startswith(b"LockException"):  # its advice (--unlock) is wrong while the lock's run lives
+                locked = retelling = True
+            if retelling:
+                retelling = b"--unlock" not in line
+                continue
     """Print the run's log as it grows until the run ends; Ctrl-C cancels it (a second one stops following)."""
     offset = 0
 
+        if locked:
+            log.write(f"{PREFIX}{_lock_holder(run)}\n".encode())
     def drain() -> None:
         nonlocal offset
         try:
@@ -242,6 +251,19 @@ def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, pol
                 chunk = f.read()
         except FileNotFoundError:
             return
+def _lock_holder(run: runs.Run) -> str:
+    """Why Snakemake could not lock the project for `run`: another run here writes some of the same files."""
+    for other in runs.live():
+        if other.id != run.id:
+            return (f"run {other.id} is running in this project and writes some of the same files: wait for it "
+                    f"(`nemotron logs {other.id} -f`) or stop it (`nemotron kill {other.id}`), then start this run again")
+    pid = smk.pid_of_live_snakemake(Path("."))
+    if pid is not None:
+        return (f"a Snakemake process (pid {pid}) started by hand is running in this project and writes some of the "
+                "same files: wait for it to end, then start this run again")
+    return "Snakemake found a lock although nothing runs in this project now: start this run again (it lifts a stale lock)"
+
+
         offset += len(chunk)
         if chunk:
             sys.stderr.write(chunk.decode("utf-8", "replace"))
@@ -358,23 +380,16 @@ def kill(run_id: str, wait: bool = True, grace_s: float = 60.0) -> str:
         run.state, run.finished_at = "cancelled", runs.now()
         run.save()
         return "cancelled"
-    if run.pid is not None:
-        try:
-            os.kill(run.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+    if not signal_if_ours(run.pid, run.pid_started, signal.SIGINT):  # gone since `state` looked, or its PID reused
+        return runs.state(runs.load(run_id))
     if not wait:
         return "cancelling"
     deadline = time.monotonic() + grace_s
     while runs.state(runs.load(run_id)) not in runs.FINAL and time.monotonic() < deadline:
         time.sleep(0.5)
     run = runs.load(run_id)
-    if runs.state(run) not in runs.FINAL and run.pid is not None:
-        try:
-            os.kill(run.pid, signal.SIGTERM)  # the supervisor's second signal: SIGTERM to Snakemake
-        except ProcessLookupError:
-            pass
-        time.sleep(5)
+    if runs.state(run) not in runs.FINAL and signal_if_ours(run.pid, run.pid_started, signal.SIGTERM):
+        time.sleep(5)  # the supervisor's second signal: SIGTERM to Snakemake
     return runs.state(runs.load(run_id))
 
 

@@ -10,7 +10,11 @@
     snakemake.log         Snakemake's own output (local runs)
 
 `state()` tells how a run stands now (a local run whose process is gone without saying how it ended was
-interrupted); `task_states()` tells, per task, pending / running (requests answered / total) / done (scores) /
+interrupted). A process is the run's only while it is the one recorded: its PID and its start (`pid_started`,
+`deploy.process.started`); a PID since taken by another process is not the run's, so the run reads as ended and
+`nemotron kill` signals nothing. run.json is read trusting nothing: every field is type-checked
+(`core.recordfile`), names that become paths (models, tasks) are checked as a user's are; a bad record is one
+line naming the file and the field. `task_states()` tells, per task, pending / running (requests answered / total) / done (scores) /
 failed (the error's last line), from the files the pipeline writes.
 """
 
@@ -26,14 +30,22 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.core import layout
-from nemotron_eval.evaluate import progress
+from nemotron_eval.core import layout, recordfile
 from nemotron_eval.core.errors import UserError, did_you_mean
-from nemotron_eval.core.io import read_json, write_json_atomic, write_text_atomic
+from nemotron_eval.core.io import write_json_atomic, write_text_atomic
+from nemotron_eval.core.safeload import load_json
+from nemotron_eval.core.spec import parse_wildcard
+from nemotron_eval.evaluate import progress
 
 RUNS_DIR = Path("runs")
 _ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
 FINAL = ("done", "failed", "cancelled")
+STATES = ("running", "submitted", *FINAL)
+MODES = ("local", "run", "batch")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")  # a task, a remote run id: one file name, never a path
+_JOB = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,99}")  # an executor's job id: an argument, never an option
+_PROFILE = re.compile(r"profiles/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+WHAT = "run record"
 
 
 @dataclass
@@ -49,7 +61,8 @@ class Run:
     profile: str | None = None  # the env.toml profile of -r/-b
     snakemake_profile: str = "profiles/local"
     state: str = "running"
-    pid: int | None = None  # the local Snakemake process
+    pid: int | None = None  # the local run's supervisor process (it runs Snakemake)
+    pid_started: str | None = None  # who that process is (deploy.process.started): a reused PID is not ours
     remote_id: str | None = None  # the NeMo-Run experiment id of a remote head job
     jobs: list[str] = field(default_factory=list)  # of the executor of snakemake_profile
     exit_code: int | None = None
@@ -101,13 +114,50 @@ def load(run_id: str | None = None) -> Run:
     if not _ID.fullmatch(run_id) or not path.is_file():
         latest = ", ".join(ids[-5:]) or "none"
         raise UserError(f"no run {run_id!r} in {RUNS_DIR.resolve()}{did_you_mean(run_id, ids)}; latest runs: {latest}")
-    try:
-        data = read_json(path)
-        if isinstance(data, dict) and "slurm_jobs" in data:  # a record written before executors had names
-            data["jobs"] = data.pop("slurm_jobs")
-        return Run(**data)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: not a run record ({e})") from None
+    data = load_json(path, WHAT, fix=f"restore it, or remove the folder {path.parent}")
+    if isinstance(data, dict) and "slurm_jobs" in data:  # a record written before executors had names
+        data["jobs"] = data.pop("slurm_jobs")
+    run = recordfile.from_dict(Run, data, path, WHAT, fix=f"restore it, or remove the folder {path.parent}")
+    _check(run, path)
+    return run
+
+
+def _check(run: Run, path: Path) -> None:
+    """What the field types cannot say: the values a run can have, and names that become paths checked as a
+    user's are (a model `../../etc` would make `logs` print a file outside the project)."""
+    fix = f"restore it, or remove the folder {path.parent}"
+
+    def bad(name: str, value: Any, valid: str) -> UserError:
+        return recordfile.problem(path, WHAT, name, value, valid, fix)
+
+    if run.id != path.parent.name:
+        raise bad("id", run.id, f"its folder's name {path.parent.name!r}")
+    if run.state not in STATES:
+        raise bad("state", run.state, f"one of {', '.join(STATES)}")
+    if run.mode not in MODES:
+        raise bad("mode", run.mode, f"one of {', '.join(MODES)}")
+    for model in run.models:
+        try:
+            parse_wildcard(model)
+        except UserError:
+            raise bad("models", model, "a model's folder name (NAME_ALIAS, e.g. rl_latest)") from None
+    for name, values, pattern, valid in (
+        ("tasks", run.tasks, _NAME, "a task's name (letters, digits, _ . -)"),
+        ("jobs", run.jobs, _JOB, "a job id (letters, digits, _ . : + -)"),
+        ("remote_id", [run.remote_id] if run.remote_id is not None else [], _NAME, "a run id (letters, digits, _ . -)"),
+        ("snakemake_profile", [run.snakemake_profile], _PROFILE, "a profile of this project (profiles/NAME)"),
+    ):
+        for value in values:
+            if not pattern.fullmatch(value):
+                raise bad(name, value, valid)
+    if run.pid is not None and run.pid < 1:
+        raise bad("pid", run.pid, "a process id (a whole number >= 1) or null")
+    for name, stamp in (("created_at", run.created_at), ("finished_at", run.finished_at)):
+        try:
+            if stamp is not None:
+                dt.datetime.fromisoformat(stamp)
+        except ValueError:
+            raise bad(name, stamp, "a date and time (ISO 8601)") from None
 
 
 def all_ids() -> list[str]:
@@ -116,15 +166,29 @@ def all_ids() -> list[str]:
     return sorted(p.name for p in RUNS_DIR.iterdir() if _ID.fullmatch(p.name) and (p / "run.json").is_file())
 
 
-def _alive(pid: int | None) -> bool:
-    from nemotron_eval.deploy.process import alive
+def is_live(run: Run) -> bool:
+    """Whether the run's own process (its PID and its start, not a process that took the PID since) runs."""
+    from nemotron_eval.deploy.process import is_ours
 
-    return pid is not None and alive(pid)
+    return is_ours(run.pid, run.pid_started)
+
+
+def live() -> list[Run]:
+    """The local runs of this project whose own process runs now (unreadable records are left out)."""
+    found = []
+    for run_id in all_ids():
+        try:
+            run = load(run_id)
+        except UserError:
+            continue
+        if run.mode == "local" and run.state == "running" and is_live(run):
+            found.append(run)
+    return found
 
 
 def state(run: Run) -> str:
     """How the run stands now: a local run still marked running whose process is gone was interrupted."""
-    if run.mode == "local" and run.state == "running" and not _alive(run.pid):
+    if run.mode == "local" and run.state == "running" and not is_live(run):
         return "failed"
     if run.remote_id and run.state not in FINAL:
         from nemotron_eval.executors import remote

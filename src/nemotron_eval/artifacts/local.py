@@ -12,11 +12,13 @@ import fcntl
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved
 from nemotron_eval.config.validators import checkpoint_path
+from nemotron_eval.core import recordfile
 from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.core.io import sha256_tree, stat_fingerprint, write_json_atomic
 from nemotron_eval.core.safeload import load_json
@@ -24,6 +26,21 @@ from nemotron_eval.core.spec import MAX_ALIAS, ModelSpec, parse_spec
 
 METADATA = "metadata.json"
 ALIASES = "aliases.json"
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A version's metadata.json as `LocalRegistry.add` writes it; read back with every field type-checked."""
+
+    name: str
+    version: str
+    path: str  # the checkpoint, absolute
+    digest: str
+    fingerprint: str
+    files: int = 0
+    bytes: int = 0
+    created_at: str = ""
+    lineage: dict[str, Any] = field(default_factory=dict)
 
 
 class LocalRegistry:
@@ -57,9 +74,13 @@ class LocalRegistry:
         path = self.root / name / version / METADATA
         fix = f"restore it, or delete {path.parent} and register the checkpoint again"
         meta = load_json(path, "registry file", fix=fix)
-        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("path", "digest", "fingerprint")):
-            raise UserError(f"{path}: not a registry version record (path, digest, fingerprint); {fix}")
-        return meta
+        record = recordfile.from_dict(VersionRecord, meta, path, "registry version record", fix=fix)
+        for key, value, same in (("name", record.name, name), ("version", record.version, version)):
+            if value != same:  # a name from a record is checked as a user's: it names the folder it lies in
+                raise recordfile.problem(path, "registry version record", key, value, f"{same!r} (its folder)", fix)
+        if not Path(record.path).is_absolute():
+            raise recordfile.problem(path, "registry version record", "path", record.path, "an absolute path", fix)
+        return asdict(record)
 
     def resolve(self, spec: ModelSpec) -> Resolved:
         names = self.names()

@@ -13,11 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nemotron_eval.core import recordfile
 from nemotron_eval.core.errors import UserError, did_you_mean
-from nemotron_eval.core.io import read_json, write_json_atomic
+from nemotron_eval.core.io import write_json_atomic
 from nemotron_eval.executors.remote.profile import RemoteProfile, parse_profile
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_JOB_ID = re.compile(r"[0-9]+(?:_[0-9]+)?")  # a Slurm job id (an array task's too)
+WHAT = "NeMo-Run run record"
 
 
 def nemorun_home() -> Path:
@@ -77,11 +80,25 @@ def load(run_id: str) -> RunRecord:
         known = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
         listing = ", ".join(known[-5:]) if known else "none"
         raise UserError(f"no run {run_id!r} in {folder}{did_you_mean(run_id, known)}; latest runs: {listing}")
-    return RunRecord(**read_json(path))
+    return _read(path)
+
+
+def _read(path: Path) -> RunRecord:
+    """A record, every field type-checked (`core.recordfile`) and its names checked: one line naming the file and
+    the field when it was edited or cut short, never a TypeError later."""
+    fix = f"restore it, or remove {path} (the run on the cluster is not affected)"
+    record = recordfile.load(RunRecord, path, WHAT, fix=fix)
+    for name, value, pattern, valid in (("id", record.id, _RUN_ID, f"the file's name {path.stem!r}"),
+                                        ("job_id", record.job_id, _JOB_ID, "a Slurm job id")):
+        if not pattern.fullmatch(value) or (name == "id" and value != path.stem):
+            raise recordfile.problem(path, WHAT, name, value, valid, fix)
+    if not isinstance(record.profile.get("name"), str):
+        raise recordfile.problem(path, WHAT, "profile", record.profile, "an env.toml profile with its name", fix)
+    return record
 
 
 def list_runs() -> list[RunRecord]:
     """Every recorded run, oldest first."""
     folder = runs_dir()
     paths = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return [RunRecord(**read_json(p)) for p in paths]
+    return [_read(p) for p in paths]

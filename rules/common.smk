@@ -29,9 +29,10 @@ SEARCH_PATH = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), SEARCH_PATH])
 REQUEST = smk.or_exit(from_config, config, snakemake_adapter.given_config(workflow))
 PLAN = smk.or_exit(plan_for, REQUEST, Path(workflow.basedir) / "configs")
-if snakemake_adapter.given_config(workflow):
+if snakemake_adapter.given_config(workflow) and not snakemake_adapter.dry_run(workflow):
     # Jobs Snakemake starts by re-invoking itself through a shell get the request as a file, not as values;
-    # written only once the plan accepted it (a refused request, a secret among them, leaves no file).
+    # written only once the plan accepted it (a refused request, a secret among them, leaves no file), and
+    # never by a dry run, which starts no job.
     snakemake_adapter.hand_jobs_a_request(workflow, f"request={smk.or_exit(persist, REQUEST)}")
 smk.or_exit(PLAN.check_cluster)
 if snakemake_adapter.is_main_process(workflow):

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nemotron_eval.data import tasks as task_registry
+from nemotron_eval.config.defaults_tree import read_tree
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
 from nemotron_eval.core.errors import UserError, did_you_mean
-from nemotron_eval.core.safeload import load_yaml, load_yaml_text
+from nemotron_eval.core.safeload import check_depth, load_yaml, load_yaml_text
 
 # `run` is this project's (stripped from eval.yaml), `data` too; the rest are NeMo Evaluator Launcher's sections.
 SECTIONS = ("run", "execution", "deployment", "evaluation", "export", "data", "target", "env_vars")
+MAX_NESTING = 32  # levels a config may have after its overrides; this project's deepest key has six
 ART_RE = re.compile(r"\$\{art:([^,}]+)(?:,([^}]+))?\}")
 
 
@@ -58,19 +59,6 @@ def read_yaml(path: Path) -> Any:
     return load_yaml(path, "config file")
 
 
-def _defaults_files(data: dict[str, Any], configs_dir: Path) -> list[Path]:
-    """The config-group files a primary config's `defaults:` list selects."""
-    files = []
-    defaults = data.get("defaults", []) or []
-    for entry in defaults if isinstance(defaults, list) else []:
-        if isinstance(entry, dict):
-            for group, option in entry.items():
-                group = str(group).lstrip("+").split("@")[0].removeprefix("override ").strip()
-                if option is not None:
-                    files.append(configs_dir / group / f"{option}.yaml")
-    return files
-
-
 def group_choice(item: str, configs_dir: Path) -> bool:
     """Whether an override picks a config group's option (`deployment=vllm`, `execution=slurm/default`), as in
     Hydra, rather than setting a value."""
@@ -94,6 +82,8 @@ def _hydra_compose(primary: Path, configs_dir: Path, choices: list[str]) -> dict
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{primary}: cannot compose its defaults list: {first}") from None
+    except RecursionError:  # what defaults_tree did not bound (it follows Hydra's common spellings)
+        raise UserError(f"{primary}: its defaults lists nest too deeply to compose") from None
     finally:
         GlobalHydra.instance().clear()
     return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
@@ -148,6 +138,11 @@ def _parse_override(item: str) -> tuple[str, Any, bool]:
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
+def _quoted(text: str) -> str:
+    """A user's text in a message: quoted, and cut at 60 characters (a key 5000 levels long is not repeated)."""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
 def parse_value(raw: str, item: str) -> Any:
     """An override's value: a number, true/false, null, a quoted string, a [list] or {mapping} in YAML flow style;
     anything else is the text as written (`run.env.time=04:00:00` stays a time, `deployment.command=bash -c 'a: b'`
@@ -159,16 +154,22 @@ def parse_value(raw: str, item: str) -> Any:
         return None
     if text in ("true", "false"):
         return text == "true"
-    if _NUMBER.fullmatch(text):
-        return yaml.safe_load(text)
+    if _NUMBER.fullmatch(text):  # as YAML 1.2 reads numbers (1.1 reads 6e3 as text); whole-number keys: schema
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
     if text[0] in "[{" or (len(text) > 1 and text[0] == text[-1] and text[0] in "'\""):
-        return load_yaml_text(text, f"override {item!r}", malformed="the value is not valid YAML flow syntax")
+        return load_yaml_text(text, f"override {_quoted(item)}", malformed="the value is not valid YAML flow syntax")
     return raw
 
 
 def _apply_override(cfg: dict[str, Any], item: str) -> None:
     key, value, add = _parse_override(item)
     parts = key.split(".")
+    # OmegaConf and the YAML writer recurse per level (about 70 levels exhaust Python's stack): an override may
+    # not make the config deeper than MAX_NESTING, key and value together
+    shown = _quoted(key)
+    if len(parts) > MAX_NESTING:
+        raise UserError(f"override {shown}: a key {len(parts)} levels deep; a config needs fewer than ten")
+    check_depth(value, f"override {shown} (its key is {len(parts)} levels deep, its value)", limit=MAX_NESTING - len(parts))
     node: Any = cfg
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -359,10 +360,8 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
     choices = [o for o in req.overrides if group_choice(o, req.configs_dir)]
     chosen = [req.configs_dir / k.lstrip("+") / f"{v}.yaml" for k, _, v in (c.partition("=") for c in choices)]
     # Every file Hydra will read is read here first, through the safe reader: a malformed, oversized or
-    # alias-bomb group file gets the same one-line error instead of hanging or failing inside Hydra.
-    for group_file in [*_defaults_files(raw, req.configs_dir), *chosen]:
-        if group_file.is_file():
-            read_yaml(group_file)
+    # alias-bomb group file, or a defaults tree too deep, gets one line instead of failing inside Hydra.
+    read_tree(primary, raw, req.configs_dir, chosen)
     cfg = _hydra_compose(primary, req.configs_dir, choices)
     env = load_env_file(req.env_file)
     _apply_profile(cfg, env, req.env_profile)

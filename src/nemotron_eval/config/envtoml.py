@@ -17,6 +17,7 @@ from nemotron_eval.core.errors import UserError, did_you_mean
 
 SETTINGS_TABLES = ("wandb", "artifacts", "cli", "cache")
 ENV_VAR = "NEMOTRON_ENV_FILE"
+MAX_EXTENDS = 32  # profiles in one `extends` chain; a site has two or three
 
 
 @dataclass
@@ -101,20 +102,31 @@ def check_tables(tables: dict[str, Any], where: Path) -> None:
 
 
 def _resolve(env: EnvFile, name: str, chain: list[str]) -> dict[str, Any]:
+    """The profile's `extends` chain followed iteratively (at most MAX_EXTENDS profiles), then merged from its root
+    down: a cycle or a chain hundreds long is one line, never a RecursionError."""
     where = env.path or "env.toml"
-    if name in chain:
-        cycle = " -> ".join([*chain, name])
-        raise UserError(f"{where}: profile 'extends' cycle: {cycle}; remove one of these 'extends'")
-    if name not in env.profiles:
-        valid = ", ".join(env.profiles) or "(none defined)"
-        known = f" (from profile {chain[-1]!r} extends)" if chain else ""
-        raise UserError(f"{where}: profile {name!r}{known} not found{did_you_mean(name, env.profiles)}; profiles: {valid}")
-    own = dict(env.tables[name])
-    parent_name = own.pop("extends", None)
-    if parent_name is None:
-        return own
-    parent = _resolve(env, str(parent_name), [*chain, name])
-    merged = {**parent, **own}
-    if "mounts" in parent and "mounts" in own:
-        merged["mounts"] = list(parent["mounts"]) + [m for m in own["mounts"] if m not in parent["mounts"]]
+    chain = [*chain]
+    while True:
+        if name in chain:
+            cycle = " -> ".join([*chain, name])
+            raise UserError(f"{where}: profile 'extends' cycle: {cycle}; remove one of these 'extends'")
+        if name not in env.profiles:
+            valid = ", ".join(env.profiles) or "(none defined)"
+            known = f" (from profile {chain[-1]!r} extends)" if chain else ""
+            raise UserError(f"{where}: profile {name!r}{known} not found{did_you_mean(name, env.profiles)}; profiles: {valid}")
+        chain.append(name)
+        if len(chain) > MAX_EXTENDS:
+            raise UserError(f"{where}: profile {chain[0]!r} extends a chain of more than {MAX_EXTENDS} profiles "
+                            f"({' -> '.join(chain[:3])} -> ...); a profile needs a few")
+        parent = env.tables[name].get("extends")
+        if parent is None:
+            break
+        name = str(parent)
+    merged: dict[str, Any] = {}
+    for profile in reversed(chain):  # the root first: each child wins; `mounts` lists concatenate
+        own = {k: v for k, v in env.tables[profile].items() if k != "extends"}
+        mounts = list(merged.get("mounts", [])) + [m for m in own.get("mounts", []) if m not in merged.get("mounts", [])]
+        merged.update(own)
+        if "mounts" in merged:
+            merged["mounts"] = mounts
     return merged

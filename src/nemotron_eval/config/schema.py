@@ -49,7 +49,7 @@ PENDING = f"<art-pending-{secrets.token_hex(8)}:"
 TEMPLATE_SAFE = re.compile(r"[A-Za-z0-9_./:@%+=,-]+")
 SHELL_FRAGMENTS = frozenset({"deployment.command", "deployment.base_command", "deployment.extra_args"})
 
-__all__ = ["ENGINES", "PENDING", "Rule", "check", "template_keys"]
+__all__ = ["ENGINES", "PENDING", "BadValue", "Rule", "check", "template_keys", "whole_numbers"]
 
 
 # -- checking ------------------------------------------------------------------------------------------------
@@ -60,8 +60,16 @@ def _show(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
+class BadValue(UserError):
+    """A value a rule refused; `key` and `value` say which, for a caller that knows where the value came from."""
+
+    def __init__(self, key: str, value: Any, valid: str) -> None:
+        super().__init__(f"{key}={_show(value)}: {valid}")
+        self.key, self.value = key, value
+
+
 def _fail(key: str, value: Any, valid: str) -> UserError:
-    return UserError(f"{key}={_show(value)}: {valid}")
+    return BadValue(key, value, valid)
 
 
 def _matches(node: Any, parts: list[str], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -76,6 +84,26 @@ def _matches(node: Any, parts: list[str], prefix: str = "") -> Iterator[tuple[st
     elif isinstance(node, list) and head == "*":
         for i, item in enumerate(node):
             yield from _matches(item, rest, f"{prefix}.{i}" if prefix else str(i))
+
+
+def whole_numbers(cfg: Any, rules: Sequence[tuple[str, Rule]] = ()) -> None:
+    """Where a rule (the general ones and `rules`) wants a whole number, a float that is one becomes an int, in
+    place: `6e3` and `6000.0` (YAML and the overrides read both as floats) are 6000 in what is checked and
+    written, as the user meant. Other floats stay, for the rule to refuse."""
+
+    def slots(node: Any, parts: list[str]) -> Iterator[tuple[Any, Any]]:
+        head, rest = parts[0], parts[1:]
+        keys = (list(node) if head == "*" else [head] if head in node else []) if isinstance(node, Mapping) else (
+            range(len(node)) if isinstance(node, list) and head == "*" else [])
+        for k in keys:
+            yield from slots(node[k], rest) if rest else [(node, k)]
+
+    for pattern, rule in [*RULES, *rules]:
+        if getattr(rule, "whole_number", False):
+            for parent, key in list(slots(cfg, pattern.split("."))):
+                value = parent[key]
+                if isinstance(value, float) and value.is_integer():
+                    parent[key] = int(value)
 
 
 def _strings(node: Any, prefix: str) -> Iterator[tuple[str, str]]:

@@ -39,6 +39,7 @@ def integer(lo: int, hi: int | None = None, *, null: bool = False) -> Rule:
             return what
         return None
 
+    rule.whole_number = True  # type: ignore[attr-defined]  # schema.whole_numbers: 6e3 here becomes 6000
     return rule
 
 

@@ -23,6 +23,7 @@ from nemotron_eval.data import tasks as task_table
 from nemotron_eval.artifacts import Resolved
 from nemotron_eval.pipeline import compile as comp
 from nemotron_eval.config import schema
+from nemotron_eval.config.validators import PATH_SAFE
 from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
 from nemotron_eval.data import stage
 from nemotron_eval.deploy import types as deploy_types
@@ -66,6 +67,19 @@ class ModelPlan:
         return sha256_bytes(getattr(self, f"{which}_text").encode())
 
 
+def _under_the_project(e: schema.BadValue) -> UserError:
+    """A refused path that the pipeline made under the project folder (results/, models/, build/): what the user
+    set is the folder, so the message names the folder, not a path they never wrote."""
+    root = str(Path.cwd())
+    if not (isinstance(e.value, str) and e.value.startswith(f"{root}/")) or PATH_SAFE.fullmatch(root):
+        return e
+    return UserError(
+        f"the project folder {root!r} holds a character a command line cannot take unquoted (a space?), and "
+        f"{e.key} lies in it ({e.value[len(root) + 1:]}); move the project to a path of letters, digits and "
+        "_ . / ~ @ % + = -"
+    )
+
+
 class Plan:
     def __init__(self, request: Request, configs_dir: Path) -> None:
         self.request = request
@@ -87,6 +101,9 @@ class Plan:
         self.schema_rules = [
             *self.deployment.rules, *executors.schema_rules(), *executor.rules, *exporters.schema_rules(),
         ]
+        for cfg in (self.merged, self.resolved):  # 6e3 where a whole number is wanted: 6000 (before it is written)
+            schema.whole_numbers(cfg, self.schema_rules)
+        self.merged_text = dump_yaml(self.merged)
         schema.check(self.resolved, self.merged, pending=True, rules=self.schema_rules, closed=self.deployment.closed)
         self.deployment.check(self.resolved)  # what is known before any model (its execution, its endpoint, ...)
         self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
@@ -138,7 +155,10 @@ class Plan:
         resolved = comp.resolve_artifacts(self.merged, spec, artifact)
         job, eval_cfg = comp.compile_job(resolved, self.tasks)
         # now with the checkpoint path, the profile's mounts and the image the runner starts
-        schema.check(job, self.merged, rules=self.schema_rules, closed=self.deployment.closed)
+        try:
+            schema.check(job, self.merged, rules=self.schema_rules, closed=self.deployment.closed)
+        except schema.BadValue as e:
+            raise _under_the_project(e) from None
         self.deployment.check(eval_cfg)
         return ModelPlan(
             wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,

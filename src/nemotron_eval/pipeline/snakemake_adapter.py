@@ -8,6 +8,8 @@ touch no Snakemake attribute themselves (`workflow.basedir` and `config` are doc
     hand_jobs_a_request(workflow, a)   what a job Snakemake starts through a shell gets instead of those values
                                        (workflow.config_settings.config_args)
     is_main_process(workflow)          the process that plans and schedules, not a job's (workflow.is_main_process)
+    dry_run(workflow)                  whether this is a dry run (-n), known while the Snakefile is read
+                                       (workflow.output_settings.dryrun; workflow.dryrun is set only later)
     forced(workflow)                   whether anything is forced (workflow.dag_settings: forceall, forcetargets,
                                        forcerun, target_jobs); known only while the DAG is built
     rerun_triggers(workflow)           the active rerun triggers (workflow.dag_settings.rerun_triggers)
@@ -41,6 +43,12 @@ def is_main_process(workflow: Any) -> bool:
 
 def forced(workflow: Any) -> bool:
     """Whether this invocation forces jobs (--forceall, --force, --forcerun, --target-jobs)."""
+def dry_run(workflow: Any) -> bool:
+    """Whether this invocation only shows what would run (-n, --dry-run): it starts no job."""
+    settings = workflow.output_settings
+    return bool(settings is not None and settings.dryrun)
+
+
     s = workflow.dag_settings
     return bool(s.forceall or s.forcetargets or s.forcerun or s.target_jobs)
 

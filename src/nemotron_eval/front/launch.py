@@ -212,10 +212,18 @@ def supervise(run_id: str) -> int:
         signal.signal(signal.SIGINT, cancel)
         signal.signal(signal.SIGTERM, cancel)
         assert proc.stdout is not None
+        locked = retelling = False
         for line in iter(proc.stdout.readline, b""):
+            if line.startswith(b"LockException"):  # its advice (--unlock) is wrong while the lock's run lives
+                locked = retelling = True
+            if retelling:
+                retelling = b"--unlock" not in line
+                continue
             log.write(line)
             runs.note_output(run, line.decode("utf-8", "replace"))
         rc = proc.wait()
+        if locked:
+            log.write(f"{PREFIX}{_lock_holder(run)}\n".encode())
     if signals:  # Snakemake cancels its jobs on SIGINT; what it could not (killed first) is cancelled here
         from nemotron_eval.executors import for_profile
 
@@ -224,33 +232,6 @@ def supervise(run_id: str) -> int:
     return rc
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-        locked = retelling = False
-def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, poll_s: float = 0.5) -> int:
-            if line.startswith(b"LockException"):  # its advice (--unlock) is wrong while the lock's run lives
-                locked = retelling = True
-            if retelling:
-                retelling = b"--unlock" not in line
-                continue
-    """Print the run's log as it grows until the run ends; Ctrl-C cancels it (a second one stops following)."""
-    offset = 0
-
-        if locked:
-            log.write(f"{PREFIX}{_lock_holder(run)}\n".encode())
-    def drain() -> None:
-        nonlocal offset
-        try:
-            with run.log_file.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
 def _lock_holder(run: runs.Run) -> str:
     """Why Snakemake could not lock the project for `run`: another run here writes some of the same files."""
     for other in runs.live():
@@ -264,6 +245,25 @@ def _lock_holder(run: runs.Run) -> str:
     return "Snakemake found a lock although nothing runs in this project now: start this run again (it lifts a stale lock)"
 
 
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, poll_s: float = 0.5) -> int:
+    """Print the run's log as it grows until the run ends; Ctrl-C cancels it (a second one stops following)."""
+    offset = 0
+
+    def drain() -> None:
+        nonlocal offset
+        try:
+            with run.log_file.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
         offset += len(chunk)
         if chunk:
             sys.stderr.write(chunk.decode("utf-8", "replace"))

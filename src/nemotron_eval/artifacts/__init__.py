@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.artifacts.base import Registry, Resolved
+from nemotron_eval.artifacts.base import Registry, Resolved, Version
 from nemotron_eval.artifacts.local import LocalRegistry
 from nemotron_eval.config.envtoml import EnvFile
 from nemotron_eval.core.errors import UserError
@@ -41,4 +41,4 @@ def registry_from_env(env: EnvFile, wandb_cfg: dict[str, Any] | None = None) -> 
     raise UserError(f"{where}: [artifacts] backend {backend(env)!r} is not valid; valid: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "LocalRegistry", "Registry", "Resolved", "backend", "local_registry", "registry_from_env"]
+__all__ = ["BACKENDS", "LocalRegistry", "Registry", "Resolved", "Version", "backend", "local_registry", "registry_from_env"]

@@ -24,8 +24,22 @@ class Resolved:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Version:
+    """One version of an artifact as its registry lists it (`Registry.history`): what orders a training curve."""
+
+    name: str
+    version: str  # v3
+    created_at: str  # ISO 8601, as the registry recorded it
+    lineage: dict[str, Any]  # provenance (a `step` key orders the curve when every version has one)
+
+
 class Registry(Protocol):
     kind: str
+
+    def history(self, name: str) -> list[Version]:
+        """Every version of `name`, oldest first; [] when there is none yet (a watcher waits for the first)."""
+        ...
 
     def resolve(self, spec: ModelSpec) -> Resolved:
         """Resolve cheaply (called at every invocation, since aliases move)."""

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.artifacts.base import Resolved
+from nemotron_eval.artifacts.base import Resolved, Version
 from nemotron_eval.config.validators import checkpoint_path
 from nemotron_eval.core import recordfile
 from nemotron_eval.core.errors import UserError, did_you_mean
@@ -81,6 +81,14 @@ class LocalRegistry:
         if not Path(record.path).is_absolute():
             raise recordfile.problem(path, "registry version record", "path", record.path, "an absolute path", fix)
         return asdict(record)
+
+    def history(self, name: str) -> list[Version]:
+        out = []
+        for v in self.versions(name):
+            meta = self.metadata(name, v)
+            lineage = meta.get("lineage")
+            out.append(Version(name, v, str(meta.get("created_at", "")), dict(lineage) if isinstance(lineage, dict) else {}))
+        return out
 
     def resolve(self, spec: ModelSpec) -> Resolved:
         names = self.names()

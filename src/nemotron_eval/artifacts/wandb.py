@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.artifacts.base import Resolved
+from nemotron_eval.artifacts.base import Resolved, Version
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.spec import ModelSpec
 
@@ -42,11 +42,14 @@ class WandbRegistry:
         self._api: Any = None
         self.download_root = download_root or Path("artifacts") / "wandb"
 
-    def _artifact(self, ref: str) -> Any:
+    def _client(self) -> Any:
         if self._api is None:
             self._api = self._api_factory()
+        return self._api
+
+    def _artifact(self, ref: str) -> Any:
         try:
-            return self._api.artifact(ref)
+            return self._client().artifact(ref)
         except Exception as e:  # wandb raises CommError/ValueError; its first line says what is missing
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"artifact {ref!r}: not found in W&B: {first}") from None
@@ -56,6 +59,19 @@ class WandbRegistry:
             raise UserError("W&B artifacts need a project: set [wandb] project in env.toml or run.wandb.project")
         prefix = f"{self.entity}/{self.project}" if self.entity else self.project
         return f"{prefix}/{spec.name}:{spec.alias}"
+
+    def history(self, name: str) -> list[Version]:
+        """The collection's versions (`Api.artifacts(type, entity/project/name)`, its type read from `name:latest`),
+        oldest first; the artifact's metadata is its lineage (NVIDIA's recipe records the step there)."""
+        latest = self.ref(ModelSpec(name, "latest"))
+        try:
+            kind = self._client().artifact(latest).type
+        except Exception:  # no version yet (or a wrong project: resolving it says which)
+            return []
+        found = self._client().artifacts(kind, latest.rpartition(":")[0])
+        out = [Version(name, str(a.version), str(getattr(a, "created_at", "") or ""), dict(getattr(a, "metadata", None) or {}))
+               for a in found]
+        return sorted(out, key=lambda v: int(v.version[1:]) if v.version[1:].isdigit() else 0)
 
     def resolve(self, spec: ModelSpec) -> Resolved:
         ref = self.ref(spec)

@@ -1,6 +1,7 @@
 """The `nemotron` command.
 
     nemotron eval ...            evaluate a checkpoint (also `nemotron nano3 eval`, as in NVIDIA's recipe)
+    nemotron watch NAME ...      evaluate every new version of a checkpoint as it lands
     nemotron runs                the runs, newest last
     nemotron status [ID]         a run, per task: pending, running (requests answered / total), done, failed
     nemotron logs ID [-f] [--task T]
@@ -74,7 +75,21 @@ def _ls_tasks(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Bad arguments are one line (naming the option and the command's --help), exit status 2."""
+    """Bad arguments are one line (naming the option and the command's --help), exit status 2. `intermixed=True`:
+    positionals before and after options (`nemotron watch NAME -t TASK KEY=VALUE`)."""
+
+    def __init__(self, *args: Any, intermixed: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._intermixed = intermixed
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if not self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = False  # its two passes call this again
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = True
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"nemotron: error: {message} (see {self.prog} --help)\n")
@@ -121,6 +136,34 @@ def _eval(args: argparse.Namespace) -> int:
     from nemotron_eval.front.launch import eval_command
 
     return eval_command(args)
+
+
+def _add_watch(sub: Any) -> None:
+    w = sub.add_parser("watch", help="evaluate every new version of a checkpoint as it lands",
+                       description="Evaluate each new version vN of artifact NAME (or the version NAME:ALIAS points to, "
+                       "as it moves) as `nemotron eval run.model=NAME:vN` would, into results/NAME_vN/; rebuild the "
+                       "training curve results/curve/NAME.html after each. State in .nemotron/watch/: a restarted "
+                       "watcher neither redoes nor misses a version. Ctrl-C stops it and every run it started.",
+                       intermixed=True)
+    w.add_argument("names", nargs="+", metavar="NAME[:ALIAS]", help="an artifact of the registry (env.toml [artifacts])")
+    w.add_argument("--dir", metavar="GLOB", help="register each folder matching GLOB that holds --marker as the next "
+                   "version of NAME (its path and step as lineage), then evaluate it")
+    w.add_argument("--marker", metavar="FILE", help="the file a checkpoint folder holds once it is complete")
+    w.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="how often to look (default: 60)")
+    w.add_argument("--once", action="store_true", help="look once, evaluate what is new, wait for it and exit (cron)")
+    w.add_argument("--max-parallel", type=int, default=1, metavar="N", help="evaluations at once (default: 1)")
+    w.add_argument("--retries", type=int, default=2, metavar="N", help="retries of a failed evaluation (default: 2)")
+    w.add_argument("-c", "--config", metavar="NAME|PATH", help="as nemotron eval -c")
+    w.add_argument("-b", "--batch", metavar="PROFILE", help="submit each evaluation to the cluster of env.toml's PROFILE")
+    w.add_argument("-t", "--task", action="append", metavar="NAME", help="a task to run (repeatable)")
+    w.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotlist overrides, as nemotron eval's")
+    w.set_defaults(func=_watch)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from nemotron_eval.front.watch import watch_command
+
+    return watch_command(args)
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -186,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub, "eval")
     nano3 = sub.add_parser("nano3", help="NVIDIA's recipe spelling: nemotron nano3 eval ...")
     _add_eval(nano3.add_subparsers(dest="stage", required=True, parser_class=_Parser), "eval")
+    _add_watch(sub)
     sub.add_parser("runs", help="the runs, newest last").set_defaults(func=_runs)
     st = sub.add_parser("status", help="a run, per task (default: the latest run)")
     st.add_argument("id", nargs="?")

@@ -88,6 +88,19 @@ def plan_request(args: argparse.Namespace, root: Path, config: str | None) -> tu
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    prepared = prepare(args)
+    if isinstance(prepared, int):  # a dry run: nothing recorded
+        return prepared
+    run, remote_profile, root = prepared
+    if remote_profile is not None:
+        return submit_remote(run, remote_profile, root)
+    return follow(run, start_local(run))
+
+
+def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
+    """What `nemotron eval ARGS` does before anything runs: move to the project, plan the request (every config
+    error now, in one line), record the run (`runs.create`). Returns the run, its remote profile (None here) and
+    the project folder; a dry run prints its plan and returns its exit status instead."""
     config = args.config
     if config and Path(config).expanduser().is_file():  # a file named from a subfolder: before moving to the root
         config = str(Path(config).expanduser().resolve())
@@ -128,9 +141,7 @@ def eval_command(args: argparse.Namespace) -> int:
     request_text = _request_text(request, run, root)
     runs.create(run, request_text, snapshots)
     print(f"run {run.id}: {' '.join(run.tasks)} on {parse_wildcard(model).spec} ({run.folder})", file=sys.stderr)
-    if remote_profile is not None:
-        return _remote(run, remote_profile, root)
-    return _local(run)
+    return run, remote_profile, root
 
 
 def _request_text(request: Request, run: runs.Run, root: Path) -> str:
@@ -172,8 +183,8 @@ def dry_run(request: Request, eval_text: str, targets: list[str], profile: str) 
 # --- local runs: a supervisor around Snakemake -------------------------------------------------------------------
 
 
-def _local(run: runs.Run) -> int:
-    """Start the supervisor (its own session: it outlives this shell) and follow the run until it ends."""
+def start_local(run: runs.Run) -> subprocess.Popen[bytes]:
+    """Start the supervisor of a prepared local run (its own session: it outlives this shell); `kill` stops it."""
     _unlock_if_stale(run)
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "nemotron_eval.front.launch", "--supervise", run.id, "--log", str(run.folder / "supervisor.log")],
@@ -181,7 +192,7 @@ def _local(run: runs.Run) -> int:
     )
     run.pid, run.pid_started = supervisor.pid, started(supervisor.pid)  # from now on the run can be cancelled
     run.save()
-    return follow(run, supervisor)
+    return supervisor
 
 
 def _unlock_if_stale(run: runs.Run) -> None:
@@ -297,7 +308,8 @@ def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, pol
 NOT_SHIPPED = {"build", "results", "data", "run", "logs", "models", "wandb", "mlruns", "runs", ".snakemake"}
 
 
-def _remote(run: runs.Run, profile: Any, root: Path) -> int:
+def submit_remote(run: runs.Run, profile: Any, root: Path) -> int:
+    """Submit a prepared remote run's head job; -r follows it to its end, -b returns at once (the run id on stdout)."""
     from dataclasses import replace
 
     from nemotron_eval.executors import remote
@@ -398,6 +410,9 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
     run = runs.load(run_id)
     if task is not None and task not in run.tasks:
         raise UserError(f"run {run.id} has no task {task!r}; its tasks: {', '.join(run.tasks)}")
+    if run.error and run.mode != "local" and not run.remote_id:  # refused before it started: no log, a reason
+        print(f"run {run.id} was not submitted: {run.error}")
+        return 0
     if run.remote_id and task is None:
         from nemotron_eval.executors import remote
 
@@ -441,7 +456,7 @@ def summary(run: runs.Run) -> str:
 
 def supervisor_main(argv: list[str] | None = None) -> int:
     """`python -m nemotron_eval.front.launch --supervise RUN_ID --log FILE`: the supervisor process of a local run
-    (started by `_local` in its own session, so it outlives the shell that started it, on purpose)."""
+    (started by `start_local` in its own session, so it outlives the shell that started it, on purpose)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m nemotron_eval.front.launch", description=supervisor_main.__doc__)

@@ -42,6 +42,15 @@ def _text_width(text: str, font_px: float = 11) -> float:
     return len(text) * font_px * 0.62
 
 
+def _score_axis(left: float, width: float, y: Any) -> list[str]:
+    """Grid lines and labels of a 0-to-1 score axis; `y` maps a score to its height."""
+    parts = []
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - 8}" y1="{_f(y(tick))}" y2="{_f(y(tick))}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{_f(y(tick) + 4)}" text-anchor="end" fill="#444">{tick:.2f}</text>')
+    return parts
+
+
 def scores_chart(task: str, metrics: Sequence[dict[str, Any]], model_index: dict[str, int], names: dict[str, str]) -> str:
     """Grouped bars: one group per metric, one bar per model, whiskers for the 95% interval; y from 0 to 1."""
     n_models = max(1, max((len(m["scores"]) for m in metrics), default=1))
@@ -57,9 +66,7 @@ def scores_chart(task: str, metrics: Sequence[dict[str, Any]], model_index: dict
     parts = [f'<svg class="chart chart-scores" data-task="{escape(task)}" role="img" '
              f'aria-label="{escape(task)} scores with 95% intervals" xmlns="http://www.w3.org/2000/svg" '
              f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" {FONT} font-size="11">']  # fmt: skip
-    for tick in (0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<line class="grid" x1="{left}" x2="{width - 8}" y1="{_f(y(tick))}" y2="{_f(y(tick))}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left - 6}" y="{_f(y(tick) + 4)}" text-anchor="end" fill="#444">{tick:.2f}</text>')
+    parts += _score_axis(left, width, y)
     for g, metric in enumerate(metrics):
         x0 = left + group_gap + g * (group_w + group_gap)
         for k, score in enumerate(metric["scores"]):
@@ -140,3 +147,50 @@ def _p(p: float | None) -> str:
     if p is None:
         return "n/a"
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def curve_chart(chart_id: str, labels: Sequence[str], points: Sequence[dict[str, Any]], *, best: str | None = None,
+                regressions: Sequence[str] = ()) -> str:
+    """A training curve: one `circle.point` per version in order (x) at its score (y, 0 to 1) joined by a line,
+    a `line.errorbar` for each 95% interval; the best version ringed (`circle.best`), each version a regression
+    reached marked in the verdict colour of `worse` (`circle.regression`). `points`: {version, value, ci_low,
+    ci_high}, in the order of `labels`."""
+    step = max(48, min(90, 900 // max(1, len(labels))))
+    left, top, plot_h, bottom = 44, 14, 180, 56
+    width = left + step * max(1, len(labels)) + 16
+    height = top + plot_h + bottom
+
+    def y(v: float) -> float:
+        return top + plot_h * (1 - v)
+
+    def x(i: int) -> float:
+        return left + step * (i + 0.5)
+
+    parts = [f'<svg class="chart chart-curve" data-chart="{escape(chart_id)}" role="img" '
+             f'aria-label="{escape(chart_id)}: score of each version with 95% intervals" xmlns="http://www.w3.org/2000/svg" '
+             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" {FONT} font-size="11">']  # fmt: skip
+    parts += _score_axis(left, width, y)
+    at = {p["version"]: p for p in points if p.get("value") is not None}
+    xy = [(x(i), y(at[v]["value"])) for i, v in enumerate(labels) if v in at]
+    if len(xy) > 1:
+        path = " ".join(f"{_f(a)},{_f(b)}" for a, b in xy)
+        parts.append(f'<polyline class="curve" points="{path}" fill="none" stroke="{colour(0)}" stroke-width="2"/>')
+    for i, version in enumerate(labels):
+        parts.append(f'<text x="{_f(x(i))}" y="{top + plot_h + 16}" text-anchor="middle" fill="#222">{escape(version)}</text>')
+        p = at.get(version)
+        if p is None:
+            continue
+        tip = f"{version}: {_pct(p['value'])} (95% CI {_pct(p.get('ci_low'))} to {_pct(p.get('ci_high'))})"
+        if p.get("ci_low") is not None and p.get("ci_high") is not None:
+            parts.append(f'<line class="errorbar" x1="{_f(x(i))}" x2="{_f(x(i))}" y1="{_f(y(p["ci_low"]))}" '
+                         f'y2="{_f(y(p["ci_high"]))}" stroke="#222" stroke-width="1.5"><title>{escape(tip)}</title></line>')  # fmt: skip
+        fill = VERDICT_COLOURS["worse"] if version in regressions else colour(0)
+        kind = "point regression" if version in regressions else "point"
+        parts.append(f'<circle class="{kind}" data-version="{escape(version)}" cx="{_f(x(i))}" cy="{_f(y(p["value"]))}" '
+                     f'r="4.5" fill="{fill}"><title>{escape(tip)}</title></circle>')  # fmt: skip
+        if version == best:
+            parts.append(f'<circle class="best" cx="{_f(x(i))}" cy="{_f(y(p["value"]))}" r="9" fill="none" '
+                         f'stroke="{VERDICT_COLOURS["better"]}" stroke-width="2"><title>best: {escape(tip)}</title></circle>')  # fmt: skip
+    parts.append(f'<line x1="{left}" x2="{width - 8}" y1="{_f(y(0))}" y2="{_f(y(0))}" stroke="#888"/>')
+    parts.append("</svg>")
+    return "".join(parts)

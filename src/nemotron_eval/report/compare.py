@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +101,14 @@ def build_report(
     confidence: float = CONFIDENCE,
     alpha: float = ALPHA,
     workdir: Path | str | None = None,
+    pairs: Collection[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The comparison of every model of `results` on every task, as report.json's dict.
 
     `items[i]` is the items file of `results[i]` (None, or `items` None: that run has no item data, and its
     pairs get score differences without paired statistics). `workdir` (default: the current directory) is
-    where `logs/` and `results/` live; paths in the report are relative to it.
+    where `logs/` and `results/` live; paths in the report are relative to it. `pairs`: only these (a, b) model
+    keys, a before b in model order, are compared (the training curve's consecutive versions); default: every pair.
     """
     if not results:
         raise UserError("report: no result files given (results/{model}/{task}.json)")
@@ -143,7 +145,7 @@ def build_report(
         runs.setdefault(task, {})[key] = _run(row, result_path, items_path, records, key, task, root)
 
     order = list(models)
-    tasks = [_task_section(task, [runs[task][k] for k in order if k in runs[task]], seed, draws, confidence, alpha)
+    tasks = [_task_section(task, [runs[task][k] for k in order if k in runs[task]], seed, draws, confidence, alpha, pairs)
              for task in runs]  # fmt: skip
     return {
         "schema_version": REPORT_SCHEMA,
@@ -250,7 +252,8 @@ def _same(checks: list[dict[str, Any]]) -> tuple[bool | None, list[str]]:
     return True, []
 
 
-def _task_section(task: str, runs: list[dict[str, Any]], seed: int, draws: int, confidence: float, alpha: float) -> dict[str, Any]:
+def _task_section(task: str, runs: list[dict[str, Any]], seed: int, draws: int, confidence: float, alpha: float,
+                  wanted: Collection[tuple[str, str]] | None = None) -> dict[str, Any]:
     checks = _checks(runs)
     same, reasons = _same(checks)
     metric_names = list(dict.fromkeys(m for r in runs for m in r["metrics"]))
@@ -271,6 +274,7 @@ def _task_section(task: str, runs: list[dict[str, Any]], seed: int, draws: int, 
         pairs = [
             _pair(task, metric, runs[i], runs[j], i == 0, seed, draws, confidence, alpha)
             for i in range(len(runs)) for j in range(i + 1, len(runs))
+            if wanted is None or (runs[i]["model"], runs[j]["model"]) in wanted
         ]  # fmt: skip
         metrics.append({"metric": metric, "scores": scores, "pairs": pairs})
     out_runs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs]

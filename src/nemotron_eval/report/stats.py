@@ -68,3 +68,27 @@ def mcnemar_exact(gains: int, losses: int) -> float:
         term = term * (n - i) // (i + 1)
         tail += term
     return min(1.0, 2 * tail / 2**n)
+
+
+def stratified_bootstrap(
+    strata: Sequence[Sequence[float]], *, seed: int, draws: int = 10_000, confidence: float = 0.95
+) -> tuple[float, float, float] | None:
+    """The mean over strata (tasks) of each stratum's mean paired difference, resampling items within each
+    stratum: its percentile interval and a two-sided bootstrap p-value (twice the smaller share of resampled
+    means on either side of 0). None when a stratum is empty. Each stratum is drawn as in `paired_bootstrap`."""
+    import numpy as np
+
+    if not strata or any(len(s) == 0 for s in strata):
+        return None
+    rng = np.random.default_rng(seed)
+    total = np.zeros(draws)
+    for diffs in strata:
+        counts = Counter(float(d) for d in diffs)
+        values = np.array(sorted(counts), dtype=np.float64)
+        probs = np.array([counts[v] / len(diffs) for v in sorted(counts)], dtype=np.float64)
+        total += rng.multinomial(len(diffs), probs, size=draws) @ values / len(diffs)
+    means = total / len(strata)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    p = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    return float(low), float(high), p

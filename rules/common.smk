@@ -58,21 +58,31 @@ def embedded_receipt(wildcards):
 
 
 def evaluation_inputs(wildcards):
-    """eval.yaml, job.yaml and the deployment's endpoint for an evaluation. Once its result exists the configs
-    count as ancient(): a rewrite that leaves the task's own settings alone (export, cluster) reruns nothing; the
-    task's fingerprint file decides. The endpoint (a service) is declared only while the evaluation is due: else
-    the deployment started for another task of the model would make Snakemake run this one again too."""
+    """eval.yaml, job.yaml, an embedded model's checkpoint and the deployment's endpoint for an evaluation. Once
+    its result exists the configs and the checkpoint count as ancient(): a rewrite that leaves the task's own
+    settings alone (export, cluster) reruns nothing; the task's fingerprint file decides. The endpoint (a service)
+    is declared only while the evaluation is due: else the deployment started for another task of the model would
+    make Snakemake run this one again too. A stale result (it records another task fingerprint than the plan's)
+    runs again whatever path Snakemake takes: forced, and with no input ancient (Snakemake skips the checks of a
+    job whose ancient input's producer reruns, and then does not rerun it for that input)."""
     smk.check_rerun_triggers(workflow)
     model, task = wildcards.model, wildcards.task
-    configs = {"eval": layout.EVAL.format(model=model), "job": layout.JOB.format(model=model)}
+    result = layout.RESULT.format(model=model, task=task)
+    inputs = {"eval": layout.EVAL.format(model=model), "job": layout.JOB.format(model=model)}
+    embedded = model_plan(wildcards).embedded
+    if embedded:
+        inputs["model"] = str(embedded.receipt)
     endpoint = {"endpoint": layout.ENDPOINT.format(model=model)}
-    done = Path(layout.RESULT.format(model=model, task=task)).exists()
-    due = not done or smk.or_exit(smk.evaluation_due, PLAN, model, task, workflow)
+    done = Path(result).exists()
+    stale = done and smk.or_exit(smk.stale_result, PLAN, model, task)
+    if stale and snakemake_adapter.is_main_process(workflow):  # a job's own Snakemake runs what it was given
+        snakemake_adapter.force(workflow, result)
+    due = not done or stale or smk.or_exit(smk.evaluation_due, PLAN, model, task, workflow)
     if due:
         smk.check_cores(workflow)  # the deployment and this task run together
-    if not done:
-        return {**configs, **endpoint}
-    return {**{k: ancient(v) for k, v in configs.items()}, **(endpoint if due else {})}
+    if not done or stale:
+        return {**inputs, **endpoint}
+    return {**{k: ancient(v) for k, v in inputs.items()}, **(endpoint if due else {})}
 
 
 def staged_data(wildcards):

@@ -47,7 +47,6 @@ rule evaluate_task:
         unpack(evaluation_inputs),
         unpack(staged_data),
         task=layout.TASK_FINGERPRINT,
-        model=embedded_receipt,
     output:
         result=layout.RESULT,
         per_item=layout.ITEMS,

@@ -54,8 +54,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 NOT_FAST_MARKS = ("slow", "slurm", "browser")
 PIPELINE_MODULES = (
     "test_artifacts", "test_bad_input", "test_bench", "test_deploy_types", "test_executors", "test_export_local",
-    "test_front", "test_images", "test_launcher", "test_profiles", "test_remote", "test_security", "test_serve",
-    "test_serve_cluster", "test_workflow_compile",
+    "test_front", "test_images", "test_launcher", "test_profiles", "test_remote", "test_results_agree", "test_security",
+    "test_serve", "test_serve_cluster", "test_workflow_compile",
 )
 
 

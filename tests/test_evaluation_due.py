@@ -16,10 +16,11 @@ import pytest
 from conftest import BIN, REPO, make_checkpoint, run
 from nemotron_eval.core import layout
 from nemotron_eval.artifacts import LocalRegistry
+from nemotron_eval.pipeline import smk
 from nemotron_eval.pipeline.plan import Plan
 from nemotron_eval.pipeline.request import Request
 
-TASKS = ("openbookqa", "hellaswag", "winogrande", "arc_challenge", "piqa")  # piqa: read from the hub, not staged
+TASKS = ("openbookqa", "hellaswag", "winogrande", "arc_challenge", "mmlu", "piqa")  # piqa: read from the hub, not staged
 T0 = 1_800_000_000.0  # every result's modification time; the other files are set around it
 # (model, task) -> (what is special about it, whether it is due)
 CASES = {
@@ -32,6 +33,10 @@ CASES = {
     ("demo_latest", "hellaswag"): ("staged data newer than the result", True),
     ("demo_latest", "winogrande"): ("staged data missing", True),
     ("demo_latest", "arc_challenge"): ("a mirror file newer than the staged data: restaging", True),
+    ("demo_latest", "mmlu"): ("staged from another list of mirror files than the task's now (what staging reads "
+                              "changed: the stage rule's param restages it)", True),
+    ("other_v1", "piqa"): ("the result records another task fingerprint than the plan's; its fingerprint file, "
+                           "older than the result, agrees with the plan", True),
 }
 PROBE = textwrap.dedent("""\
     import json
@@ -71,7 +76,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Plan, dict[str
     mirror = work / "mirror"
     request = {"eval_config": "default", "env_file": str(work / "env.toml"),
                "overrides": ["evaluation.tasks=[{name: openbookqa}, {name: hellaswag}, {name: adlr_winogrande_5_shot}, "
-                             "{name: adlr_arc_challenge_llama_25_shot}, {name: piqa}]", f"data.mirror={mirror}"]}
+                             "{name: adlr_arc_challenge_llama_25_shot}, {name: adlr_mmlu}, {name: piqa}]", f"data.mirror={mirror}"]}
     mirror.mkdir()
     cwd = Path.cwd()
     os.chdir(work)
@@ -89,25 +94,28 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Plan, dict[str
         for d in (".snakemake/locks",):  # the killed run's lock (the probe reads, it does not lock)
             for f in (work / d).iterdir():
                 f.unlink()
-        Path(layout.RESULT.format(model="demo_v1", task="openbookqa")).write_text("{}\n")
-        # fingerprints as the plan computes them, older than the results
+        # fingerprints as the plan computes them, older than the results; each result records the plan's
         for m, t in CASES:
             fingerprint = Path(layout.TASK_FINGERPRINT.format(model=m, task=t))
             fingerprint.parent.mkdir(parents=True, exist_ok=True)
             value = plan.evaluation(m, t)["fingerprint"]
             fingerprint.write_text(json.dumps({"task": t, "fingerprint": value if (m, t) != ("demo_v1", "piqa") else "0" * 64}))
+            recorded = value if (m, t) != ("other_v1", "piqa") else "1" * 64
+            Path(layout.RESULT.format(model=m, task=t)).write_text(json.dumps({"task_config_sha256": recorded}))
             os.utime(fingerprint, (T0 - 100, T0 - 100))
             os.utime(layout.RESULT.format(model=m, task=t), (T0, T0))
         os.utime(layout.TASK_FINGERPRINT.format(model="other_latest", task="piqa"), (T0 + 100, T0 + 100))
-        # staged data (older than the results, newer than the mirror) except where a case says otherwise
-        for t in ("openbookqa", "hellaswag", "arc_challenge"):
+        # staged data (older than the results, newer than the mirror, staged from what the plan reads) except
+        # where a case says otherwise
+        for t in ("openbookqa", "hellaswag", "arc_challenge", "mmlu"):
             staged = Path(layout.STAGED.format(task=t))
             staged.mkdir(parents=True)
-            (staged / "manifest.json").write_text("{}")
             for f in plan.mirror_files(t):
                 Path(f).parent.mkdir(parents=True, exist_ok=True)
                 Path(f).write_text("rows\n")
                 os.utime(f, (T0 - 300, T0 - 300))
+            reads = smk.staging_reads(plan, t) if t != "mmlu" else "sha256:" + "2" * 64
+            (staged / "manifest.json").write_text(json.dumps({"format": 1, "reads": reads}))
             when = T0 + 100 if t == "hellaswag" else T0 - 200
             for p in (staged / "manifest.json", staged):
                 os.utime(p, (when, when))
@@ -137,3 +145,4 @@ def test_each_reason_to_rerun_makes_the_evaluation_due_and_only_those(work) -> N
 def test_anything_forced_makes_every_evaluation_due(work) -> None:
     directory, _, setup = work
     assert all(ask(directory, setup, "--forceall").values())
+

@@ -244,6 +244,83 @@ def test_missing_mirror_file_names_it_and_the_setting(mirror: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+# --- staged data as the evaluation reads it ---------------------------------------------------------------
+
+
+def test_verified_staged_data_reports_the_digest_of_its_files(mirror: Path, tmp_path: Path) -> None:
+    out = stage_dataset("openbookqa", tmp_path / "openbookqa", mirror=mirror)
+    checked = stage.verify_staged(out)
+    assert checked["digest"] == read_manifest(out)["digest"] == stage.staged_digest(out)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", e["sha256"]) for s in checked["configs"].values() for e in s.values())
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("edit", r"main/test\.jsonl: edited after staging .*stage it again: delete .*openbookqa and run again$"),
+    ("remove", r"main/test\.jsonl: missing from the staged data .*delete .*openbookqa and run again$"),
+    ("add", r"main/extra\.jsonl: not written by staging .*delete .*openbookqa and run again$"),
+    ("fifo", r"main/test\.jsonl: not a regular file in staged data; stage it again"),
+    ("manifest digest", r"manifest\.json: the staged files' digest sha256:.* is not the recorded sha256:0000"),
+    ("old manifest, edited", r"manifest\.json: the staged files' digest .* \(the data or the manifest was edited"),
+])
+def test_staged_data_changed_after_staging_is_refused_in_one_line(change: str, message: str, mirror: Path,
+                                                                   tmp_path: Path) -> None:
+    out = stage_dataset("openbookqa", tmp_path / "openbookqa", mirror=mirror)
+    data = out / "main" / "test.jsonl"
+    manifest = json.loads((out / "manifest.json").read_text())
+    if change in ("edit", "old manifest, edited"):
+        data.write_text(data.read_text().replace("a", "b", 1))
+    if change == "old manifest, edited":  # staged before files had their own sha256: the digest still says it
+        for splits in manifest["configs"].values():
+            for entry in splits.values():
+                del entry["sha256"]
+    if change == "manifest digest":
+        manifest["digest"] = "sha256:" + "0" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    if change == "remove":
+        data.unlink()
+    if change == "add":
+        (out / "main" / "extra.jsonl").write_text("{}\n")
+    if change == "fifo":
+        data.unlink()
+        os.mkfifo(data)
+    with pytest.raises(UserError, match=message) as err:
+        stage.verify_staged(out)
+    assert "\n" not in str(err.value)
+
+
+def test_what_staging_reads_changes_with_the_file_list_and_each_file(mirror: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage rule's param: the task's list of mirror files (data/tasks.py) and each file's identity, so that
+    a changed list restages although Snakemake's `input` trigger is off, and so does a file replaced by one with
+    an older modification time; staging records it in the manifest."""
+    import dataclasses
+
+    copy = tmp_path / "mirror"
+    shutil.copytree(mirror / "winogrande", copy / "winogrande")
+    before = stage.reads("winogrande", copy)
+    assert stage.reads("winogrande", copy) == before
+    assert read_manifest(stage_dataset("winogrande", tmp_path / "w", mirror=copy))["reads"] == before
+    assert stage.reads("winogrande", None) != before  # the hub
+    # the task's list names another file of the mirror (train_xl for train_l), older than the staged data
+    task = STAGED["winogrande"]
+    files = tuple(dataclasses.replace(f, path="winogrande/train_xl.jsonl") if f.split == "train" else f
+                  for f in task.dataset.mirror_files)
+    shutil.copy2(copy / "winogrande/train_l.jsonl", copy / "winogrande/train_xl.jsonl")
+    monkeypatch.setitem(STAGED, "winogrande",
+                        dataclasses.replace(task, dataset=dataclasses.replace(task.dataset, mirror_files=files)))
+    assert stage.reads("winogrande", copy) != before
+    monkeypatch.undo()
+    assert stage.reads("winogrande", copy) == before
+    # a file replaced by another with the same size and an older time (a copy that kept its time)
+    dev = copy / "winogrande/dev.jsonl"
+    st = dev.stat()
+    replacement = copy / "winogrande/dev.new"
+    replacement.write_bytes(dev.read_bytes().replace(b"1", b"2", 1))
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    replacement.replace(dev)
+    assert stage.reads("winogrande", copy) != before
+
+
 def test_unknown_task(tmp_path: Path, mirror: Path) -> None:
     with pytest.raises(UserError, match="'hellaswg' is not a staged task.*did you mean 'hellaswag'"):
         stage_dataset("hellaswg", tmp_path / "x", mirror=mirror)

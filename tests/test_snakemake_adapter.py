@@ -22,6 +22,7 @@ READS = {
     "rerun_triggers": "workflow.dag_settings.rerun_triggers",
     "cores": "workflow.resource_settings.cores",
     "completed_record": "workflow.persistence._read_record/_filter_incomplete_keys",
+    "force": "workflow.dag.forcefiles",
 }
 SNAKEFILE = textwrap.dedent("""\
     import json, os
@@ -56,6 +57,15 @@ SNAKEFILE = textwrap.dedent("""\
 
     rule made:
         output: "made.txt"
+        shell: "touch {output}"
+
+    def forcing(wildcards):  # as rules/common.smk forces a stale result: from an input function
+        note("force", a.force, "made.txt")
+        return ["made.txt"]
+
+    rule uses_made:
+        input: forcing
+        output: "uses-made.txt"
         shell: "touch {output}"
 
     rule half:  # once kill-me exists, killed after writing its output: its record and an incomplete marker stay
@@ -135,3 +145,15 @@ def test_dag_settings_and_the_records_of_finished_and_killed_jobs(work: Path) ->
     found = notes(work)
     assert first(found, "forced") is True
     assert first(found, "rerun_triggers") == ["code", "input", "mtime", "params", "software-env"]  # Snakemake's default
+
+
+def test_a_file_forced_from_an_input_function_is_made_again(work: Path) -> None:
+    """`force` while the DAG is built: the job writing the file runs although Snakemake finds no reason of its own
+    (its output and the job using it exist and are recorded), and so does the job using it."""
+    assert snakemake(work, "uses-made.txt").returncode == 0
+    notes(work)
+    proc = snakemake(work, "-n", "uses-made.txt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first(notes(work), "force", "made.txt")
+    out = proc.stdout + proc.stderr
+    assert "rule made:" in out and "Forced execution" in out and "rule uses_made:" in out, out[-3000:]

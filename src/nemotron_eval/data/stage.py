@@ -18,7 +18,7 @@ generated from the harness's own files.
 
 Staged layout (`out_dir`), the same whatever the source::
 
-    manifest.json                   source, digest, fallbacks, row counts, files
+    manifest.json                   source, digest, fallbacks, row counts, files and their sha256, what was read
     <config>/<split>.jsonl          one row a line, fields in the hub dataset's schema
 
 `<config>` is the hub dataset's config name: the 57 MMLU subjects (`abstract_algebra`, ...),
@@ -29,6 +29,11 @@ Sources: a local mirror of the original releases (`mirror=`, from the `data.mirr
 or `NEMOTRON_DATA_MIRROR`), read with `readers`; or the Hugging Face hub (`mirror=None`): the
 parquet conversion (`refs/convert/parquet`) of the dataset id the harness's YAML names.
 Writing is atomic: a temporary folder beside `out_dir`, renamed into place when complete.
+
+Staged data is what the evaluation reads, and what it reads is what its result says: `verify_staged` checks the
+files against the manifest right before the harness reads them (and after), and the digest it computes is the one
+the result records. `reads` says what staging a task reads (the mirror's files, as a list and each file's
+identity, or the hub's dataset): the stage rule restages when it changes, and the manifest keeps it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -88,6 +94,7 @@ def stage_dataset(
     """
     ds = spec(task_short)
     out_dir = Path(out_dir)
+    what = reads(task_short, mirror, hub_revision)  # before reading: a file changed meanwhile restages next time
     with atomic_dir(out_dir) as tmp:
         if mirror is not None:
             source, files, inputs = _from_mirror(ds, Path(mirror), tmp)
@@ -95,21 +102,23 @@ def stage_dataset(
         else:
             source, files = _from_hub(ds, tmp, hub_revision, hub_cache_dir)
             inputs, fallbacks = {}, []
+        digests = _file_digests(tmp)
         configs: dict[str, dict[str, dict[str, Any]]] = {}
         splits: dict[str, int] = {}
         for (config, split), (rel, rows) in sorted(files.items()):
-            configs.setdefault(config, {})[split] = {"rows": rows, "file": rel}
+            configs.setdefault(config, {})[split] = {"rows": rows, "file": rel, "sha256": digests[rel]}
             splits[split] = splits.get(split, 0) + rows
         manifest = {
             "format": FORMAT_VERSION,
             "task": task_short,
             "dataset": ds.hub_id,
             "source": source,
-            "digest": staged_digest(tmp),
+            "digest": _combined(digests),
             "splits": splits,
             "fallbacks": fallbacks,
             "configs": configs,
             "inputs": inputs,
+            "reads": what,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return out_dir
@@ -142,11 +151,88 @@ def read_manifest(staged_dir: Path) -> dict[str, Any]:
 
 def staged_digest(staged_dir: Path) -> str:
     """sha256 over the staged data files (sorted relative paths and contents), not the manifest."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(staged_dir).rglob("*.jsonl") if p.is_file()):
+    return _combined(_file_digests(Path(staged_dir)))
+
+
+def _file_digests(staged_dir: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every data file (`*.jsonl`) under `staged_dir`, whatever it is: a data file that
+    is not a regular file is refused (the harness would read it; a FIFO would block)."""
+    digests: dict[str, str] = {}
+    for path in sorted(Path(staged_dir).rglob("*.jsonl")):
         rel = path.relative_to(staged_dir).as_posix()
-        h.update(f"{rel}\0{sha256_file(path)}\n".encode())
+        if not path.is_file() or not stat.S_ISREG(path.stat().st_mode):
+            raise UserError(f"{path}: not a regular file in staged data; {_restage(staged_dir)}")
+        digests[rel] = sha256_file(path)
+    return digests
+
+
+def _combined(digests: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for rel, digest in sorted(digests.items()):
+        h.update(f"{rel}\0{digest}\n".encode())
     return "sha256:" + h.hexdigest()
+
+
+def _restage(staged_dir: Path) -> str:
+    return f"stage it again: delete {staged_dir} and run again"
+
+
+def verify_staged(staged_dir: Path) -> dict[str, Any]:
+    """The manifest of a staged dataset whose files are, now, the ones staging wrote: every file the manifest lists
+    with its sha256, no other data file, and their digest the manifest's. `digest` in what it returns is the one
+    just computed from the files (equal to the manifest's). Anything else (a file edited, added or removed after
+    staging, a manifest edited) is one line naming the file and saying how to stage it again."""
+    staged_dir = Path(staged_dir)
+    manifest = read_manifest(staged_dir)
+    where = staged_dir / MANIFEST
+    configs = manifest.get("configs")
+    if not isinstance(configs, dict) or not all(isinstance(c, dict) for c in configs.values()):
+        raise UserError(f"{where}: `configs` is not a mapping of configs to splits; {_restage(staged_dir)}")
+    listed: dict[str, str | None] = {}
+    for config, splits in configs.items():
+        for split, entry in splits.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+                raise UserError(f"{where}: configs.{config}.{split} names no file; {_restage(staged_dir)}")
+            listed[entry["file"]] = entry.get("sha256")
+    found = _file_digests(staged_dir)
+    for rel, recorded in sorted(listed.items()):
+        if rel not in found:
+            raise UserError(f"{staged_dir / rel}: missing from the staged data (its manifest lists it); "
+                            f"{_restage(staged_dir)}")
+        if recorded is not None and found[rel] != recorded:
+            raise UserError(f"{staged_dir / rel}: edited after staging (sha256 {found[rel][:12]}, staged as "
+                            f"{str(recorded)[:12]}); {_restage(staged_dir)}")
+    extra = sorted(set(found) - set(listed))
+    if extra:
+        raise UserError(f"{staged_dir / extra[0]}: not written by staging (the manifest lists no such file); "
+                        f"{_restage(staged_dir)}")
+    digest = _combined(found)
+    if digest != manifest.get("digest"):
+        raise UserError(f"{where}: the staged files' digest {digest[:19]} is not the recorded "
+                        f"{str(manifest.get('digest'))[:19]} (the data or the manifest was edited after staging); "
+                        f"{_restage(staged_dir)}")
+    return {**manifest, "digest": digest}
+
+
+def reads(task_short: str, mirror: Path | None, hub_revision: str = HUB_REVISION) -> str:
+    """What staging `task_short` reads, as a digest that changes whenever that does: from a mirror, its files (the
+    task's list: config, split, path, reader) and each file's identity (size, modification time, inode: a file
+    replaced by another with an older time counts); from the hub, the dataset, its configs and the revision. Also
+    the schema and the staged format. The stage rule's param: Snakemake restages when it changes."""
+    ds = spec(task_short)
+    parts: list[Any] = [FORMAT_VERSION, ds.hub_id, list(ds.configs), list(ds.fields)]
+    if mirror is None:
+        parts.append(["hub", hub_revision])
+    else:
+        for mf in ds.mirror_files:
+            path = Path(mirror) / mf.path
+            try:
+                st = path.stat()
+                identity: Any = [st.st_size, st.st_mtime_ns, st.st_ino]
+            except OSError:
+                identity = None  # staging says it is missing
+            parts.append([mf.config, mf.split, mf.path, f"{mf.reader.__module__}.{mf.reader.__qualname__}", identity])
+    return "sha256:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 # --- sources ------------------------------------------------------------------------------

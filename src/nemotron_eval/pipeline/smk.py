@@ -64,19 +64,50 @@ def validate_config(config: dict[str, Any]) -> None:
     fail(f"Snakemake config key {key!r}: {e.message}")
 
 
+def stale_result(plan: Any, model: str, task: str) -> bool:
+    """Whether a task's result disagrees with what the plan would run: the task fingerprint it records
+    (`task_config_sha256`, the one the evaluation ran with) is not the plan's (job.yaml's), or it records none or
+    cannot be read. Such a result runs again whatever Snakemake's own checks find: they are skipped for a job
+    behind an ancient() input whose producer reruns (a recompile for another reason), and a result copied in
+    after its fingerprint changed looks newer than it (rules/common.smk, `evaluation_inputs`)."""
+    import json
+    import stat
+
+    from nemotron_eval.core import layout
+
+    result = Path(layout.RESULT.format(model=model, task=task))
+    try:
+        if not stat.S_ISREG(result.stat().st_mode):
+            return True
+        recorded = json.loads(result.read_bytes())["task_config_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return bool(recorded != plan.evaluation(model, task)["fingerprint"])
+
+
+def staging_reads(plan: Any, task: str) -> str:
+    """What staging a task reads from where the plan stages it (`data.stage.reads`): the stage rule's param, and
+    what `evaluation_due` compares with what the staged data was staged from."""
+    from nemotron_eval.data import stage
+
+    return stage.reads(task, plan.mirror_for(task))
+
+
 def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
     """Whether the evaluation of a task whose result exists will run in this invocation: only such a job may
     declare the model's deployment (a service) as its input, because Snakemake runs every consumer of a service it
     starts, and one task's changed setting must not rerun the model's other tasks. Leans towards True wherever
     Snakemake might rerun the job: anything forced, no or incomplete metadata for the result, a fingerprint that is
     missing, differs from the plan's or is newer than the result, staged data newer than the result or about to be
-    restaged. (When it guesses wrong anyway, the step says so at once: see `workflow.evaluate`.)"""
+    restaged (a mirror file newer than it, or what staging reads changed). A stale result (`stale_result`) is due
+    whatever else holds. (When it guesses wrong anyway, the step says so at once: see `workflow.evaluate`.)"""
     import json
     import os
 
     from nemotron_eval.core import layout
+    from nemotron_eval.data import stage
 
-    if snakemake.forced(workflow):
+    if snakemake.forced(workflow) or stale_result(plan, model, task):
         return True
     result = Path(layout.RESULT.format(model=model, task=task))
     fingerprint = Path(layout.TASK_FINGERPRINT.format(model=model, task=task))
@@ -94,6 +125,11 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
         return False
     staged = Path(layout.STAGED.format(task=task))
     if not staged.is_dir():
+        return True
+    try:
+        if stage.read_manifest(staged).get("reads") != staging_reads(plan, task):
+            return True
+    except UserError:  # no or a broken manifest: it is staged again
         return True
     staged_at = [p.stat().st_mtime for p in (staged, *staged.rglob("*"))]
     sources = [os.stat(f).st_mtime for f in plan.mirror_files(task) if os.path.exists(f)]

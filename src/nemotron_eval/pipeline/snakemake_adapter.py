@@ -17,6 +17,8 @@ touch no Snakemake attribute themselves (`workflow.basedir` and `config` are doc
     completed_record(workflow, path)   whether Snakemake holds a metadata record of `path` and no incomplete marker
                                        (workflow.persistence._read_record, _filter_incomplete_keys: no public call
                                        takes a plain path)
+    force(workflow, path)              run the job writing `path` in this invocation whatever Snakemake's checks
+                                       find (workflow.dag.forcefiles, as --rerun-incomplete does for its files)
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ def is_main_process(workflow: Any) -> bool:
     return bool(workflow.is_main_process)
 
 
-def forced(workflow: Any) -> bool:
-    """Whether this invocation forces jobs (--forceall, --force, --forcerun, --target-jobs)."""
 def dry_run(workflow: Any) -> bool:
     """Whether this invocation only shows what would run (-n, --dry-run): it starts no job."""
     settings = workflow.output_settings
     return bool(settings is not None and settings.dryrun)
 
 
+def forced(workflow: Any) -> bool:
+    """Whether this invocation forces jobs (--forceall, --force, --forcerun, --target-jobs)."""
     s = workflow.dag_settings
     return bool(s.forceall or s.forcetargets or s.forcerun or s.target_jobs)
 
@@ -68,3 +70,10 @@ def completed_record(workflow: Any, path: str) -> bool:
     """Whether Snakemake recorded a finished job that wrote `path` (a record, and no incomplete marker)."""
     persistence = workflow.persistence
     return bool(persistence._read_record(path)) and not persistence._filter_incomplete_keys([path])
+
+
+def force(workflow: Any, path: str) -> None:
+    """Make the job that writes `path` run in this invocation, as `--forcerun` of that file would (Snakemake adds
+    the incomplete files to the same set under --rerun-incomplete). Only while the DAG is built (from an input
+    function): the set is read when Snakemake decides what runs."""
+    workflow.dag.forcefiles.add(path)

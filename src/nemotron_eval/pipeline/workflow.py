@@ -185,7 +185,7 @@ def evaluate(
     harness reads the hub."""
     from nemotron_eval.evaluate import results
     from nemotron_eval.data import tasks
-    from nemotron_eval.data.stage import read_manifest
+    from nemotron_eval.data.stage import verify_staged
     from nemotron_eval.deploy import types
     from nemotron_eval.deploy.process import EndpointNotReady
     from nemotron_eval.core.io import log_tail
@@ -214,7 +214,8 @@ def evaluate(
     # what the deployment needs of the task and of the folder the harness tokenizes with (the local server:
     # a loadable checkpoint), checked again where the step runs
     types.get(cfg["deployment"]["type"]).check_task(task, tokenizer)
-    manifest = read_manifest(staged_dir) if staged_dir is not None else None
+    if staged_dir is not None:
+        verify_staged(staged_dir)  # before waiting for the deployment; again right before the harness reads it
     # the deployment's own readiness timeout, and a minute for its step to start
     timeout = types.get(cfg["deployment"]["type"]).readiness_timeout(cfg["deployment"]) + 60
     log.info("%s: waiting for the deployment (%s)", task.short, endpoint_file)
@@ -238,6 +239,8 @@ def evaluate(
         with task_slot(endpoint_file.parent / "slots", at_once, gone=lambda: deployment_gone(endpoint_file),
                        waiting=lambda: log.info("%s: waiting: %d task(s) at once against this deployment", task.short, at_once)):
             started = results.now()
+            # the staged data as it is right before the harness reads it: what the result records
+            read = verify_staged(staged_dir) if staged_dir is not None else None
             with progress.Receiver() as receiver, _heartbeat(task.short, raw):
                 run_harness(
                     task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
@@ -254,9 +257,12 @@ def evaluate(
     except HarnessError as e:
         raise HarnessError(f"{e}\nlast lines of the deployment's log {deployment_log}:\n{log_tail(deployment_log, 15)}") from None
     finished = results.now()
+    if read is not None and verify_staged(staged_dir)["digest"] != read["digest"]:
+        raise UserError(f"{staged_dir}: the staged data changed while the harness read it; stage it again: delete "
+                        f"{staged_dir} and run again")
     parsed = parse_harness_output(raw, task)
     parsed["items"] = write_items(raw, items_out)
-    data = {**manifest, "path": str(staged_dir)} if manifest is not None else {"source": "hub (as the harness reads it)"}
+    data = {**read, "path": str(staged_dir)} if read is not None else {"source": "hub (as the harness reads it)"}
     result = results.build_result(
         task=task, parsed=parsed, model=model, config_sha256=sha256_bytes(eval_bytes), data=data,
         deployment=endpoint, params=params, started_at=started, finished_at=finished, raw=str(raw),

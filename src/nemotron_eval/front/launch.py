@@ -410,9 +410,6 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
     run = runs.load(run_id)
     if task is not None and task not in run.tasks:
         raise UserError(f"run {run.id} has no task {task!r}; its tasks: {', '.join(run.tasks)}")
-    if run.error and run.mode != "local" and not run.remote_id:  # refused before it started: no log, a reason
-        print(f"run {run.id} was not submitted: {run.error}")
-        return 0
     if run.remote_id and task is None:
         from nemotron_eval.executors import remote
 

@@ -67,7 +67,7 @@ BAD = [
     ("missing identity", ["eval", "-c", "local", "-b", "far"],
      '[far]\nexecutor = "slurm"\ntunnel = "ssh"\nhost = "127.0.0.1"\nidentity = "/no/such/key"\nremote_job_dir = "/x"\n',
      "does not exist"),
-    ("unknown task", ["eval", "-t", "hellaswg"], None, "task filter: 'hellaswg' is not in the config's evaluation.tasks (did you mean 'hellaswag'?)"),
+    ("unknown task", ["eval", "-t", "hellaswg"], None, "task filter: 'hellaswg' is not in the config's evaluation.tasks or the launcher's catalog (did you mean 'hellaswag'?)"),
     ("override without =", ["eval", "run.model"], None, "override 'run.model': expected KEY=VALUE"),
 ]
 

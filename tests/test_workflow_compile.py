@@ -76,7 +76,7 @@ BAD = [
     ("malformed YAML", ["--config", "eval_config=bad.yaml"], {"bad.yaml": "run: [\n"}, "bad.yaml: malformed YAML at line"),
     ("unknown section", ["--config", "eval_config=extra.yaml"], {"extra.yaml": "run: {model: a:latest}\nexprot: {}\n"},
      "unknown top-level section 'exprot' (did you mean 'export'?)"),
-    ("unknown task", ["--config", 'tasks=["hellaswag","mmmlu"]'], {}, "task filter: 'mmmlu' is not in the config's evaluation.tasks (did you mean 'mmlu'?); tasks: mmlu,"),
+    ("unknown task", ["--config", 'tasks=["hellaswag","mmmlu"]'], {}, "task filter: 'mmmlu' is not in the config's evaluation.tasks or the launcher's catalog (did you mean 'mmlu'?); tasks: mmlu,"),
     ("override without =", ["--config", 'overrides=["deployment.dtype"]'], {}, "override 'deployment.dtype': expected KEY=VALUE"),
     ("override unknown key", ["--config", 'overrides=["deployment.dtyp=bfloat16"]'], {}, "unknown key 'deployment.dtyp'"),
     ("invalid model spec", [], {}, "model 'demo' in the target path is not a valid artifact spec"),

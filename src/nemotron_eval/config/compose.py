@@ -228,10 +228,15 @@ def _filter_tasks(cfg: dict[str, Any], keep: list[str] | None) -> None:
     names = [n for t in resolved for n in (t.short, t.launcher)]
     for name in keep:
         if not any(task_registry.matches(t, name) for t in resolved):
-            raise UserError(
-                f"task filter: {name!r} is not in the config's evaluation.tasks{did_you_mean(name, names)}; "
-                f"tasks: {', '.join(shorts)}"
-            )
+            try:  # a task of the launcher's catalog the config does not list: added, with the config's settings
+                added = task_registry.resolve(name, where="task filter")
+            except UserError:
+                raise UserError(
+                    f"task filter: {name!r} is not in the config's evaluation.tasks or the launcher's catalog"
+                    f"{did_you_mean(name, names)}; tasks: {', '.join(shorts)}"
+                ) from None
+            listed.append({"name": name})
+            resolved.append(added)
     cfg["evaluation"]["tasks"] = [e for e, t in zip(listed, resolved) if any(task_registry.matches(t, n) for n in keep)]
 
 

@@ -149,13 +149,42 @@ def _no_offline_data(task: Task, why: str) -> str:
     )
 
 
+def hub_off() -> bool:
+    """Whether the Hugging Face hub is switched off here (HF_HUB_OFFLINE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def refusal(task: Task, container_runner: str, has_data: bool) -> str | None:
+    """Why this pipeline cannot evaluate `task` (None: it can), said when the plan is made, before any deployment
+    starts. The evaluation step runs a task's harness in this environment: one whose harness is not installed
+    here cannot run (its container is NeMo Evaluator Launcher's business: run.engine=launcher); a task without
+    data (`has_data`: staged from a mirror, or staged before) needs the hub, and HF_HUB_OFFLINE switches it off."""
+    from nemotron_eval.data.tasks import installed_harnesses
+
+    # the staged tasks are lm-eval's, a dependency of this project: asking NeMo Evaluator takes 2 s per plan
+    if not task.offline and task.harness not in installed_harnesses():
+        where = (
+            f"execution.container_runner={container_runner} starts no harness container"
+            if container_runner == "none" else
+            f"this pipeline's evaluation step does not start harness containers ({container_runner}): "
+            "run.engine=launcher runs it in its container from the launcher's catalog"
+        )
+        return f"task {task.short!r} cannot run: its harness {task.harness} is not installed here and {where}"
+    if not has_data and hub_off():
+        if task.offline:
+            return (f"task {task.short!r} cannot be staged: no data mirror (data.mirror or NEMOTRON_DATA_MIRROR) "
+                    "and HF_HUB_OFFLINE is set")
+        return _no_offline_data(task, "HF_HUB_OFFLINE is set")
+    return None
+
+
 def check_hub_reachable(task: Task, timeout_s: float = 5.0) -> None:
     """A hub task needs the hub: fail in one line at once when it is off (HF_HUB_OFFLINE) or does not answer,
     instead of after the harness's 30 s of retries. The endpoint is `HF_ENDPOINT` when set."""
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if hub_off():
         raise UserError(_no_offline_data(task, "HF_HUB_OFFLINE is set"))
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
     host, port = endpoint.hostname or HUB_HOST, endpoint.port or (80 if endpoint.scheme == "http" else 443)

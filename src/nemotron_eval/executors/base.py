@@ -53,7 +53,11 @@ class Executor:
         return {}
 
     def check(self, execution: Mapping[str, Any], env_profile: str | None) -> None:
-        """What would fail after submission fails now, as one UserError line."""
+        """What would fail after submission fails now, as one UserError line (may ask the cluster)."""
+
+    def check_settings(self, execution: Mapping[str, Any], env_profile: str | None) -> None:
+        """What the config alone shows this executor cannot submit, as one UserError line (asks nobody): called
+        when the plan is made, even for a dry run."""
 
     def srun(self, execution: Mapping[str, Any]) -> bool:
         """Whether the deployment runs as a job step of its own (srun in front of the container runner)."""

@@ -105,6 +105,16 @@ class Slurm(Executor):
         check_account(execution.get("account"), env_profile, enforce)
         check_gpus(execution.get("gres"), execution.get("partition"), node_gres)
 
+    def check_settings(self, execution: Mapping[str, Any], env_profile: str | None) -> None:
+        """An env.toml profile that sends jobs to a cluster names their account: the launcher's sbatch scripts
+        would say `--account None` (a config without a profile is left to `check`: a cluster that enforces
+        accounts says so)."""
+        if env_profile and not execution.get("account"):
+            raise UserError(
+                f"env.toml profile {env_profile!r} has no 'account': its Slurm jobs would be submitted with "
+                "`--account None`; add account = \"...\" to the profile or override run.env.account=..."
+            )
+
     def srun(self, execution: Mapping[str, Any]) -> bool:
         return True  # the deployment is a job step of its own (process tracking, every node)
 

@@ -17,13 +17,14 @@ import yaml
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import local, mlflow, wandb  # each registers itself
 from nemotron_eval.exporters.base import (  # the registry's interface
-    REGISTRY, ExportJob, Exporter, export_requested, get, names, register, requested, schema_rules, targets,
+    REGISTRY, ExportJob, Exporter, export_requested, get, login_for_submission, names, register, requested, schema_rules,
+    targets,
 )
 from nemotron_eval.core.secrets import api_key_names
 
 __all__ = [
-    "REGISTRY", "ExportJob", "Exporter", "export_requested", "export_step", "get", "job_for", "local", "mlflow",
-    "names", "read_eval_config", "register", "requested", "schema_rules", "targets", "wandb",
+    "REGISTRY", "ExportJob", "Exporter", "export_requested", "export_step", "get", "job_for", "local",
+    "login_for_submission", "mlflow", "names", "read_eval_config", "register", "requested", "schema_rules", "targets", "wandb",
 ]  # fmt: skip
 COMPARISON = Path("results") / "report.json"  # read when there, as it is: a later report is exported next time
 

@@ -51,6 +51,14 @@ class Exporter:
 
     name: ClassVar[str] = ""
     rules: ClassVar[Mapping[str, Rule]] = {}  # schema rules of export.<name>.<key> (config.schema applies them)
+    # the environment variables holding its credentials, by name: eval.yaml maps them for the launcher's export job
+    # (`export.env_vars`), and a cluster run takes them from the environment of the process that submits it
+    credentials: ClassVar[tuple[str, ...]] = ()
+
+    def login_for_submission(self) -> None:
+        """Before a run is submitted to a cluster: put the credentials the exporter would use here into this
+        process's environment, which the submitted jobs inherit (never a file or a command line); no credentials
+        where they are required: one UserError line, before anything is submitted."""
 
     def check(self, section: Mapping[str, Any] | None) -> None:
         """Plan-time validation of `export.<name>` (raises UserError); nothing is contacted."""
@@ -97,6 +105,16 @@ def export_requested(auto_export: Mapping[str, Any] | None, name: str) -> tuple[
     if dict(auto_export or {}).get("enabled") is False:
         return False, "execution.auto_export.enabled is false"
     return True, f"'{name}' is in execution.auto_export.destinations"
+
+
+def login_for_submission(auto_export: Mapping[str, Any] | None) -> list[str]:
+    """Before a cluster run is submitted: each requested exporter's credentials into this process's environment
+    (`Exporter.login_for_submission`); returns their names (by name only, never a value)."""
+    names = []
+    for exporter in requested(auto_export):
+        exporter.login_for_submission()
+        names += exporter.credentials
+    return names
 
 
 def requested(auto_export: Mapping[str, Any] | None) -> list[Exporter]:

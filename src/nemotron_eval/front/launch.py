@@ -130,8 +130,16 @@ def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
     if args.dry_run:
         return dry_run(request, snapshots[model]["eval.yaml"], targets, sm_profile)
     if remote_profile is not None:
+        from nemotron_eval import exporters
         from nemotron_eval.executors import remote
 
+        # the exporters' credentials (W&B's key, from WANDB_API_KEY or `wandb login`) into this process's
+        # environment: the head job inherits it from sbatch, its jobs from it; no login: one line, nothing submitted
+        shipped = exporters.login_for_submission(plan.execution.get("auto_export"))
+        if shipped and remote_profile.is_ssh:
+            print(f"nemotron: {', '.join(shipped)} is not shipped over tunnel = \"ssh\": the export on the cluster reads "
+                  "it from the head job's environment there (the profile's setup lines, or `wandb login` on the cluster)",
+                  file=sys.stderr)
         remote.check(remote_profile)  # the host answers, keys, sbatch: before anything is recorded or shipped
     run = runs.Run(
         id=runs.new_id(), created_at=runs.now(), command=["nemotron", *sys.argv[1:]], config=request.eval_config,
@@ -410,6 +418,9 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
     run = runs.load(run_id)
     if task is not None and task not in run.tasks:
         raise UserError(f"run {run.id} has no task {task!r}; its tasks: {', '.join(run.tasks)}")
+    if run.error and run.mode != "local" and not run.remote_id:  # refused before it started: no log, a reason
+        print(f"run {run.id} was not submitted: {run.error}")
+        return 0
     if run.remote_id and task is None:
         from nemotron_eval.executors import remote
 
@@ -441,7 +452,7 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
 
 def summary(run: runs.Run) -> str:
     state = runs.state(run)
-    lines = [f"run {run.id}: {state}"]
+    lines = [f"run {run.id}: {state}"] + ([f"  why: {run.error}"] if run.error else [])
     for t in runs.task_states(run):
         detail = t.detail
         if run.remote_id and t.state == "pending" and state == "done":

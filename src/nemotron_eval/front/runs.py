@@ -200,6 +200,8 @@ def state(run: Run) -> str:
         now_state = {"done": "done", "failed": "failed", "cancelled": "cancelled", "pending": "submitted"}.get(remote_state, "running")
         if now_state in FINAL:  # recorded once: later looks need not reach the cluster
             run.state, run.finished_at = now_state, run.finished_at or now()
+            if now_state == "failed" and not run.error:
+                run.error = _head_reason(run.remote_id)
             run.save()
         return now_state
     return run.state
@@ -239,6 +241,24 @@ def _fingerprints(run: Run, model: str) -> dict[str, dict[str, Any]]:
         return dict(job["run"]["tasks"])
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return {}
+
+
+def _head_reason(remote_id: str) -> str | None:
+    """Why a remote run failed, from its head job's output: the last `nemotron: error:` line, or the line after
+    Snakemake's `...Error in file ...` (a step's one-line error), else the last line that mentions an error."""
+    from nemotron_eval.executors import remote
+
+    try:
+        lines = [ln.strip() for ln in remote.logs(remote_id).splitlines() if ln.strip()]
+    except UserError:
+        return None
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("nemotron: error:"):
+            return lines[i][:300]
+        if re.match(r"\w*Error in file ", lines[i]) and i + 1 < len(lines):
+            return lines[i + 1][:300]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return errors[-1][:300] if errors else None
 
 
 def _error_line(log: Path) -> str:

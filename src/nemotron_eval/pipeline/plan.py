@@ -27,6 +27,7 @@ from nemotron_eval.config.validators import PATH_SAFE
 from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
 from nemotron_eval.data import stage
 from nemotron_eval.deploy import types as deploy_types
+from nemotron_eval.evaluate import harness
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import dump_yaml, sha256_bytes
 from nemotron_eval.pipeline.request import Request
@@ -116,6 +117,7 @@ class Plan:
         self.execution: dict[str, Any] = self.resolved.get("execution") or {}
         self.deployment_type = str(self.merged["deployment"].get("type"))
         self.executor = executors.for_execution(self.execution)
+        self.executor.check_settings(self.execution, request.env_profile)
         self.deploy_resources = self.executor.deployment_resources(self.execution)
         self.squash_resources = self.executor.squash_resources(run_env)
         image = comp.squashed_image({
@@ -124,6 +126,19 @@ class Plan:
         })
         self.images: dict[str, comp.Image] = {image.name: image} if image else {}
         self.mirror = stage.resolve_mirror((self.resolved.get("data") or {}).get("mirror"))
+        if self.engine == "snakemake":
+            self.check_tasks()
+
+    def check_tasks(self) -> None:
+        """A task this pipeline cannot evaluate (its harness not installed here, its data unreachable) is refused
+        in one line naming it and why, before any deployment starts (the launcher engine runs catalog tasks in
+        their own containers)."""
+        runner = str(self.execution.get("container_runner") or "none")
+        for task in self.tasks:
+            staged = task.offline and (self.mirror_for(task.short) is not None or (Path("data") / task.short).is_dir())
+            why = harness.refusal(task, runner, has_data=staged)
+            if why:
+                raise UserError(why)
 
     @property
     def default_targets(self) -> list[str]:

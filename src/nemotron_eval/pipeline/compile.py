@@ -5,6 +5,11 @@ run --config eval.yaml --config-mode raw --dry-run`). Compiling
 - resolves every interpolation (`${run.*}`, `${art:model,path}`), then drops `run`;
 - adds the env.toml profile's `mounts` (`run.env.mounts`, "host:container" strings) to the deployment's and the
   evaluation's mounts (`execution.mounts.deployment` / `.evaluation`, the launcher's keys);
+- makes `execution.output_dir` absolute (relative: to the project folder it compiles in), as the recipe's
+  `${oc.env:PWD}/.nemotron`: the launcher's jobs start elsewhere;
+- maps the credentials of the exporters `execution.auto_export` asks for by name (`export.env_vars`, where the
+  launcher's export job reads them, as the recipe's `WANDB_API_KEY: WANDB_API_KEY`), as `runtime:NAME`: read
+  from the job's environment, so the launcher writes no value into its `.secrets.env` either;
 - names the squashed image: on Slurm with pyxis or enroot, `deployment.image` becomes the absolute path of
   `build/images/<name>.sqsh` (pyxis takes a file only by an absolute path; compute nodes start elsewhere) and
   `deployment.source_image` keeps the reference it is squashed from.
@@ -153,6 +158,23 @@ def _add_profile_mounts(job: dict[str, Any]) -> None:
             mounts[section].setdefault(src, dst)
 
 
+def _export_credentials(job: dict[str, Any]) -> None:
+    from nemotron_eval import exporters
+
+    names = [n for e in exporters.requested((job.get("execution") or {}).get("auto_export")) for n in e.credentials]
+    if names:
+        export = job.setdefault("export", {})
+        env_vars = export.setdefault("env_vars", {})
+        for name in names:
+            env_vars.setdefault(name, f"runtime:{name}")
+
+
+def _absolute_output_dir(job: dict[str, Any]) -> None:
+    execution = job.get("execution")
+    if isinstance(execution, dict) and isinstance(execution.get("output_dir"), str):
+        execution["output_dir"] = str(Path(execution["output_dir"]).expanduser().absolute())
+
+
 # Settings that change how a task is sent, never what it scores: the harness's request concurrency, timeout and
 # retries (the deployment's own, where it listens, how long to wait for it, ...: its type's `not_scoring`).
 NOT_SCORING_PARAMS = ("parallelism", "request_timeout", "max_retries")
@@ -232,6 +254,8 @@ def compile_job(resolved_cfg: dict[str, Any], tasks: list[Task], *, images_dir: 
     `tasks` are the Task objects of evaluation.tasks, in order."""
     job = _resolve(resolved_cfg)
     _add_profile_mounts(job)
+    _absolute_output_dir(job)
+    _export_credentials(job)
     image = squashed_image(job, images_dir)
     if image is not None:
         job["deployment"]["source_image"] = image.reference

@@ -99,3 +99,23 @@ rule compare_models:
     localrule: True
     run:
         wf.compare(list(input), output.html, log[0])
+
+
+rule training_curve:
+    # results/curve/{artifact}.html: every version of artifact {artifact} with results of the tasks, in order
+    # (step or registration time); `nemotron watch {artifact}` rebuilds it after each version. It reads the
+    # results there are and evaluates nothing (a curve over dozens of versions must not re-evaluate them after a
+    # config change): the files are a param (path: sha256), not inputs, so a new or changed result rebuilds it.
+    output:
+        json="results/curve/{artifact}.json",
+        csv="results/curve/{artifact}.csv",
+        html="results/curve/{artifact}.html",
+    wildcard_constraints:
+        artifact=r"[^/]+",
+    params:
+        results=lambda wildcards: smk.or_exit(wf.curve_inputs, PLAN, wildcards.artifact),
+    log:
+        "logs/training_curve/{artifact}.log",
+    localrule: True
+    run:
+        wf.training_curve(PLAN, wildcards.artifact, output.html, log[0])

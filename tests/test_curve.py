@@ -9,6 +9,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,9 @@ from nemotron_eval.artifacts.base import Version
 from nemotron_eval.evaluate.items import write_items
 from nemotron_eval.report.curve import build_curve, write_curve
 from nemotron_eval.report.stats import wilson_interval
+import test_report_browser
+
+browser = test_report_browser.browser  # the headless Chromium fixture of the comparison page's test
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "smollm2_latest"
 N = 40
@@ -95,3 +99,50 @@ def test_json_csv_and_html_written_together(results: Path, tmp_path: Path) -> No
     assert html.count('class="chart chart-curve"') == 2 * 2 + 1 and 'class="point regression"' in html
     assert "<script" not in html and curve["tasks"][0]["best"]["version"] == "ck_v2"
     assert write_curve("nothing", [], ["openbookqa"], tmp_path / "curve", results_dir=results) == {}
+
+
+def registered(work: Path) -> None:
+    """ck v1..v4 in the working directory's registry (stub checkpoints: only their versions matter here)."""
+    from nemotron_eval.artifacts import LocalRegistry
+    from nemotron_eval.deploy.stub import write_checkpoint
+
+    for version in RIGHT:
+        LocalRegistry(work / "artifacts").add("ck", write_checkpoint(work.parent / f"ckpt-{version}"))
+
+
+def test_the_snakemake_target_draws_the_registered_versions(tmp_path: Path) -> None:
+    from conftest import copy_workflow, snakemake
+
+    work = copy_workflow(tmp_path)
+    (work / "env.toml").write_text("")
+    env = {"NEMOTRON_ENV_FILE": str(work / "env.toml")}
+    config = ("--config", 'tasks=["openbookqa"]')
+    missing = snakemake(work, "results/curve/ck.html", *config, env=env)
+    assert missing.returncode != 0 and "no version of artifact 'ck' has results of openbookqa" in missing.stderr
+    registered(work)
+    for version, right in RIGHT.items():
+        version_results(work / "results", "ck", version, "openbookqa", right)
+    proc = snakemake(work, "results/curve/ck.html", *config, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = json.loads((work / "results/curve/ck.json").read_text())
+    assert [v["spec"] for v in curve["versions"]] == ["ck:v1", "ck:v2", "ck:v3", "ck:v4"]
+    assert [s["regression"] for s in curve["tasks"][0]["metrics"][0]["steps"]] == [False, True, False]
+    assert (work / "results/curve/ck.csv").is_file() and "rule training_curve:" in proc.stdout + proc.stderr
+
+
+@pytest.mark.browser
+def test_the_curve_page_renders_in_chromium(results: Path, tmp_path: Path, browser: Any) -> None:
+    """As the comparison page (tests/test_report_browser.py, whose `browser` fixture this is): Chromium draws it."""
+    from selenium.webdriver.common.by import By
+
+    paths = write_curve("ck", history(), ["openbookqa", "hellaswag"], tmp_path / "curve", results_dir=results)
+    driver = browser
+    driver.get(paths["html"].as_uri())
+    assert driver.title == "Training curve: ck"
+    assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
+    charts = driver.find_elements(By.CSS_SELECTOR, "svg.chart-curve")
+    assert len(charts) == 5 and all(c.size["width"] > 200 and c.size["height"] > 150 for c in charts)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart-curve circle.point")) == 5 * 4
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart-curve circle.regression")) == 4  # v3, each metric
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart-curve circle.best")) == 3  # each task's first metric, the mean
+    assert "Best on acc: ck_v2" in driver.find_element(By.TAG_NAME, "body").text

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +29,10 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work = copy_workflow(tmp_path)
     (work / "env.toml").write_text("")
     monkeypatch.setenv("NEMOTRON_ENV_FILE", str(work / "env.toml"))
-    monkeypatch.setenv("NEMOTRON_DATA_MIRROR", str(MIRROR))
+    if MIRROR.is_dir():
+        monkeypatch.setenv("NEMOTRON_DATA_MIRROR", str(MIRROR))
+    else:
+        monkeypatch.delenv("NEMOTRON_DATA_MIRROR", raising=False)
     return work
 
 
@@ -190,3 +192,26 @@ def test_a_damaged_state_file_and_a_second_watcher_are_one_line(work: Path) -> N
         fcntl.flock(held, fcntl.LOCK_EX)
         proc = nemotron(work, "watch", "--once", "ck", *ARGS)
     assert proc.returncode == 2 and "another watcher" in error_line(proc)
+
+
+def test_wandb_history_lists_the_collection_oldest_first() -> None:
+    """A fake wandb.Api() (no W&B server can run here), answering the two calls `history` makes."""
+    from types import SimpleNamespace
+
+    from nemotron_eval.artifacts.wandb import WandbRegistry
+
+    versions = [SimpleNamespace(version=f"v{n}", created_at=f"2026-01-0{n}", metadata={"step": 100 * n}) for n in (3, 1, 2)]
+
+    class Api:
+        def artifact(self, ref: str) -> SimpleNamespace:
+            if ref != "team/evals/sft:latest":
+                raise ValueError(f"artifact {ref} not found")
+            return SimpleNamespace(type="model")
+
+        def artifacts(self, kind: str, name: str) -> list[SimpleNamespace]:
+            assert (kind, name) == ("model", "team/evals/sft")
+            return versions
+
+    reg = WandbRegistry("team", "evals", api_factory=Api)
+    assert [(v.version, v.lineage["step"]) for v in reg.history("sft")] == [("v1", 100), ("v2", 200), ("v3", 300)]
+    assert reg.history("rl") == []  # no version yet: the watcher waits

@@ -351,6 +351,30 @@ def compare(inputs: list[str], html_out: str, log_file: str) -> None:
                  len(report["tasks"]), len(calls))
 
 
+def curve_inputs(plan: Any, name: str) -> dict[str, str]:
+    """The result and items files of every version of `name` on the plan's tasks (the registry's versions), with
+    their sha256: what the curve reads."""
+    from nemotron_eval.core.io import sha256_file
+    from nemotron_eval.pipeline.compile import registry_of
+    from nemotron_eval.report.curve import input_files
+
+    found = input_files(name, registry_of(plan.merged).history(name), plan.task_names)
+    if not found:
+        raise UserError(f"results/curve/{name}: no version of artifact {name!r} has results of "
+                        f"{', '.join(plan.task_names)} yet; evaluate them (nemotron watch {name})")
+    return {str(p): sha256_file(p) for p in found}
+
+
+def training_curve(plan: Any, name: str, html_out: str, log_file: str) -> None:
+    """results/curve/{name}.{json,csv,html} (`report.curve`)."""
+    from nemotron_eval.pipeline.compile import registry_of
+    from nemotron_eval.report.curve import write_curve
+
+    with logged(log_file):
+        paths = write_curve(name, registry_of(plan.merged).history(name), plan.task_names, Path(html_out).parent)
+        log.info("%s: the training curve of %s", paths.get("html"), name)
+
+
 # --- the launcher as the engine -------------------------------------------------------------------------------
 
 

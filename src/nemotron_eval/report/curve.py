@@ -80,6 +80,17 @@ def _pair_of(metric: dict[str, Any], x: str, y: str) -> dict[str, Any] | None:
     return next((p for p in metric["pairs"] if {p["a"], p["b"]} == {x, y}), None)
 
 
+def input_files(name: str, history: Sequence[Version], tasks: Sequence[str], results_dir: Path = Path("results")) -> list[Path]:
+    """What the curve of `name` reads: each version's result files of `tasks` that exist, and their items files."""
+    found = []
+    for v in history:
+        for task in tasks:
+            result = results_dir / f"{name}_{v.version}" / f"{task}.json"
+            if result.is_file():
+                found += [result] + [p for p in [result.with_name(f"{task}.items.jsonl.gz")] if p.is_file()]
+    return found
+
+
 def build_curve(name: str, history: Sequence[Version], tasks: Sequence[str], *, results_dir: Path = Path("results"),
                 seed: int = DEFAULT_SEED, draws: int = DEFAULT_DRAWS) -> dict[str, Any] | None:
     """curve.json's dict, or None when no version of `name` has a result of `tasks`."""

@@ -228,3 +228,15 @@ def test_a_dry_run_leaves_no_request_behind(tmp_path: Path) -> None:
         if path.is_file():
             assert f"{LIMIT}=4321".encode() not in path.read_bytes(), path
     assert not any((work / d).exists() for d in ("build", "results", "runs"))
+
+
+def test_a_huge_snakemake_config_value_is_not_repeated(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--config overrides=[[[...]]]` 2000 levels deep: Snakemake keeps it as text, and the schema's refusal
+    names the key and the value's start, not 4000 characters of it."""
+    from nemotron_eval.pipeline.smk import validate_config
+
+    with pytest.raises(SystemExit):
+        validate_config({"eval_config": "local", "overrides": "[" * 2000 + "]" * 2000})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 300, err
+    assert err.startswith("nemotron: error: Snakemake config key 'overrides': '[[[") and "(4002 characters)" in err

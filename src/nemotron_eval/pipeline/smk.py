@@ -61,7 +61,11 @@ def validate_config(config: dict[str, Any]) -> None:
     if e.validator == "required":
         fail(f"Snakemake config: {e.message}: run with --profile profiles/local (this machine) or --profile "
              "profiles/slurm (a cluster), whose config file sets it, or give it with --config")
-    fail(f"Snakemake config key {key!r}: {e.message}")
+    message = e.message
+    if len(message) > 200:  # jsonschema repeats the whole value: a 40 KB --config value is not repeated
+        shown = repr(e.instance)
+        message = f"{shown[:57]}... ({len(shown)} characters) does not match the schema's {e.validator} {e.validator_value!r}"
+    fail(f"Snakemake config key {key!r}: {message}")
 
 
 def stale_result(plan: Any, model: str, task: str) -> bool:

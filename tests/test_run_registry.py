@@ -121,6 +121,8 @@ CORRUPT = [
     ("task outside", {"tasks": ["../../../x"]}, "field 'tasks' = '../../../x' is not a task's name"),
     ("tasks as text", {"tasks": "openbookqa"}, "field 'tasks' = 'openbookqa' is not a list of strings"),
     ("job id as option", {"jobs": ["--signal=KILL"]}, "field 'jobs' = '--signal=KILL' is not a job id"),
+    ("target as option", {"targets": ["--delete-all-output"]}, "field 'targets' = '--delete-all-output' is not a file of this project"),
+    ("target outside", {"targets": ["results/../../x.json"]}, "field 'targets' = 'results/../../x.json' is not a file of this project"),
     ("profile outside", {"snakemake_profile": "../../elsewhere"}, "field 'snakemake_profile' = '../../elsewhere' is not a profile"),
     ("another run's id", {"id": "20261202-101500-ffff"}, "field 'id' = '20261202-101500-ffff' is not its folder's name"),
     ("bad time", {"created_at": "yesterday"}, "field 'created_at' = 'yesterday' is not a date and time"),

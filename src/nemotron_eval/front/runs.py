@@ -45,6 +45,7 @@ MODES = ("local", "run", "batch")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")  # a task, a remote run id: one file name, never a path
 _JOB = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,99}")  # an executor's job id: an argument, never an option
 _PROFILE = re.compile(r"profiles/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_TARGET = re.compile(r"(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9_][A-Za-z0-9_./-]{0,299}")  # a file here: no option, no ..
 WHAT = "run record"
 
 
@@ -144,6 +145,7 @@ def _check(run: Run, path: Path) -> None:
     for name, values, pattern, valid in (
         ("tasks", run.tasks, _NAME, "a task's name (letters, digits, _ . -)"),
         ("jobs", run.jobs, _JOB, "a job id (letters, digits, _ . : + -)"),
+        ("targets", run.targets, _TARGET, "a file of this project (a relative path without '..')"),
         ("remote_id", [run.remote_id] if run.remote_id is not None else [], _NAME, "a run id (letters, digits, _ . -)"),
         ("snakemake_profile", [run.snakemake_profile], _PROFILE, "a profile of this project (profiles/NAME)"),
     ):

@@ -193,6 +193,10 @@ NEMORUN_CORRUPT = [
     ("argv as text", {"argv": "snakemake -n"}, "field 'argv' = 'snakemake -n' is not a list of strings"),
     ("shipped as text", {"shipped_files": "3"}, "field 'shipped_files' = '3' is not a whole number"),
     ("another id", {"id": "other"}, "field 'id' = 'other' is not the file's name"),
+    ("job name with a glob", {"job_name": "*"}, "field 'job_name' = '*' is not a Slurm job name"),
+    ("job folder with a shell word", {"task_dir": "/x/$(id)"}, "field 'task_dir' = '/x/$(id)' is not a folder path"),
+    ("job folder outside", {"task_dir": "/lustre/x/../../etc"}, "field 'task_dir' = '/lustre/x/../../etc' is not a folder path"),
+    ("experiment folder with a space", {"exp_dir": "/tmp/a b"}, "field 'exp_dir' = '/tmp/a b' is not a folder path"),
 ]
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nemotron_eval.config.validators import PATH_SAFE
 from nemotron_eval.core import recordfile
 from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.core.io import write_json_atomic
@@ -88,9 +89,13 @@ def _read(path: Path) -> RunRecord:
     the field when it was edited or cut short, never a TypeError later."""
     fix = f"restore it, or remove {path} (the run on the cluster is not affected)"
     record = recordfile.load(RunRecord, path, WHAT, fix=fix)
+    folder = "a folder path of letters, digits and _ . / ~ @ % + = - without '..'"
     for name, value, pattern, valid in (("id", record.id, _RUN_ID, f"the file's name {path.stem!r}"),
-                                        ("job_id", record.job_id, _JOB_ID, "a Slurm job id")):
-        if not pattern.fullmatch(value) or (name == "id" and value != path.stem):
+                                        ("job_id", record.job_id, _JOB_ID, "a Slurm job id"),
+                                        ("job_name", record.job_name, _RUN_ID, "a Slurm job name (letters, digits, _ . -)"),
+                                        ("task_dir", record.task_dir, PATH_SAFE, folder),
+                                        ("exp_dir", record.exp_dir, PATH_SAFE, folder)):
+        if not pattern.fullmatch(value) or (name == "id" and value != path.stem) or ".." in value.split("/"):
             raise recordfile.problem(path, WHAT, name, value, valid, fix)
     if not isinstance(record.profile.get("name"), str):
         raise recordfile.problem(path, WHAT, "profile", record.profile, "an env.toml profile with its name", fix)

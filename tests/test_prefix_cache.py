@@ -127,6 +127,7 @@ class FakeJob:
     generating: bool = False
     arrival: float = 0.0
     ids: list[int] = field(default_factory=list)
+    cancelled: bool = False
 
 
 def test_round_robin_lets_a_short_client_through_a_flood() -> None:
@@ -188,3 +189,25 @@ def test_conflicting_prompts_wait_for_a_later_batch() -> None:
         s.add(FakeJob("a", 100, arrival=i))
     batch = s.next_batch(conflicts=lambda job, batch: job.arrival == 1)
     assert [j.arrival for j in batch] == [0, 2] and [j.arrival for j in s.pending()] == [1]
+
+
+def test_generating_prompts_wait_for_free_decoding_rows_while_scoring_goes_on() -> None:
+    s = FairScheduler(max_batch_size=8, max_batch_tokens=10**6)
+    jobs = [FakeJob("gen", 50, generating=True, arrival=i) for i in range(3)] + [FakeJob("score", 50, arrival=10)]
+    for j in jobs:
+        s.add(j)
+    assert s.next_batch(max_generating=0) == [jobs[3]]  # the generating client is passed over
+    assert s.next_batch(max_generating=0) == []
+    assert s.next_batch(max_generating=2) == jobs[:2]  # no more than the free rows
+    assert s.next_batch() == [jobs[2]]
+
+
+def test_cancelled_prompts_are_dropped_from_every_queue() -> None:
+    s = FairScheduler(max_batch_size=8, max_batch_tokens=10**6)
+    jobs = [FakeJob(c, 10, arrival=i) for i, c in enumerate("abab")]
+    for j in jobs:
+        s.add(j)
+    jobs[1].cancelled = jobs[2].cancelled = True
+    assert {id(j) for j in s.drop_cancelled()} == {id(jobs[1]), id(jobs[2])}
+    assert list(s.pending()) == [jobs[0], jobs[3]] and len(s) == 2
+    assert s.drop_cancelled() == []

@@ -331,7 +331,8 @@ def test_log_tail(tmp_path: Path) -> None:
 
 
 def test_importing_the_server_does_not_import_torch() -> None:
-    modules = ", ".join(f"nemotron_eval.deploy.server.{m}" for m in ("main", "app", "protocol", "engine", "jobs"))
+    names = ("main", "app", "protocol", "engine", "jobs", "decoding", "checks")
+    modules = ", ".join(f"nemotron_eval.deploy.server.{m}" for m in names)
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
@@ -345,10 +346,10 @@ def test_bfloat16_is_selectable_and_close_to_float32(checkpoint: Path, reference
     engine = Engine(checkpoint, dtype="bfloat16")
     assert engine.model.dtype == torch.bfloat16
     ids, expected, _ = reference.logprobs(PROMPTS[2])
-    with torch.inference_mode():
-        results, passes, _ = engine._forward_batch([Job(ids=ids, max_tokens=1, score_prompt=True, top_logprobs=1)])
+    before = engine.stats.snapshot()["forward_passes"]
+    results = engine.run([Job(ids=ids, max_tokens=1, score_prompt=True, top_logprobs=1)])
     got = results[0].prompt_logprobs[1:]
-    assert passes == 1 and len(got) == len(expected)
+    assert engine.stats.snapshot()["forward_passes"] == before + 1 and len(got) == len(expected)
     mean_error = sum(abs(a - b) for a, b in zip(got, expected)) / len(got)
     assert mean_error < 0.1  # bf16: close, not exact
 
@@ -527,3 +528,222 @@ def test_stats_file_in_a_missing_folder_fails_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 2 and time.monotonic() - started < 10
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--stats-file" in lines[0] and "does not exist" in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ no client stalls
+# The real server process on a tiny random Llama (tests/support/tiny_model.py): what is checked here is the server
+# (bounds, errors, scheduling, dropping work), not the model's numbers.
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from support.tiny_model import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    run = tmp_path_factory.mktemp("serve-tiny")
+    process = start_server(tiny_checkpoint, endpoint_file=run / "endpoint.json", log_file=run / "server.log",
+                           served_model_name="tiny", max_batch_size=8)
+    try:
+        info = wait_for_endpoint(run / "endpoint.json", pid=process.pid, log_file=run / "server.log", timeout_s=180)
+        yield {**info, "process": process, "log": run / "server.log"}
+    finally:
+        stop_server(process)
+
+
+def send_raw(server: dict[str, Any], path: str, body: bytes, length: int | None = None) -> socket.socket:
+    """A request sent on a socket of its own (closing it is the client going away)."""
+    sock = socket.create_connection(("127.0.0.1", server["port"]))
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n")
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def until(predicate: Any, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        time.sleep(0.05)
+    return value
+
+
+def assert_openai_error(response: httpx.Response, status: int, words: str) -> None:
+    assert response.status_code == status, response.text
+    err = response.json()["error"]
+    assert err["code"] == status and words in err["message"] and err["type"], err
+
+
+@pytest.mark.parametrize(("method", "path", "content", "status", "words"), [
+    ("GET", "/nope", None, 404, "Not Found"),
+    ("GET", "/v1/completions", None, 405, "Method Not Allowed"),
+    ("DELETE", "/health", None, 405, "Method Not Allowed"),
+    ("POST", "/v1/completions", b"[" * 100_000, 400, "deeper than 16 levels"),
+    ("POST", "/v1/completions", b'{"prompt": ' + b"[" * 17 + b"]" * 17 + b"}", 400, "deeper than 16 levels"),
+    ("POST", "/v1/completions", b'{"prompt": "x"', 400, "not valid JSON"),
+    ("POST", "/v1/completions", b"\xff\xfe\x00", 400, "not valid JSON"),
+    ("POST", "/v1/completions", b"x" * (9 * 2**20), 413, "limit of 8388608 bytes (8 MiB"),
+    ("POST", "/v1/completions", json.dumps({"prompt": ["a"] * 4097}).encode(), 400, "at most 4096"),
+    ("POST", "/v1/completions", json.dumps({"prompt": [[1, 2, 999]]}).encode(), 400, "outside the vocabulary"),
+])
+def test_every_error_is_openai_json(tiny: dict[str, Any], method: str, path: str, content: bytes | None, status: int,
+                                    words: str) -> None:
+    with httpx.Client(trust_env=False, timeout=60) as c:
+        assert_openai_error(c.request(method, tiny["url"] + path, content=content), status, words)
+
+
+def test_a_body_declared_too_large_is_refused_before_it_is_read(tiny: dict[str, Any]) -> None:
+    sock = send_raw(tiny, "/v1/completions", b'{"prompt": "', length=10**9)
+    with sock:
+        sock.settimeout(30)
+        head = sock.recv(65536).decode()
+    assert head.startswith("HTTP/1.1 413") and '"code":413' in head, head
+
+
+def test_health_answers_while_a_big_request_is_tokenized_and_a_client_that_leaves_is_dropped(
+        tiny: dict[str, Any]) -> None:
+    """A body just under the 8 MiB limit (4,000 prompts of 2,000 bytes: 8 million tokens of the byte tokenizer)
+    is parsed and tokenized off the event loop: /health answers at once throughout. Then the client closes its
+    connection: its queued prompts are dropped, and the model stops computing them."""
+    url = tiny["url"]
+    prompts = [f"{i:04d} " + "the quick brown fox jumps over the lazy dog " * 46 for i in range(4000)]
+    body = json.dumps({"prompt": prompts, "max_tokens": 1, "echo": True, "logprobs": 1}).encode()
+    assert 7.5 * 2**20 < len(body) < 8 * 2**20
+    with httpx.Client(trust_env=False, timeout=30) as c:
+        before = c.get(url + "/stats").json()
+        started = time.monotonic()
+        sock = send_raw(tiny, "/c/big/v1/completions", body)
+        waits = []
+        while time.monotonic() - started < 6:
+            t = time.monotonic()
+            assert c.get(url + "/health").status_code == 200
+            waits.append(time.monotonic() - t)
+            time.sleep(0.05)
+        queued = until(lambda: c.get(url + "/stats").json()["pending"] > 1000 and c.get(url + "/stats").json(), 60)
+        assert max(waits) < 1.5, f"/health waited {max(waits):.2f} s while a big request was tokenized"
+        sock.close()
+        dropped = until(lambda: (s := c.get(url + "/stats").json())["pending"] == 0 and s, 60)
+        time.sleep(1)
+        after = c.get(url + "/stats").json()
+    assert after["cancelled_prompts"] - before["cancelled_prompts"] > 1000
+    assert after["computed_tokens"] == dropped["computed_tokens"]  # nothing more computed for the client gone
+    assert after["computed_tokens"] - before["computed_tokens"] < 0.5 * 4000 * 2000
+    assert queued["requests"] == before["requests"]  # still unanswered while /health was polled
+    print(f"/health while an {len(body) / 2**20:.1f} MiB request was read and tokenized: worst {max(waits):.3f} s; "
+          f"{after['cancelled_prompts'] - before['cancelled_prompts']} prompts dropped when its client left")
+
+
+def test_a_long_generation_blocks_no_short_request_and_stops_when_its_client_leaves(tiny: dict[str, Any]) -> None:
+    """A generation of 100,000 tokens is decoded step by step between other requests: 1-token requests from
+    another client are answered while it runs. When its client goes away, decoding it stops."""
+    url = tiny["url"]
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 100_000, "temperature": 0}).encode()
+    with httpx.Client(trust_env=False, timeout=60) as c:
+        sock = send_raw(tiny, "/c/long/v1/completions", body)
+        first = until(lambda: (s := c.get(url + "/stats").json())["decoding"] == 1 and s, 60)
+        waits = []
+        for i in range(5):
+            t = time.monotonic()
+            r = c.post(url + "/c/short/v1/completions", json={"prompt": f"Question {i}?", "max_tokens": 1,
+                                                              "echo": True, "logprobs": 1})
+            waits.append(time.monotonic() - t)
+            assert r.status_code == 200, r.text
+        during = c.get(url + "/stats").json()
+        assert during["decoding"] == 1 and during["generated_tokens"] > first["generated_tokens"]
+        assert max(waits) < 5, waits  # a prompt's pass and one decoding step, on a busy machine
+        sock.close()
+        stopped = until(lambda: (s := c.get(url + "/stats").json())["decoding"] == 0 and s, 30)
+        time.sleep(1)
+        after = c.get(url + "/stats").json()
+    assert after["generated_tokens"] == stopped["generated_tokens"] < 100_000
+    assert stopped["cancelled_prompts"] >= first["cancelled_prompts"] + 1
+    print(f"worst wait of a 1-token request during a long generation: {max(waits):.3f} s")
+
+
+def test_temperatures_in_range_work_and_neighbours_are_unharmed(tiny: dict[str, Any]) -> None:
+    """Every temperature of the documented range samples (1e-300 divided float32 logits into NaN: HTTP 500 for the
+    request and its batch neighbours), requests sent together so that they share batches."""
+    bodies = [{"prompt": "Hello", "max_tokens": 4, "temperature": t, "seed": 5} for t in (1e-300, 5e-324, 1e-40, 2.0)]
+    bodies += [{"prompt": "Hello", "max_tokens": 4, "temperature": 0}, {"prompt": "Hi", "max_tokens": 1, "echo": True,
+                                                                       "logprobs": 2}]
+    with httpx.Client(trust_env=False, timeout=120) as c, ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(pool.map(lambda b: c.post(tiny["completions_url"], json=b), bodies))
+    assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+    greedy = responses[4].json()["choices"][0]["text"]
+    assert all(r.json()["choices"][0]["text"] == greedy for r in responses[:3])  # a tiny temperature is greedy
+
+
+# ------------------------------------------------------------------------------------------------ the engine alone
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_checkpoint: Path) -> Any:
+    from nemotron_eval.deploy.server.engine import Engine
+
+    return Engine(tiny_checkpoint)
+
+
+def gen_job(ids: list[int], max_tokens: int = 12, **kw: Any) -> Job:
+    return Job(ids=ids, max_tokens=max_tokens, score_prompt=False, top_logprobs=1, temperature=0, **kw)
+
+
+def test_a_failing_prompt_fails_alone_in_its_batch(tiny_engine: Any) -> None:
+    prompts = [list(b"The first prompt."), list(b"The second one!!"), list(b"And the third...")]
+    alone = [tiny_engine.run([Job(ids=p, max_tokens=1, score_prompt=True, top_logprobs=1)])[0] for p in prompts]
+    bad = Job(ids=[10**6] * 16, max_tokens=1, score_prompt=True, top_logprobs=1)  # no such token: the pass fails
+    got = tiny_engine.run([Job(ids=prompts[0], max_tokens=1, score_prompt=True, top_logprobs=1), bad,
+                           *(Job(ids=p, max_tokens=1, score_prompt=True, top_logprobs=1) for p in prompts[1:])])
+    assert isinstance(got[1], IndexError)
+    for a, g in zip(alone, got[:1] + got[2:]):
+        assert g.prompt_logprobs[1:] == pytest.approx(a.prompt_logprobs[1:], abs=1e-5) and g.gen_ids == a.gen_ids
+
+
+def test_a_failing_decoding_step_fails_only_its_row(tiny_engine: Any) -> None:
+    """Rows of different requests decode together; when one row breaks the step (here: a token id the model does not
+    have, put in by hand), the step runs again row by row and only that row fails."""
+    prompts = [list(b"Alpha beta gamma"), list(b"Delta"), list(b"Epsilon zeta eta theta")]
+    alone = [tiny_engine.run([gen_job(p)])[0] for p in prompts]
+    jobs = [gen_job(p) for p in prompts]
+    out: dict[int, Any] = {}
+    for i, job in enumerate(jobs):
+        job.done = lambda value, i=i: out.__setitem__(i, value)
+        tiny_engine.scheduler.add(job)
+    import torch
+
+    with torch.inference_mode():
+        tiny_engine._tick()  # the prompts' pass: all three decode now
+        assert len(tiny_engine.decoding) == 3
+        row = tiny_engine.decoding.jobs.index(jobs[1])
+        tiny_engine.decoding.results[row].gen_ids[-1] = 10**6
+        while len(tiny_engine.scheduler) or len(tiny_engine.decoding):
+            tiny_engine._tick()
+    assert isinstance(out[1], IndexError)
+    for i in (0, 2):
+        assert out[i].gen_ids == alone[i].gen_ids
+        assert out[i].gen_logprobs == pytest.approx(alone[i].gen_logprobs, abs=1e-5)
+
+
+def test_generations_started_at_different_times_equal_each_alone(tiny_engine: Any) -> None:
+    """A generation joins the rows already decoding (its cache left-padded to theirs) and leaves when done: its
+    tokens are those it gets alone."""
+    prompts = [list(b"One two three four five six"), list(b"Seven"), list(b"Eight nine ten eleven")]
+    lengths = [40, 5, 25]
+    alone = [tiny_engine.run([gen_job(p, n)])[0] for p, n in zip(prompts, lengths)]
+    import torch
+
+    jobs = [gen_job(p, n) for p, n in zip(prompts, lengths)]
+    out: dict[int, Any] = {}
+    with torch.inference_mode():
+        for i, job in enumerate(jobs):  # a new prompt every third step
+            job.done = lambda value, i=i: out.__setitem__(i, value)
+            tiny_engine.scheduler.add(job)
+            for _ in range(3):
+                tiny_engine._tick()
+        while len(tiny_engine.scheduler) or len(tiny_engine.decoding):
+            tiny_engine._tick()
+    for i, a in enumerate(alone):
+        assert out[i].gen_ids == a.gen_ids and len(a.gen_ids) == lengths[i]
+        assert out[i].gen_logprobs == pytest.approx(a.gen_logprobs, abs=1e-5)

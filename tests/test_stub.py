@@ -168,3 +168,37 @@ def test_latency_ms_is_the_stub_types_own_setting(planner, tmp_path: Path) -> No
     assert argv[0] == argv[1][:-2]
     assert [p.job["run"]["tasks"]["openbookqa"]["fingerprint"] for p in plans].count(
         plans[0].job["run"]["tasks"]["openbookqa"]["fingerprint"]) == 2
+
+
+def raw(server: dict[str, Any], request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send bytes as they are (after the request line, "Connection: close" is added); the status and JSON body of
+    the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=10) as sock:
+        line, _, rest = request.partition(b"\r\n")
+        sock.sendall(line + b"\r\nConnection: close\r\n" + rest)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "says"), [
+    (b"POST /v1/completions HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n{", 413, "limit of 8388608 bytes"),
+    (b"POST /v1/completions HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400, "Content-Length '-5'"),
+    (b"POST /v1/completions HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"[" * 5000, 400, "deeper than 16 levels"),
+    (b"PUT /v1/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, "PUT /v1/completions"),
+    (b"GET /nowhere HTTP/1.1\r\n\r\n", 404, "no GET /nowhere"),
+    (b"GET /x extra HTTP/1.1\r\n\r\n", 400, "the request: Bad request syntax"),
+])
+def test_bounds_and_errors_are_the_servers_own_and_json(server, request_bytes: bytes, status: int, says: str) -> None:
+    """The stub shares the CPU server's bounds (deploy.server.protocol) and answers every error as OpenAI's JSON."""
+    code, answer = raw(server, request_bytes)
+    assert code == status and answer["error"]["code"] == status and says in answer["error"]["message"], answer
+
+
+def test_too_many_prompts_are_refused(server) -> None:
+    code, answer = post(server["completions_url"], {"prompt": ["a"] * 4097, "max_tokens": 1})
+    assert code == 400 and "at most 4096" in answer["error"]["message"]

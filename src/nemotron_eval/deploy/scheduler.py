@@ -25,6 +25,11 @@ Prompts that share a prefix not yet in the prefix cache (the choices of one mult
 together) are not put in the same batch: the engine's `conflicts` callback says so, and the second prompt runs in
 a later batch, reusing what the first computed.
 
+Generating prompts leave the scheduler after their prompt's pass and decode in the engine, step by step alongside
+every other generation (deploy/server/decoding.py); the engine says how many more rows it can decode
+(`max_generating`), and generating prompts beyond that wait here while scoring prompts go on. A prompt whose client
+went away (`cancelled`) is dropped (`drop_cancelled`).
+
 Nothing here imports torch; the engine gives each prompt's cost (`Job.new_tokens`) before planning.
 """
 
@@ -39,6 +44,7 @@ class Schedulable(Protocol):
     client: str
     arrival: float  # time.monotonic() when it was submitted
     new_tokens: int  # tokens the model must run for it (after the prefix cache)
+    cancelled: bool  # nobody waits for its answer any more
 
     @property
     def generating(self) -> bool: ...
@@ -63,17 +69,32 @@ class FairScheduler:
         for queue in self.queues.values():
             yield from queue
 
-    def next_batch(self, conflicts: Callable[[Schedulable, list[Schedulable]], bool] = lambda job, batch: False
-                   ) -> list[Schedulable]:
-        """Take the next batch out of the queues (empty when nothing is pending). `conflicts(job, batch)`: the
-        job must not join this batch (it shares an uncached prefix with a prompt already in it)."""
+    def drop_cancelled(self) -> list[Schedulable]:
+        """Take every cancelled prompt out of the queues; returns them."""
+        dropped: list[Schedulable] = []
+        for client, queue in self.queues.items():
+            if any(j.cancelled for j in queue):
+                dropped += [j for j in queue if j.cancelled]
+                self.queues[client] = deque(j for j in queue if not j.cancelled)
+        return dropped
+
+    def next_batch(self, conflicts: Callable[[Schedulable, list[Schedulable]], bool] = lambda job, batch: False,
+                   max_generating: int | None = None) -> list[Schedulable]:
+        """Take the next batch out of the queues (empty when nothing can run). `conflicts(job, batch)`: the job
+        must not join this batch (it shares an uncached prefix with a prompt already in it). `max_generating`:
+        how many generating prompts may start now (None: no limit); the others wait, and a client with only
+        those waiting is passed over."""
+        def runnable(job: Schedulable) -> bool:
+            return not job.generating or max_generating is None or max_generating > 0
+
         clients = list(self.queues)
         start = clients.index(self._last) + 1 if self._last in self.queues else 0
-        active = [c for c in clients[start:] + clients[:start] if self.queues[c]]
-        if not active:
+        seed = next((j for c in clients[start:] + clients[:start] for j in self.queues[c] if runnable(j)), None)
+        if seed is None:
             return []
-        seed = self.queues[active[0]][0]
         self._last = seed.client
+        size = self.max_batch_size if not seed.generating or max_generating is None else min(
+            self.max_batch_size, max_generating)
 
         batch = [seed]
         width, real = seed.new_tokens, seed.new_tokens
@@ -82,7 +103,7 @@ class FairScheduler:
             key=lambda j: (abs(j.new_tokens - seed.new_tokens), j.arrival),
         )
         for job in candidates:
-            if len(batch) >= self.max_batch_size:
+            if len(batch) >= size:
                 break
             wider = max(width, job.new_tokens)
             padded = wider * (len(batch) + 1)

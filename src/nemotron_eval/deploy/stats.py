@@ -63,8 +63,10 @@ class ServerStats:
 
     def batch(self, *, busy_s: float, passes: int, padded_tokens: int, generated_tokens: int,
               jobs: list[tuple[str, int, int]]) -> None:
-        """One batch done: `jobs` holds (client, prompt tokens, computed tokens) for each of its prompts."""
-        computed_total = sum(c for _, _, c in jobs) or 1
+        """One batch done: `jobs` holds (client, prompt tokens, computed tokens) for each of its prompts (a
+        decoding step: 0, 0 for each row, whose busy time is then shared equally)."""
+        weights = [c for _, _, c in jobs] if any(c for _, _, c in jobs) else [1] * len(jobs)
+        computed_total = sum(weights) or 1
         with self._lock:
             self.busy_s += busy_s
             t = self.totals
@@ -72,12 +74,12 @@ class ServerStats:
             t["forward_passes"] += passes
             t["padded_tokens"] += padded_tokens
             t["generated_tokens"] += generated_tokens
-            for client, prompt, computed in jobs:
+            for (client, prompt, computed), weight in zip(jobs, weights):
                 c = self._client(client)
                 c.prompt_tokens += prompt
                 c.computed_tokens += computed
                 c.cache_hit_tokens += prompt - computed
-                c.busy_s += busy_s * computed / computed_total
+                c.busy_s += busy_s * weight / computed_total
                 t["prompt_tokens"] += prompt
                 t["computed_tokens"] += computed
                 t["cache_hit_tokens"] += prompt - computed

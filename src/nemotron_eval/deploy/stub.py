@@ -30,6 +30,8 @@ transformers and listens in about a tenth of a second):
   task mid-way, e.g. to kill it there, without racing an answer that comes at once.
 * `POST /v1/completions` and `/c/<client>/v1/completions` (a client's own figures), `GET /health`, `/v1/health`,
   `/v1/models`, `/stats` (`deploy.stats`: requests and tokens per client; computed = prompt tokens).
+* The CPU server's bounds on a request (`deploy.server.protocol`: body size, JSON depth, prompts per request) and
+  its errors: OpenAI's JSON with the HTTP status, whatever went wrong (404, 405, 413, 500 included).
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ from typing import TYPE_CHECKING, Any
 
 from nemotron_eval.config.validators import integer
 from nemotron_eval.deploy.local import Local
-from nemotron_eval.deploy.server.protocol import (  # the CPU server's request checks (no torch)
-    DEFAULT_MAX_TOKENS, MAX_TOP_LOGPROBS, BadRequest, int_field,
+from nemotron_eval.deploy.server.protocol import (  # the CPU server's request checks and bounds (no torch)
+    DEFAULT_MAX_REQUEST_MB, DEFAULT_MAX_TOKENS, MAX_PROMPTS, MAX_TOP_LOGPROBS, BadRequest, int_field, parse_body,
+    too_large,
 )
 from nemotron_eval.deploy.types import DeploymentPlan, Runtime
 from nemotron_eval.deploy.stats import ServerStats, StatsWriter
@@ -137,6 +140,8 @@ def prompts_of(prompt: Any) -> list[list[int]]:
     items = [prompt] if isinstance(prompt, str) or is_ids(prompt) else prompt
     if not isinstance(items, list) or not items:
         raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
+    if len(items) > MAX_PROMPTS:
+        raise BadRequest(f"'prompt' holds {len(items)} prompts; at most {MAX_PROMPTS} fit one request")
     out = []
     for item in items:
         if isinstance(item, str) and item:
@@ -235,8 +240,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": status}})
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a bad request line, an unsupported method) as JSON too."""
+        self.close_connection = True
+        request = " ".join(x for x in (self.command, getattr(self, "path", None)) if x)  # unset on a bad request line
+        self._error(405 if code == 501 else code, f"{request or 'the request'}: {message or explain or code}")
 
     def _route(self) -> tuple[str, str]:
         path = self.path.split("?", 1)[0]
@@ -258,8 +269,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         client, path = self._route()
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length)
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit():
+            self.close_connection = True
+            self._error(400, f"Content-Length {declared!r} is not a number of bytes")
+            return
+        if int(declared) > self.server.max_request_bytes:
+            self.close_connection = True  # the body is not read
+            self._error(413, too_large(self.server.max_request_bytes))
+            return
+        raw = self.rfile.read(int(declared))
         if path != "/v1/completions":
             self._error(404, f"no POST {self.path} here: /v1/completions or /c/<client>/v1/completions")
             return
@@ -267,9 +286,13 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.server.latency_s)  # this request's thread only: the others go on
         started = time.monotonic()
         try:
-            choices = complete(json.loads(raw or b"null"))
-        except ValueError as e:  # BadRequest, or not JSON
-            self._error(400, str(e) if isinstance(e, BadRequest) else "the request body is not valid JSON")
+            choices = complete(parse_body(raw or b"null"))
+        except BadRequest as e:
+            self._error(400, str(e))
+            return
+        except Exception as e:  # a bug: the client gets JSON, the log the traceback
+            log.exception("completion request failed")
+            self._error(500, f"internal server error: {type(e).__name__}", "server_error")
             return
         stats = self.server.stats
         prompt_tokens = sum(c.pop("_prompt_tokens") for c in choices)
@@ -289,6 +312,7 @@ class _Server(ThreadingHTTPServer):
     created: int
     stats: ServerStats
     latency_s: float = 0.0
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2**20
 
 
 def endpoint_info(host: str, port: int, model_id: str, deployment_id: str | None, checkpoint: Path) -> dict[str, Any]:

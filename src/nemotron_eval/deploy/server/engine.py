@@ -1,11 +1,11 @@
-"""The model on one worker thread: batches of jobs, each row from its own cached prefix, decoded with the KV
-cache; the prefix cache is filled as prompts run. torch and transformers are imported when an `Engine` is made."""
+"""The model on one worker thread: batches of prompts, each row from its own cached prefix; generating rows then
+decode step by step between batches (deploy/server/decoding.py); the prefix cache is filled as prompts run; work
+whose client went away is dropped. torch and transformers are imported when an `Engine` is made."""
 
 from __future__ import annotations
 
 import inspect
 import logging
-import os
 import queue
 import threading
 import time
@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nemotron_eval.deploy import row_attention
 from nemotron_eval.deploy.prefix_cache import PrefixCache, Scores
 from nemotron_eval.deploy.row_attention import MIN_QUERY_ROWS, RowSpan
 from nemotron_eval.deploy.scheduler import FairScheduler
-from nemotron_eval.deploy.server.jobs import Job, Result
+from nemotron_eval.deploy.server import checks
+from nemotron_eval.deploy.server.decoding import Decoding, Layers, advance, tops
+from nemotron_eval.deploy.server.jobs import Cancelled, Job, Result
 from nemotron_eval.deploy.stats import ServerStats
 
 if TYPE_CHECKING:
@@ -46,7 +47,12 @@ class Engine:
     n_i new ones: its cached states sit right-aligned in a past-KV tensor of width P (the longest reused prefix),
     its new tokens left-aligned in the input of width N (at least MIN_QUERY_ROWS), so that its tokens are one
     contiguous run of P + N key columns (`RowSpan`); the attention mask and explicit position ids (r_i onwards)
-    say the same for attention implementations that read them. Decoding steps append one column per step.
+    say the same for attention implementations that read them. Rows that generate more tokens then join the
+    `Decoding`, which appends one column per step for all of them (at most max_batch_size rows at a time: more
+    generating prompts wait in the scheduler while scoring prompts go on).
+
+    A batch that fails is run again one prompt at a time, and a decoding step one row at a time, so that a
+    failure fails only the request it belongs to.
     """
 
     def __init__(
@@ -73,7 +79,7 @@ class Engine:
         self.batch_wait_s = batch_wait_s
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
-        self.row_exact = self._use_row_exact_attention()
+        self.row_exact = checks.use_row_exact_attention(self)
         config = self.model.config
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
@@ -83,14 +89,16 @@ class Engine:
         self._body = self.model.get_decoder()
         self._head = self.model.get_output_embeddings()
         self._cache_arg = "cache" if "cache" in inspect.signature(self._body.forward).parameters else "past_key_values"
-        self._split = self._split_matches_full()
-        self.kv_bytes_per_token = self._kv_bytes_per_token()
+        self._split = checks.split_matches_full(self)
+        self.kv_bytes_per_token = checks.kv_bytes_per_token(self)
         self.scheduler = FairScheduler(max_batch_size, max_batch_tokens)
+        self.decoding = Decoding(self._new_cache)
+        self.cancelled_prompts = 0  # dropped because their client went away
         self.stats = ServerStats(model_load_s=0.0)  # replaced below: the self-check's batches do not count
         self.cache: PrefixCache | None = None
         if prefix_cache_mb > 0:
             self.cache = PrefixCache(prefix_cache_mb * 2**20)
-            if not self._prefix_cache_works():
+            if not checks.prefix_cache_works(self):
                 self.cache = None
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="model-worker", daemon=True)
@@ -123,22 +131,20 @@ class Engine:
         cache = self.cache.stats() if self.cache is not None else None
         return self.stats.snapshot(
             model=str(self.checkpoint), dtype=self.dtype, kv_bytes_per_token=self.kv_bytes_per_token,
-            prefix_cache=cache, pending=len(self.scheduler) + self._queue.qsize(),
+            prefix_cache=cache, pending=len(self.scheduler) + self._queue.qsize() + len(self.decoding),
+            decoding=len(self.decoding), cancelled_prompts=self.cancelled_prompts,
         )
 
-    def run(self, jobs: Sequence[Job]) -> list[Result]:
-        """Plan and run `jobs` on the calling thread, as the worker would (tests and benchmarks)."""
+    def run(self, jobs: Sequence[Job]) -> list[Result | BaseException]:
+        """Run `jobs` on the calling thread as the worker would, while the worker is not running (tests,
+        benchmarks, the self-check): each one's result, or the exception it failed with."""
+        out: dict[int, Result | BaseException] = {}
         for job in jobs:
+            job.done = lambda value, key=id(job): out.__setitem__(key, value)
             self.scheduler.add(job)
-        out: dict[int, Result] = {}
         with self.torch.inference_mode():
-            while len(self.scheduler):
-                self._plan()
-                batch = self.scheduler.next_batch(self._conflicts)
-                for job, result in zip(batch, self._run_batch(batch)):
-                    if isinstance(result, BaseException):
-                        raise result
-                    out[id(job)] = result
+            while len(self.scheduler) or len(self.decoding):
+                self._tick()
         return [out[id(j)] for j in jobs]
 
     # -- the worker thread
@@ -146,17 +152,38 @@ class Engine:
     def _work(self) -> None:
         with self.torch.inference_mode():
             while self._gather():
-                self._plan()
-                batch = self.scheduler.next_batch(self._conflicts)
-                for job, result in zip(batch, self._run_batch(batch)):
-                    job.done(result)
-        for job in list(self.scheduler.pending()):
+                self._tick()
+        for job in [*self.scheduler.pending(), *self.decoding.jobs]:
             job.done(RuntimeError("the server is stopping"))
+
+    def _tick(self) -> None:
+        """One round of the worker: drop the work nobody waits for, run one batch of prompts (when one can run),
+        then one decoding step of every generating row. A prompt that arrives meanwhile waits for at most one
+        batch and one step, however long the generations are."""
+        self._drop_cancelled()
+        if len(self.scheduler):
+            self._plan()
+            batch = self.scheduler.next_batch(self._conflicts, self.max_batch_size - len(self.decoding))
+            if batch:
+                self._prompt_pass(batch)
+        if len(self.decoding):
+            self._decode_step(self.decoding)
+
+    def _drop_cancelled(self) -> None:
+        dropped = self.scheduler.drop_cancelled()
+        going_on = [row for row, job in enumerate(self.decoding.jobs) if not job.cancelled]
+        dropped += [job for job in self.decoding.jobs if job.cancelled]
+        self.decoding.keep(going_on)
+        if dropped:
+            self.cancelled_prompts += len(dropped)
+            log.info("dropped %d prompts whose client went away", len(dropped))
+        for job in dropped:
+            job.done(Cancelled("the client went away"))
 
     def _gather(self) -> bool:
         """Move submitted jobs into the scheduler. With none pending, wait for one, then `batch_wait_s` for
         more. False once `stop` was called."""
-        if len(self.scheduler):
+        if len(self.scheduler) or len(self.decoding):
             deadline = 0.0
         else:
             first = self._queue.get()
@@ -198,30 +225,98 @@ class Engine:
                 return True
         return False
 
-    def _run_batch(self, batch: list[Job]) -> list[Result | BaseException]:
+    def _prompt_pass(self, batch: list[Job]) -> None:
+        """One forward pass over the prompts of `batch`: the answers of those that are done, the others join the
+        decoding. When the pass fails, each prompt runs again alone: only the one that fails alone fails."""
         started = time.monotonic()
         if self.cache is not None:
             for job in batch:
                 if job.match is not None:
                     self.cache.touch(job.match)
         try:
-            results, passes, padded = self._forward_batch(batch)
-        except Exception as exc:  # a failed batch fails its requests, not the server
-            log.exception("batch of %d failed", len(batch))
-            return [exc] * len(batch)
+            outcome: Any = self._forward_prompts(batch)
+        except Exception as exc:
+            outcome = exc
+        if isinstance(outcome, Exception):
+            if len(batch) == 1:
+                log.error("a prompt of client %s failed", batch[0].client, exc_info=outcome)
+                batch[0].done(outcome)
+                return
+            log.warning("a batch of %d failed (%s): running each prompt alone", len(batch), outcome)
+            for job in batch:
+                self._prompt_pass([job])
+            return
+        results, logits, layers, mask, padded = outcome
+        failed = advance(batch, results, logits, self.decode, self.eos_ids)
         busy = time.monotonic() - started
         generated = sum(len(r.gen_ids) for r in results)
-        self.stats.batch(busy_s=busy, passes=passes, padded_tokens=padded, generated_tokens=generated,
+        self.stats.batch(busy_s=busy, passes=1, padded_tokens=padded, generated_tokens=generated,
                          jobs=[(j.client, len(j.ids), j.new_tokens) for j in batch])
         log.info(
-            "batch size=%d clients=%s prompt_tokens=%d computed=%d padded=%d generated=%d passes=%d %.3fs",
+            "batch size=%d clients=%s prompt_tokens=%d computed=%d padded=%d generated=%d %.3fs",
             len(batch), ",".join(sorted({j.client for j in batch})), sum(len(j.ids) for j in batch),
-            sum(j.new_tokens for j in batch), padded, generated, passes, busy,
+            sum(j.new_tokens for j in batch), padded, generated, busy,
         )
-        return list(results)
+        going_on = self._settle(batch, results, failed)
+        if going_on:
+            self.decoding.add(batch, results, layers, mask, going_on)
 
-    def _forward_batch(self, batch: list[Job]) -> tuple[list[Result], int, int]:
-        """Results, forward passes and padded tokens of one batch (see the class docstring for its layout)."""
+    def _decode_step(self, decoding: Decoding) -> None:
+        """One more token for every row of `decoding`; finished, failed and cancelled rows leave it. When the
+        step fails, each row steps alone: only a row that fails alone fails."""
+        started = time.monotonic()
+        torch = self.torch
+        jobs, results = decoding.jobs, decoding.results
+        assert decoding.mask is not None
+        step = torch.tensor([[r.gen_ids[-1]] for r in results], dtype=torch.long)
+        positions = torch.tensor([[len(j.ids) + len(r.gen_ids) - 1] for j, r in zip(jobs, results)], dtype=torch.long)
+        mask = torch.cat([decoding.mask, torch.ones((len(jobs), 1), dtype=torch.long)], dim=1)
+        before = decoding.layers()
+        try:
+            hidden, cache = self._forward(step, mask, positions, decoding.cache, True)
+            logits = self._logits(hidden[:, -1])
+        except Exception as exc:
+            decoding.restore(before)
+            failure: Exception | None = exc
+        else:
+            failure = None
+        if failure is not None:
+            if len(decoding) == 1:
+                log.error("a generation of client %s failed", jobs[0].client, exc_info=failure)
+                jobs[0].done(failure)
+                decoding.keep([])
+                return
+            log.warning("a decoding step of %d rows failed (%s): stepping each row alone", len(decoding), failure)
+            parts = [decoding.take([row]) for row in range(len(decoding))]
+            decoding.keep([])
+            for part in parts:
+                self._decode_step(part)
+                decoding.absorb(part)
+            return
+        decoding.cache, decoding.mask = cache, mask
+        failed = advance(jobs, results, logits, self.decode, self.eos_ids)
+        self.stats.batch(busy_s=time.monotonic() - started, passes=1, padded_tokens=len(jobs),
+                         generated_tokens=len(jobs) - len(failed), jobs=[(j.client, 0, 0) for j in jobs])
+        decoding.keep(self._settle(jobs, results, failed))
+
+    @staticmethod
+    def _settle(jobs: Sequence[Job], results: Sequence[Result], failed: dict[int, Exception]) -> list[int]:
+        """Answer the rows that finished or failed; the rows that go on."""
+        going_on = []
+        for row, (job, result) in enumerate(zip(jobs, results)):
+            if row in failed:
+                log.warning("a prompt of client %s failed: %s", job.client, failed[row])
+                job.done(failed[row])
+            elif result.finished:
+                job.done(result)
+            else:
+                going_on.append(row)
+        return going_on
+
+    def _forward_prompts(self, batch: list[Job]) -> tuple[list[Result], torch.Tensor, Layers, torch.Tensor, int]:
+        """The forward pass over a batch's prompts (see the class docstring for its layout): results with the
+        prompts' scores, the logits after each prompt, the KV states and mask decoding goes on from, and the
+        padded tokens computed."""
         torch = self.torch
         past_width = max(j.reuse for j in batch)
         width = max(max(j.new_tokens for j in batch), MIN_QUERY_ROWS)
@@ -238,7 +333,6 @@ class Engine:
         past = self._past(batch, past_width) if past_width else None
 
         hidden, kv = self._forward(input_ids, mask, positions, past, decoding or self.cache is not None, spans)
-        passes, padded = 1, len(batch) * width
         results = [Result() for _ in batch]
         next_logits: list[torch.Tensor | None] = [None] * len(batch)
         computed: list[Scores | None] = [None] * len(batch)
@@ -253,30 +347,24 @@ class Engine:
         if self.cache is not None:
             for row, job in enumerate(batch):
                 self._remember(job, row, kv, past_width, computed[row])
-        self._advance(batch, results, torch.stack(next_logits))  # type: ignore[arg-type]
-
-        step_positions = torch.tensor([[len(j.ids)] for j in batch], dtype=torch.long)
-        while not all(r.finished for r in results):
-            step = torch.tensor([[r.gen_ids[-1] if r.gen_ids else self.pad_id] for r in results], dtype=torch.long)
-            mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=torch.long)], dim=1)
-            hidden, kv = self._forward(step, mask, step_positions, kv, True)
-            step_positions = step_positions + 1
-            passes += 1
-            padded += len(batch)
-            self._advance(batch, results, self._logits(hidden[:, -1]))
-        return results, passes, padded
+        layers = [(layer.keys, layer.values) for layer in kv.layers] if decoding else []
+        return results, torch.stack(next_logits), layers, mask, len(batch) * width  # type: ignore[arg-type]
 
     def _past(self, batch: list[Job], past_width: int) -> Any:
         """The cached prefixes of a batch's rows, right-aligned in one `past_width`-wide KV cache."""
-        from transformers import DynamicCache
-
         assert self.cache is not None
         rows = {row: self.cache.kv(job.match, job.reuse) for row, job in enumerate(batch) if job.match is not None}
         layers, _, heads, _, head_dim = next(iter(rows.values())).shape
         past = self.torch.zeros((layers, 2, len(batch), heads, past_width, head_dim), dtype=self.model.dtype)
         for row, states in rows.items():
             past[:, :, row, :, past_width - states.shape[3]:] = states
-        return DynamicCache(ddp_cache_data=[(past[i, 0], past[i, 1]) for i in range(layers)], config=self.model.config)
+        return self._new_cache([(past[i, 0], past[i, 1]) for i in range(layers)])
+
+    def _new_cache(self, layers: Layers) -> Any:
+        """The model's KV cache holding per-layer keys and values."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
 
     def _remember(self, job: Job, row: int, kv: Any, first: int, scores: Scores | None) -> None:
         """Put a prompt's newly computed states (from column `first` of the batch's KV cache, row `row`) and
@@ -336,66 +424,6 @@ class Engine:
             blocks.append(self._head(block)[:rows].float())
         return blocks[0] if len(blocks) == 1 else self.torch.cat(blocks)
 
-    def _split_matches_full(self) -> bool:
-        """Whether head(body(x)) reproduces the model's own logits (false for heads with soft-capping or scaling)."""
-        torch = self.torch
-        ids = torch.tensor([[self.pad_id, 1, 2, 3]], dtype=torch.long) % self.model.config.vocab_size
-        with torch.inference_mode():
-            full = self.model(input_ids=ids).logits.float()
-            split = self._head(self._body(input_ids=ids).last_hidden_state).float()
-        same = bool(torch.allclose(full, split, atol=1e-5, rtol=0))
-        if not same:
-            log.warning("the model's head is not a plain projection: computing full logits per batch")
-        return same
-
-    def _use_row_exact_attention(self) -> bool:
-        """Switch the model to the row-exact attention (see row_attention.py); false when it cannot take it."""
-        name = row_attention.register()
-        try:
-            self.model.set_attn_implementation(name)
-        except Exception as exc:  # a model without transformers' attention interface
-            log.warning("row-exact attention unavailable (%s): log-probs may vary by ~1e-5 with batching", exc)
-            return False
-        if self.model.config._attn_implementation != name:
-            log.warning("row-exact attention unavailable: log-probs may vary by ~1e-5 with batching")
-            return False
-        return True
-
-    def _kv_bytes_per_token(self) -> int:
-        """Bytes of KV cache one token takes in this model (measured on a one-token pass)."""
-        torch = self.torch
-        ids = torch.tensor([[self.pad_id]], dtype=torch.long)
-        with torch.inference_mode():
-            _, kv = self._forward(ids, torch.ones_like(ids), torch.zeros_like(ids), None, True)
-        return sum(t.nbytes for layer in kv.layers for t in (layer.keys, layer.values))
-
-    def _prefix_cache_works(self) -> bool:
-        """Whether prompts scored from a cached prefix match scoring them from scratch (a model whose cache is not
-        plain per-token keys and values, e.g. sliding windows or recurrent state, would not): checked once on a
-        short prompt through the worker's own code path. The cache starts empty again."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        assert self.cache is not None
-        if not all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers):
-            log.warning("the model's KV cache is not plain per-layer keys and values: prefix cache off")
-            return False
-        vocab = self.model.config.vocab_size
-        base = [(7 * i + 11) % vocab for i in range(24)]
-        prompts = [base, base[:16] + [(13 * i + 5) % vocab for i in range(8)]]
-        cached = self.run([Job(ids=p, max_tokens=1, score_prompt=True, top_logprobs=1) for p in prompts])
-        saved, self.cache = self.cache, None
-        fresh = self.run([Job(ids=p, max_tokens=1, score_prompt=True, top_logprobs=1) for p in prompts])
-        self.cache = saved
-        self.cache.clear()
-        self.cache.evicted_tokens = 0
-        tolerance = 1e-5 if self.dtype == "float32" else 0.25  # what the cache promises; bf16 is never exact
-        worst = max(abs(a - b) for c, f in zip(cached, fresh) for a, b in zip(c.prompt_logprobs[1:], f.prompt_logprobs[1:]))
-        if worst > tolerance:
-            log.warning("prompt log-probs from cached prefixes differ by %.3g from fresh ones: prefix cache off", worst)
-            return False
-        return True
-
     def _score_prompt(self, job: Job, result: Result, hidden: torch.Tensor) -> tuple[Scores, torch.Tensor]:
         """Fill in the prompt's log-probs: cached ones for positions 1..reuse, the rest from `hidden` (the rows of
         positions reuse..end), HEAD_ROWS rows of logits at a time. Returns the computed scores (positions
@@ -419,59 +447,8 @@ class Engine:
         result.prompt_logprobs = [None, *lps]
         result.prompt_top = [None]
         if job.top_logprobs is not None:
-            result.prompt_top += _tops(scores.top_ids.tolist(), scores.top_values.tolist(), job.ids[1:], lps)
+            result.prompt_top += tops(scores.top_ids.tolist(), scores.top_values.tolist(), job.ids[1:], lps)
         return computed, last
-
-    def _advance(self, batch: list[Job], results: list[Result], logits: torch.Tensor) -> None:
-        """Pick each unfinished row's next token from its logits [B, vocab] and decide whether it is done."""
-        torch = self.torch
-        logprobs = torch.log_softmax(logits, dim=-1)
-        for row, (job, result) in enumerate(zip(batch, results)):
-            if result.finished:
-                continue
-            if len(result.gen_ids) >= job.max_tokens:
-                result.finished = True
-                continue
-            token = self._choose(job, logits[row], len(result.gen_ids))
-            result.gen_ids.append(token)
-            result.gen_logprobs.append(float(logprobs[row, token]))
-            if job.top_logprobs is not None:
-                k = job.top_logprobs
-                values, ids = logprobs[row : row + 1].topk(k, dim=-1)
-                result.gen_top += _tops(ids.tolist(), values.tolist(), [token], [float(logprobs[row, token])])
-            result.text = self.decode([t for t in result.gen_ids if t not in self.eos_ids])
-            cut = min((i for i in (result.text.find(s) for s in job.stop if s) if i >= 0), default=-1)
-            if cut >= 0:
-                result.text = result.text[:cut]
-                result.finish_reason, result.finished = "stop", True
-            elif token in self.eos_ids:
-                result.finish_reason, result.finished = "stop", True
-            elif len(result.gen_ids) >= job.max_tokens:
-                result.finish_reason, result.finished = "length", True
-
-    def _choose(self, job: Job, logits: torch.Tensor, step: int) -> int:
-        torch = self.torch
-        if job.temperature <= 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits / job.temperature, dim=-1)
-        if job.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            keep = sorted_probs.cumsum(-1) - sorted_probs < job.top_p  # the smallest set reaching top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        generator = torch.Generator()
-        generator.manual_seed(job.seed + step if job.seed is not None else int.from_bytes(os.urandom(6), "little"))
-        return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _tops(top_ids: list[list[int]], top_values: list[list[float]], chosen: Sequence[int],
-          chosen_lp: Sequence[float]) -> list[dict[int, float]]:
-    """Per position: its top-k tokens and their log-probs, plus the token chosen there (when not among them)."""
-    tops = []
-    for ids, values, token, lp in zip(top_ids, top_values, chosen, chosen_lp):
-        top = dict(zip(ids, values))
-        top.setdefault(token, lp)
-        tops.append(top)
-    return tops
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -26,6 +26,8 @@ class Job:
     done: Callable[[Result | BaseException], None] = lambda _: None
     client: str = DEFAULT_CLIENT
     arrival: float = field(default_factory=time.monotonic)
+    # set by the event loop when the request's client went away: the worker drops the job wherever it is
+    cancelled: bool = False
     # set before each planning round: the prompt's first `reuse` tokens come from the prefix cache (`match`)
     reuse: int = 0
     match: Match | None = None
@@ -39,6 +41,10 @@ class Job:
     def generating(self) -> bool:
         """Whether it needs decode steps after the prompt's pass (the first new token comes from that pass)."""
         return self.max_tokens > 1
+
+
+class Cancelled(Exception):
+    """What a dropped job's `done` gets: its client went away before the answer."""
 
 
 @dataclass

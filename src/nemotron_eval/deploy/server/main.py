@@ -20,6 +20,7 @@ from typing import Any
 import nemotron_eval.deploy.server as package
 from nemotron_eval.deploy.server.app import build_app
 from nemotron_eval.deploy.server.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_PREFIX_CACHE_MB, Engine
+from nemotron_eval.deploy.server.protocol import DEFAULT_MAX_REQUEST_MB
 from nemotron_eval.deploy.stats import StatsWriter
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import write_json_atomic
@@ -77,11 +78,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deployment-id")
     parser.add_argument("--prefix-cache-mb", type=int, default=DEFAULT_PREFIX_CACHE_MB,
                         help=f"memory for the exact prefix cache, MiB (default {DEFAULT_PREFIX_CACHE_MB}; 0: off)")
+    parser.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_MB,
+                        help=f"the largest request body, MiB (default {DEFAULT_MAX_REQUEST_MB}; larger: HTTP 413)")
     parser.add_argument("--stats-file", type=Path,
                         help="JSON statistics, written atomically every ~10 s while serving and at shutdown")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1 or args.max_batch_tokens < 1:
         parser.error("--max-batch-size and --max-batch-tokens must be at least 1")
+    if not args.max_request_mb > 0:
+        parser.error(f"--max-request-mb must be a positive number of MiB, got {args.max_request_mb}")
     if args.prefix_cache_mb < 0:
         parser.error(f"--prefix-cache-mb must be 0 (off) or a positive number of MiB, got {args.prefix_cache_mb}")
     return args
@@ -145,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopped_by: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopped_by.append(signum))
-    config = uvicorn.Config(build_app(engine, model_id), log_level="warning", access_log=False, lifespan="off",
+    app = build_app(engine, model_id, max_request_bytes=int(args.max_request_mb * 2**20))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=2)
     asyncio.run(Server(config).serve(sockets=[sock]))
     if writer is not None:

@@ -1,9 +1,15 @@
-"""OpenAI's completion request and response: check and tokenize a request's prompts and parameters, and turn a
-prompt's result into an answer choice (text, token log-probs, offsets)."""
+"""OpenAI's completion request and response: read the body within its bounds, check and tokenize a request's
+prompts and parameters, and turn a prompt's result into an answer choice (text, token log-probs, offsets).
+
+The bounds on what one request may hold (the stub deployment shares them): a body of at most
+DEFAULT_MAX_REQUEST_MB MiB (the server's --max-request-mb; HTTP 413 beyond), JSON nested at most MAX_JSON_DEPTH
+levels, at most MAX_PROMPTS prompts (HTTP 400 beyond). A request is tokenized and its answer built off the event
+loop (app.py), so that its size delays nobody else's."""
 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +19,10 @@ if TYPE_CHECKING:
 
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# A 25-shot prompt is about 8 KB and a full 8,192-token context about 40 KB: 8 MiB holds a batch of 200 of those.
+DEFAULT_MAX_REQUEST_MB = 8
+MAX_JSON_DEPTH = 16  # a completion request needs 3 levels (body, a list of prompts, a prompt's token ids)
+MAX_PROMPTS = 4096
 
 
 class BadRequest(ValueError):
@@ -24,6 +34,32 @@ class Prompt:
     ids: list[int]
     text: str
     offsets: list[int]  # character offset of each token in `text`
+
+
+def too_large(limit_bytes: int) -> str:
+    """The message of HTTP 413."""
+    return (f"the request body is larger than this server's limit of {limit_bytes} bytes ({limit_bytes / 2**20:g} "
+            "MiB, --max-request-mb): send fewer or shorter prompts per request")
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON; BadRequest when it is not JSON or nests deeper than MAX_JSON_DEPTH levels."""
+    deep = BadRequest(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels (a completion request "
+                      "needs 3)")
+    try:
+        body = json.loads(raw)
+    except RecursionError:  # deeper than the interpreter's recursion limit
+        raise deep from None
+    except ValueError:  # not JSON, or not UTF-8
+        raise BadRequest("the request body is not valid JSON") from None
+    stack = [(body, 1)] if isinstance(body, (list, dict)) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise deep
+        children = value.values() if isinstance(value, dict) else value
+        stack += [(c, depth + 1) for c in children if isinstance(c, (list, dict))]
+    return body
 
 
 def int_field(body: dict[str, Any], key: str, default: int | None, low: int, high: int | None = None) -> int | None:
@@ -46,39 +82,50 @@ def _float(body: dict[str, Any], key: str, default: float, low: float, high: flo
 
 
 def tokenize_prompts(engine: Engine, prompt: Any) -> list[Prompt]:
-    """`prompt` as OpenAI allows it: a string, a list of strings, a list of token ids, or a list of those."""
-    if isinstance(prompt, str):
-        items: list[Any] = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        items = [prompt]
-    elif isinstance(prompt, list) and prompt:
-        items = prompt
-    else:
+    """`prompt` as OpenAI allows it: a string, a list of strings, a list of token ids, or a list of those. The
+    strings are tokenized in one call (the tokenizer's threads, without the interpreter's lock)."""
+    def is_ids(x: Any) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+    items: list[Any] = [prompt] if isinstance(prompt, str) or is_ids(prompt) else prompt
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) or is_ids(i) for i in items):
         raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
+    if len(items) > MAX_PROMPTS:
+        raise BadRequest(f"'prompt' holds {len(items)} prompts; at most {MAX_PROMPTS} fit one request")
+    if any(i == "" for i in items):
+        raise BadRequest("'prompt' is empty: it must hold at least one token")
+    vocab = len(engine.tokenizer)
+    if any(not 0 <= t < vocab for i in items if not isinstance(i, str) for t in i):
+        raise BadRequest(f"'prompt' holds token ids outside the vocabulary (0..{vocab - 1})")
+    texts = iter(_encode(engine, [i for i in items if isinstance(i, str)]))
     prompts = []
     for item in items:
         if isinstance(item, str):
-            try:
-                encoded = engine.tokenizer(item, return_offsets_mapping=True)
-                offsets = [start for start, _ in encoded["offset_mapping"]]
-            except NotImplementedError:  # a slow tokenizer: offsets from the decoded pieces
-                encoded = engine.tokenizer(item)
-                pieces = engine.token_strings(encoded["input_ids"])
-                offsets = list(itertools.accumulate((len(p) for p in pieces[:-1]), initial=0))
-            prompts.append(Prompt(list(encoded["input_ids"]), item, offsets))
-        elif isinstance(item, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
-            vocab = len(engine.tokenizer)
-            if any(not 0 <= t < vocab for t in item):
-                raise BadRequest(f"'prompt' holds token ids outside the vocabulary (0..{vocab - 1})")
-            pieces = engine.token_strings(item)
-            offsets = list(itertools.accumulate((len(p) for p in pieces[:-1]), initial=0))
-            prompts.append(Prompt(list(item), "".join(pieces), offsets))
+            ids, offsets = next(texts)
+            prompts.append(Prompt(ids, item, offsets))
         else:
-            raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
+            pieces = engine.token_strings(item)
+            prompts.append(Prompt(list(item), "".join(pieces), _offsets(pieces)))
     for p in prompts:
         if not p.ids:
             raise BadRequest("'prompt' is empty: it must hold at least one token")
     return prompts
+
+
+def _encode(engine: Engine, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+    """Token ids and each token's character offset, for each text."""
+    if not texts:
+        return []
+    try:
+        encoded = engine.tokenizer(texts, return_offsets_mapping=True)
+        return [(list(ids), [start for start, _ in spans])
+                for ids, spans in zip(encoded["input_ids"], encoded["offset_mapping"])]
+    except NotImplementedError:  # a slow tokenizer: offsets from the decoded pieces
+        return [(list(ids), _offsets(engine.token_strings(ids))) for ids in engine.tokenizer(texts)["input_ids"]]
+
+
+def _offsets(pieces: list[str]) -> list[int]:
+    return list(itertools.accumulate((len(p) for p in pieces[:-1]), initial=0))
 
 
 def parse_request(engine: Engine, body: Any) -> tuple[list[Prompt], dict[str, Any]]:

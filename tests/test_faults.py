@@ -255,9 +255,10 @@ def test_five_tasks_at_parallelism_8_get_each_answer_once(work: Path) -> None:
     """Five harnesses at once, eight requests in flight each, one deployment: the server answered exactly the
     requests each harness made (its cached answers and its capability probes), none twice, none timed out.
     It is also the real model's run of all five tasks: each scores, MMLU (generation, NeMo's top_p=0.0) one item a
-    subject, ARC-Challenge 25-shot and HellaSwag 10-shot with two (test_e2e_local checks OpenBookQA and Winogrande
-    in depth)."""
+    subject, zero-shot (its 5-shot prompts made this test 4 minutes: the few-shot path is ARC-Challenge's 25 shots
+    and HellaSwag's 10, with two items each; test_e2e_local checks OpenBookQA and Winogrande in depth)."""
     done = nemotron_eval(work, f"{LIMIT}=2", "evaluation.tasks.0.nemo_evaluator_config.config.params.limit_samples=1",
+                         "+evaluation.tasks.0.nemo_evaluator_config.config.params.extra.num_fewshot=0",
                          "evaluation.nemo_evaluator_config.config.params.parallelism=8", "run.tasks_at_once=5")
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads((work / "run/smollm2_latest/stats.json").read_text())
@@ -270,3 +271,4 @@ def test_five_tasks_at_parallelism_8_get_each_answer_once(work: Path) -> None:
         r = json.loads((work / f"results/smollm2_latest/{task}.json").read_text())
         assert r["metrics"] and all(0.0 <= m["value"] <= 1.0 for m in r["metrics"].values()), (task, r["metrics"])
         assert r["n_samples"] == (57 if task == "mmlu" else 2), task
+    assert "--num_fewshot 0 " in (harness_dir(work, "mmlu") / "results.yml").read_text()  # it reached the harness

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from nemotron_eval.artifacts.base import Registry, Resolved, Version
 from nemotron_eval.artifacts.local import LocalRegistry
 from nemotron_eval.config.envtoml import EnvFile
 from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.spec import ModelSpec, VersionSet, parse_models
 
 BACKENDS = ("local", "wandb")
 
@@ -41,4 +43,32 @@ def registry_from_env(env: EnvFile, wandb_cfg: dict[str, Any] | None = None) -> 
     raise UserError(f"{where}: [artifacts] backend {backend(env)!r} is not valid; valid: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "LocalRegistry", "Registry", "Resolved", "Version", "backend", "local_registry", "registry_from_env"]
+def expand_models(value: Any, registry: Callable[[], Registry], where: str = "run.model") -> list[ModelSpec]:
+    """The models `run.model` names, in order, each once: its specs as written, its version sets (`sft:v2..v5`,
+    `sft:*`) as the versions the registry lists now. `registry` is called only when a version set needs it. A
+    set naming a version the registry lacks, or none at all, is one line naming the set and the versions there are."""
+    out: list[ModelSpec] = []
+    for item in parse_models(value, where):
+        if isinstance(item, VersionSet):
+            out.extend(_versions_of(item, registry(), where))
+        else:
+            out.append(item)
+    return list(dict.fromkeys(out))
+
+
+def _versions_of(vs: VersionSet, registry: Registry, where: str) -> list[ModelSpec]:
+    have = [v.version for v in registry.history(vs.name)]
+    numbers = {int(v[1:]): v for v in have if v[1:].isdigit()}
+    listed = ", ".join(have) or "none"
+    if not numbers:
+        raise UserError(f"{where}: {vs.text!r}: {vs.name} has no versions in the {registry.kind} registry; "
+                        f"register one with `nemotron artifacts add {vs.name} PATH`")
+    for end in (vs.first, vs.last):
+        if end is not None and end not in numbers:
+            raise UserError(f"{where}: {vs.text!r}: {vs.name} has no v{end} in the {registry.kind} registry; "
+                            f"its versions: {listed}")
+    lo, hi = (vs.first, vs.last) if vs.first is not None else (min(numbers), max(numbers))
+    return [ModelSpec(vs.name, numbers[n]) for n in sorted(numbers) if lo <= n <= hi]  # type: ignore[operator]
+
+
+__all__ = ["BACKENDS", "expand_models", "LocalRegistry", "Registry", "Resolved", "Version", "backend", "local_registry", "registry_from_env"]

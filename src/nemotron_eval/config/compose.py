@@ -310,10 +310,14 @@ def pending_art(key: str, fld: str) -> str:
 
 
 def resolve_pending(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The merged config with every interpolation resolved but `${art:...}`, which reads as `pending_art`
-    (known only per model). What the plan reads before any model is resolved, and what the schema checks."""
+    """The merged config with every interpolation resolved but `${art:...}`, and `run.model` when it names several
+    models, which read as `pending_art` (known only per model). What the plan reads before any model is resolved, and what the schema checks."""
+    from nemotron_eval.core.spec import names_several
+
     stub = copy.deepcopy(cfg)
     _replace_art(stub, pending_art)
+    if names_several((stub.get("run") or {}).get("model")):  # several models: run.model is known per model
+        stub["run"]["model"] = pending_art("model", "spec")
     try:
         out = OmegaConf.to_container(OmegaConf.create(stub), resolve=True)
     except OmegaConfBaseException as e:

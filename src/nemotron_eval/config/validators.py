@@ -235,14 +235,13 @@ def string_list(v: Any) -> str | None:
 
 
 def model_spec(v: Any) -> str | None:
-    from nemotron_eval.core.spec import parse_spec
+    """run.model: one artifact spec, or several and version sets (`core.spec.parse_models`)."""
+    from nemotron_eval.core.spec import SETS_HELP, parse_models
 
-    if not isinstance(v, str):
-        return "an artifact spec NAME:ALIAS, e.g. rl:latest"
     try:
-        parse_spec(v)
+        parse_models(v)
     except UserError:
-        return "an artifact spec NAME:ALIAS, e.g. rl:latest"
+        return f"an artifact spec NAME:ALIAS (e.g. rl:latest) or several: {SETS_HELP}"
     return None
 
 

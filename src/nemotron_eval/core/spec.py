@@ -58,3 +58,50 @@ def parse_spec(value: str, where: str = "run.model") -> ModelSpec:
     if not m:
         raise UserError(f"{where}: {value!r} is not a valid artifact spec; write NAME:ALIAS, e.g. rl:latest, sft:v2")
     return _normalise(m["name"], m["alias"])
+
+
+# --- several models: `run.model` as a list or a version set ---------------------------------------------------------
+
+_RANGE_RE = re.compile(rf"(?P<name>{_NAME}):v?(?P<first>\d+)\.\.v?(?P<last>\d+)")
+_ALL_RE = re.compile(rf"(?P<name>{_NAME}):\*")
+SETS_HELP = "sft:v2, sft:v1,sft:v3, sft:v2..v5, sft:* (every version), [sft:v1,rl:latest]"
+
+
+@dataclass(frozen=True)
+class VersionSet:
+    """`sft:v2..v5` (the versions of sft from v2 to v5 the registry has) or `sft:*` (all of them): which versions
+    these are, the registry says (`artifacts.expand_models`)."""
+
+    name: str
+    first: int | None  # None: every version (`sft:*`)
+    last: int | None
+    text: str  # as written, for messages
+
+
+def parse_models(value: object, where: str = "run.model") -> list[ModelSpec | VersionSet]:
+    """`run.model` as written: one spec, specs and version sets separated by commas (`sft:v1,sft:v3`,
+    `sft:v2..v5`, `sft:*`), or a YAML list of them. Syntax only; a version set's versions come from the registry."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise UserError(f"{where}: {value!r} is not a model or a list of models; write {SETS_HELP}")
+    out: list[ModelSpec | VersionSet] = []
+    for item in (part.strip() for text in texts for part in str(text).split(",")):
+        m = _RANGE_RE.fullmatch(item) or _ALL_RE.fullmatch(item)
+        if m is None:
+            if item and ("*" in item or ".." in item):
+                raise UserError(f"{where}: {item!r} is not a valid version set; write {SETS_HELP}")
+            out.append(parse_spec(item, where))
+            continue
+        first, last = (int(m["first"]), int(m["last"])) if "first" in m.groupdict() else (None, None)
+        if first is not None and last is not None and first > last:
+            raise UserError(f"{where}: {item!r} runs backwards (v{first} after v{last}); write "
+                            f"{m['name']}:v{last}..v{first}, the lower version first")
+        _normalise(m["name"], "latest")  # the name's length
+        out.append(VersionSet(m["name"], first, last, item))
+    return out
+
+
+def names_several(value: object) -> bool:
+    """Whether `run.model` is written as several models or a version set (a list, `,`, `*` or `..`): known per
+    model only, once expanded; `parse_models` says what is wrong with it."""
+    return isinstance(value, list) or (isinstance(value, str) and any(mark in value for mark in (",", "*", "..")))

@@ -71,8 +71,8 @@ def snakemake_argv(profile: str, targets: list[str], request_file: Path, *extra:
 # --- the eval command ----------------------------------------------------------------------------------------------
 
 
-def plan_request(args: argparse.Namespace, root: Path, config: str | None) -> tuple[Request, Any, str, list[str]]:
-    """The request of `nemotron eval ...`, its plan, the model and the targets."""
+def plan_request(args: argparse.Namespace, root: Path, config: str | None) -> tuple[Request, Any, list[str], list[str]]:
+    """The request of `nemotron eval ...`, its plan, the models (run.model expanded) and the targets."""
     from nemotron_eval.pipeline.plan import Plan
 
     for item in args.overrides:
@@ -84,7 +84,7 @@ def plan_request(args: argparse.Namespace, root: Path, config: str | None) -> tu
         overrides=tuple(args.overrides), tasks=tuple(args.task) if args.task else None, force_squash=args.force_squash,
     )
     plan = Plan(request, root / "configs")
-    return request, plan, plan.default_model, plan.targets(per_task=bool(args.task))
+    return request, plan, plan.models, plan.targets(per_task=bool(args.task))
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -114,21 +114,22 @@ def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
 
         remote_profile = remote.profile_from_env(profile_name)  # one line: unknown profile, no executor, ...
         executor = executors.get(remote_profile.executor, f"env.toml profile {profile_name!r}: executor")
-    request, plan, model, targets = plan_request(args, root, config)
+    request, plan, models, targets = plan_request(args, root, config)
     sm_profile = snakemake_profile(request.eval_config, executor, root)
     snapshots: dict[str, dict[str, str]] = {}
-    try:
-        mp = plan.model(model)
-        for task in plan.task_names if plan.engine == "snakemake" else []:
-            plan.evaluation(model, task)  # what would fail at the first job fails now (no tokenizer, chat task, ...)
-        snapshots = {model: {"job.yaml": mp.job_text, "eval.yaml": mp.eval_text}}
-    except UserError as e:
-        if remote_profile is None or args.dry_run:
-            raise
-        # A remote run resolves its checkpoint on the cluster (its registry, its paths): here it may not resolve.
-        print(f"nemotron: {model} resolves on the cluster only ({e}); the run keeps no compiled copy here", file=sys.stderr)
+    for model in models:
+        try:
+            mp = plan.model(model)
+            for task in plan.task_names if plan.engine == "snakemake" else []:
+                plan.evaluation(model, task)  # what would fail at the first job fails now (no tokenizer, chat task, ...)
+            snapshots[model] = {"job.yaml": mp.job_text, "eval.yaml": mp.eval_text}
+        except UserError as e:
+            if remote_profile is None or args.dry_run:
+                raise
+            # A remote run resolves its checkpoint on the cluster (its registry, its paths): here it may not resolve.
+            print(f"nemotron: {model} resolves on the cluster only ({e}); the run keeps no compiled copy here", file=sys.stderr)
     if args.dry_run:
-        return dry_run(request, snapshots[model]["eval.yaml"], targets, sm_profile)
+        return dry_run(request, {m: snapshots[m]["eval.yaml"] for m in models}, targets, sm_profile)
     if remote_profile is not None:
         from nemotron_eval import exporters
         from nemotron_eval.executors import remote
@@ -143,12 +144,13 @@ def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
         remote.check(remote_profile)  # the host answers, keys, sbatch: before anything is recorded or shipped
     run = runs.Run(
         id=runs.new_id(), created_at=runs.now(), command=["nemotron", *sys.argv[1:]], config=request.eval_config,
-        mode="local" if not profile_name else ("run" if args.run else "batch"), models=[model],
+        mode="local" if not profile_name else ("run" if args.run else "batch"), models=models,
         tasks=list(plan.task_names), targets=targets, profile=profile_name, snakemake_profile=sm_profile,
     )
     request_text = _request_text(request, run, root)
     runs.create(run, request_text, snapshots)
-    print(f"run {run.id}: {' '.join(run.tasks)} on {parse_wildcard(model).spec} ({run.folder})", file=sys.stderr)
+    print(f"run {run.id}: {' '.join(run.tasks)} on {', '.join(parse_wildcard(m).spec for m in models)} ({run.folder})",
+          file=sys.stderr)
     return run, remote_profile, root
 
 
@@ -174,12 +176,13 @@ def _request_text(request: Request, run: runs.Run, root: Path) -> str:
     return dump_yaml(request.as_dict())
 
 
-def dry_run(request: Request, eval_text: str, targets: list[str], profile: str) -> int:
-    """eval.yaml on stdout; Snakemake's dry run (the jobs, and why) on stderr. Writes nothing under build/,
-    results/ or runs/."""
+def dry_run(request: Request, eval_texts: dict[str, str], targets: list[str], profile: str) -> int:
+    """Each model's eval.yaml on stdout (several: YAML documents, each headed by its file); Snakemake's dry run
+    (the jobs, and why) on stderr. Writes nothing under build/, results/ or runs/."""
     from nemotron_eval.core.io import dump_yaml
 
-    sys.stdout.write(eval_text)
+    several = len(eval_texts) > 1
+    sys.stdout.write("".join(f"---\n# {layout.EVAL.format(model=m)}\n{t}" if several else t for m, t in eval_texts.items()))
     sys.stdout.flush()
     with tempfile.TemporaryDirectory(prefix="nemotron-dry-run-") as tmp:
         request_file = Path(tmp) / "request.yaml"

@@ -20,7 +20,7 @@ from typing import Any
 from nemotron_eval.artifacts import embedded
 from nemotron_eval import executors, exporters
 from nemotron_eval.data import tasks as task_table
-from nemotron_eval.artifacts import Resolved
+from nemotron_eval.artifacts import Resolved, expand_models
 from nemotron_eval.pipeline import compile as comp
 from nemotron_eval.config import schema
 from nemotron_eval.config.validators import PATH_SAFE
@@ -107,7 +107,9 @@ class Plan:
         self.merged_text = dump_yaml(self.merged)
         schema.check(self.resolved, self.merged, pending=True, rules=self.schema_rules, closed=self.deployment.closed)
         self.deployment.check(self.resolved)  # what is known before any model (its execution, its endpoint, ...)
-        self.default_model = parse_spec(str(self.merged["run"]["model"])).wildcard
+        # run.model: one model, or several and version sets (sft:v1,sft:v3; sft:v2..v5; sft:*), expanded here only
+        self.models = [m.wildcard for m in expand_models(self.merged["run"]["model"], lambda: comp.registry_of(self.merged))]
+        self.default_model = self.models[0]
         self.tasks = [task_table.resolve(e["name"]) for e in self.merged["evaluation"]["tasks"]]
         self.task_names = [t.short for t in self.tasks]
         self.engine = str(self.merged["run"].get("engine") or "snakemake")  # checked by the schema
@@ -146,15 +148,17 @@ class Plan:
         return self.targets()
 
     def targets(self, per_task: bool = False) -> list[str]:
-        """The default model's files for a run: its launcher submission (run.engine launcher), else its summary,
-        or with `per_task` (a run of chosen tasks) each task's result; and the receipt of each export that
+        """The files of a run, for each model of run.model: its launcher submission (run.engine launcher), else its
+        summary, or with `per_task` (a run of chosen tasks) each task's result; and the receipt of each export that
         `execution.auto_export` asks for (as the recipe exports after evaluating), whose settings the exporter
         checks now rather than after hours of evaluation."""
         if self.engine == "launcher":
-            return [f"build/{self.default_model}/launcher.json"]
-        model = self.default_model
-        out = [f"results/{model}/{t}.json" for t in self.task_names] if per_task else [f"results/{model}/summary.json"]
-        return out + exporters.targets(model, self.execution.get("auto_export"), self.resolved.get("export"))
+            return [f"build/{model}/launcher.json" for model in self.models]
+        out = []
+        for model in self.models:
+            out += [f"results/{model}/{t}.json" for t in self.task_names] if per_task else [f"results/{model}/summary.json"]
+            out += exporters.targets(model, self.execution.get("auto_export"), self.resolved.get("export"))
+        return out
 
     def check_cluster(self) -> None:
         """The executor's checks (on Slurm: a GPU request larger than any node, or no account where one is

@@ -59,12 +59,20 @@ PIPELINE_MODULES = (
 )
 
 
+# Under pytest-xdist (`scripts/run-tests` runs `-n 2 --dist loadgroup`) every test that is not fast is in one
+# group, so one worker runs them one after another as a plain `pytest` would (they share the local Slurm, the real
+# model's cached conversion and timing-sensitive servers), while the other worker runs the fast tier beside them.
+SERIAL_GROUP = "serial"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if any(item.get_closest_marker(m) for m in NOT_FAST_MARKS):
             assert not item.get_closest_marker("fast"), f"{item.nodeid} is marked fast and {NOT_FAST_MARKS}"
         elif item.module is not None and item.module.__name__.rpartition(".")[2] not in PIPELINE_MODULES:
             item.add_marker(pytest.mark.fast)
+        if not item.get_closest_marker("fast"):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
 
 
 @pytest.fixture(autouse=True)

@@ -368,20 +368,15 @@ def server_stats(client: httpx.Client, server: dict[str, Any]) -> dict[str, Any]
     return dict(client.get(server["url"] + "/stats").json())
 
 
-def two_items_per_task() -> list[MixRequest]:
-    """Real harness requests (tests/fixtures/prompts): the first two items of each of the five tasks, every
-    answer choice of each."""
-    requests = [r for r in load_requests() if r.doc_id in _first_two_docs()[r.task]]
+def first_item_per_task() -> list[MixRequest]:
+    """Real harness requests (tests/fixtures/prompts): the first item of each of the five tasks, every answer
+    choice of it (about 15,000 prompt tokens, ARC-Challenge's 25 shots the most)."""
+    first: dict[str, int] = {}
+    for r in load_requests():
+        first.setdefault(r.task, r.doc_id)
+    requests = [r for r in load_requests() if r.doc_id == first[r.task]]
     assert {r.task for r in requests} == {"arc_challenge", "hellaswag", "mmlu", "openbookqa", "winogrande"}
     return requests
-
-
-def _first_two_docs() -> dict[str, set[int]]:
-    docs: dict[str, list[int]] = {}
-    for r in load_requests():
-        if r.doc_id not in docs.setdefault(r.task, []):
-            docs[r.task].append(r.doc_id)
-    return {task: set(ids[:2]) for task, ids in docs.items()}
 
 
 @pytest.mark.slow
@@ -390,7 +385,7 @@ def test_prefix_cache_is_exact_on_real_task_prompts(server: dict[str, Any], serv
     """Every prompt log-prob (and top log-prob, and generated text) with the cache equals the cache-off server's
     within 1e-5: requests sent 8 at a time, so batches mix rows with different cached prefix lengths; then all
     again, now answered almost entirely from the cache."""
-    requests = two_items_per_task()
+    requests = first_item_per_task()
     before = server_stats(patient, server)
     with ThreadPoolExecutor(8) as pool:
         cached = list(pool.map(lambda r: tagged(patient, server, r), requests))
@@ -416,7 +411,7 @@ def test_prefix_cache_is_exact_on_real_task_prompts(server: dict[str, Any], serv
                 worst = max(worst, abs(u - v))
                 assert tu.keys() == tv.keys() and all(abs(tu[k] - tv[k]) <= 1e-5 for k in tu)
             scored_tokens += len(lx["token_logprobs"]) - 1
-    assert scored_tokens > 30000 and worst <= 1e-5, f"largest difference {worst:.3g}"
+    assert scored_tokens > 12000 and worst <= 1e-5, f"largest difference {worst:.3g}"
 
     # the cache did its work: each item's context computed once, so ARC's four choices cost little more than one
     first = {k: middle["clients"][k]["computed_tokens"] - before["clients"].get(k, {}).get("computed_tokens", 0)

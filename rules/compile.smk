@@ -47,9 +47,11 @@ rule compile_eval:
 rule submit_launcher:
     # run.engine: launcher hands eval.yaml to NeMo Evaluator Launcher's run_eval() (its own executors) and
     # records its invocation id beside job.yaml; run.launcher.dry_run prepares its scripts and submits nothing
-    # (a param: a dry run followed by a real one submits).
+    # (a param: a dry run followed by a real one submits). The images eval.yaml names are squashed before a
+    # submission (a dry run only prepares scripts).
     input:
         eval="build/{model}/eval.yaml",
+        images=[] if PLAN.launcher_dry_run else [image.target for image in PLAN.images.values()],
     output:
         "build/{model}/launcher.json",
     params:

@@ -130,6 +130,9 @@ CORRUPT = [
     ("missing field", {"models": None}, "field 'models' is missing from this run record"),
     ("unknown field", {"owner": "me"}, "unknown field 'owner' in this run record"),
     ("negative pid", {"pid": -1}, "field 'pid' = -1 is not a process id"),
+    ("invocation as option", {"invocations": {"stub_latest": "--all"}}, "field 'invocations' = '--all' is not an invocation id"),
+    ("invocation of another model", {"invocations": {"rl_latest": "ab12"}},
+     "field 'invocations' = 'rl_latest' is not one of the run's models"),
 ]
 
 

@@ -301,7 +301,7 @@ def follow(run: runs.Run, supervisor: subprocess.Popen[bytes] | None = None, pol
                 drain()  # what was written between the last read and the end
                 current = runs.load(run.id)
                 print(summary(current), file=sys.stderr)
-                return 0 if current.state == "done" else 1
+                return 0 if current.state in ("done", "submitted") else 1
             time.sleep(poll_s)
         except KeyboardInterrupt:
             interrupted += 1
@@ -396,6 +396,8 @@ def kill(run_id: str, wait: bool = True, grace_s: float = 60.0) -> str:
     current = runs.state(run)
     if current in runs.FINAL:
         return current
+    if run.invocations:  # the launcher's jobs, through its API
+        return runs.kill_launcher(run)
     if run.remote_id:
         from nemotron_eval.executors import remote
 
@@ -438,14 +440,16 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
         files = [run.log_file]
     offsets = {f: 0 for f in files}
     while True:
+        if run.invocations and task is None:  # then the launcher's job logs, fetched anew through its API
+            files = [run.log_file, *runs.launcher_logs(run)]
         for f in files:
             try:
                 with f.open("rb") as fh:
-                    fh.seek(offsets[f])
+                    fh.seek(offsets.get(f, 0))
                     chunk = fh.read()
             except FileNotFoundError:
                 continue
-            offsets[f] += len(chunk)
+            offsets[f] = offsets.get(f, 0) + len(chunk)
             sys.stdout.write(chunk.decode("utf-8", "replace"))
         sys.stdout.flush()
         if not follow or runs.state(runs.load(run.id)) in runs.FINAL:

@@ -3,7 +3,9 @@
     run.json              what was asked and how it went: command, config, profile, models, tasks, targets,
                           mode (local | run | batch), the Snakemake process (pid) or the remote run id, the
                           job ids Snakemake reported (as its profile's executor reads them), state (running,
-                          done, failed, cancelled), exit code, times
+                          submitted, done, failed, cancelled), exit code, times; with `run.engine: launcher`,
+                          each model's NeMo Evaluator Launcher invocation id (`pipeline.launcher`: its API
+                          tells the state, cancels, fetches logs and results)
     request.yaml          the request Snakemake read (`--config request=...`); values never pass a command line
     <model>/job.yaml      job.yaml and eval.yaml exactly as this run compiled them (build/ keeps only the latest)
     <model>/eval.yaml
@@ -24,6 +26,7 @@ import datetime as dt
 import json
 import re
 import secrets
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,7 @@ class Run:
     pid: int | None = None  # the local run's supervisor process (it runs Snakemake)
     pid_started: str | None = None  # who that process is (deploy.process.started): a reused PID is not ours
     remote_id: str | None = None  # the NeMo-Run experiment id of a remote head job
+    invocations: dict[str, str] = field(default_factory=dict)  # per model, NeMo Evaluator Launcher's invocation id
     jobs: list[str] = field(default_factory=list)  # of the executor of snakemake_profile
     exit_code: int | None = None
     finished_at: str | None = None
@@ -147,11 +151,15 @@ def _check(run: Run, path: Path) -> None:
         ("jobs", run.jobs, _JOB, "a job id (letters, digits, _ . : + -)"),
         ("targets", run.targets, _TARGET, "a file of this project (a relative path without '..')"),
         ("remote_id", [run.remote_id] if run.remote_id is not None else [], _NAME, "a run id (letters, digits, _ . -)"),
+        ("invocations", list(run.invocations.values()), _NAME, "an invocation id (letters, digits)"),
         ("snakemake_profile", [run.snakemake_profile], _PROFILE, "a profile of this project (profiles/NAME)"),
     ):
         for value in values:
             if not pattern.fullmatch(value):
                 raise bad(name, value, valid)
+    for model in run.invocations:
+        if model not in run.models:
+            raise bad("invocations", model, f"one of the run's models ({', '.join(run.models)})")
     if run.pid is not None and run.pid < 1:
         raise bad("pid", run.pid, "a process id (a whole number >= 1) or null")
     for name, stamp in (("created_at", run.created_at), ("finished_at", run.finished_at)):
@@ -206,13 +214,70 @@ def state(run: Run) -> str:
                 run.error = _head_reason(run.remote_id)
             run.save()
         return now_state
+    if run.invocations and run.state not in FINAL:
+        return _launcher_state(run)
     return run.state
 
 
+def _launcher_state(run: Run) -> str:
+    """A launcher run's state from the launcher's API; once its jobs ended, those that succeeded have their
+    results collected into results/ (once: the state is then recorded)."""
+    from nemotron_eval.pipeline import launcher
+
+    try:
+        now_state = launcher.overall([s for inv in run.invocations.values() for s in launcher.status(inv)])
+    except UserError:
+        return run.state  # the launcher cannot tell now: what was known last
+    if now_state in ("done", "failed"):
+        try:
+            for model, inv in run.invocations.items():
+                launcher.collect(inv, run.folder / model / "job.yaml", run.folder / model / "eval.yaml",
+                                 run.folder / "fetched" / model)
+        except UserError as e:
+            now_state, run.error = "failed", str(e).splitlines()[0]
+    if now_state in FINAL:
+        run.state, run.finished_at = now_state, run.finished_at or now()
+        run.save()
+    return now_state
+
+
+def kill_launcher(run: Run) -> str:
+    """Cancel a launcher run's jobs through the launcher's API and record it; jobs already ended are said."""
+    from nemotron_eval.pipeline import launcher
+
+    for line in [line for inv in run.invocations.values() for line in launcher.kill(inv)]:
+        print(f"nemotron: not cancelled: {line}", file=sys.stderr)
+    run.state, run.finished_at = "cancelled", run.finished_at or now()
+    run.save()
+    return run.state
+
+
+def launcher_logs(run: Run) -> list[Path]:
+    """A launcher run's job logs, fetched anew (through the launcher's own copy) into runs/<id>/logs/launcher/."""
+    from nemotron_eval.pipeline import launcher
+
+    try:
+        return [f for model, inv in run.invocations.items()
+                for f in launcher.fetch_logs(inv, run.folder / "logs" / "launcher" / model)]
+    except UserError as e:
+        print(f"nemotron: {e}", file=sys.stderr)
+        return []
+
+
 def finish(run: Run, exit_code: int, cancelled: bool = False) -> None:
+    """Record how the run's Snakemake ended. With the launcher engine, a Snakemake that submitted leaves the run
+    `submitted`, with each model's launcher invocation id (build/<model>/launcher.json): the launcher runs it from
+    there."""
     run.exit_code = exit_code
     run.state = "cancelled" if cancelled else ("done" if exit_code == 0 else "failed")
-    run.finished_at = now()
+    records = [Path(t) for t in run.targets if Path(t).name == "launcher.json"]
+    if run.state == "done" and records:
+        from nemotron_eval.pipeline import launcher
+
+        found = {record.parent.name: launcher.invocation_of(record) for record in records}
+        run.invocations = {model: inv for model, inv in found.items() if inv}  # none after a launcher dry run
+        run.state = "submitted" if run.invocations else "done"
+    run.finished_at = None if run.state == "submitted" else now()
     run.save()
 
 
@@ -275,6 +340,7 @@ def _error_line(log: Path) -> str:
 def task_states(run: Run, root: Path = Path(".")) -> list[TaskState]:
     """Per model and task of a run (on this machine: the results and logs under `root`)."""
     overall = state(run)
+    jobs = _launcher_jobs(run) if run.invocations and overall != "done" else {}
     out = []
     for model in run.models:
         prints = _fingerprints(run, model)
@@ -287,6 +353,9 @@ def task_states(run: Run, root: Path = Path(".")) -> list[TaskState]:
             done = _result(result, fp)
             if done is not None:
                 out.append(TaskState(model, task, "done", done))
+            elif (model, entry.get("name")) in jobs:
+                job = jobs[model, entry.get("name")]
+                out.append(TaskState(model, task, job.state, f"launcher job {job.job_id}"))
             elif overall == "failed" and log.is_file() and log.stat().st_mtime >= _epoch(run.created_at):
                 out.append(TaskState(model, task, "failed", _error_line(log)))
             elif harness_dir.is_dir() and overall not in FINAL:
@@ -294,6 +363,16 @@ def task_states(run: Run, root: Path = Path(".")) -> list[TaskState]:
             else:
                 out.append(TaskState(model, task, "cancelled" if overall == "cancelled" else "pending", ""))
     return out
+
+
+def _launcher_jobs(run: Run) -> dict[str, Any]:
+    """Per model and task name in eval.yaml, its launcher job's state (empty when the launcher cannot tell now)."""
+    from nemotron_eval.pipeline import launcher
+
+    try:
+        return {(model, job.task): job for model, inv in run.invocations.items() for job in launcher.status(inv)}
+    except UserError:
+        return {}
 
 
 def _epoch(iso: str) -> float:

@@ -18,7 +18,12 @@ from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors import remote
 
 from conftest import BIN, REPO, STUB, error_line, nemotron
-from test_remote import _own_nemorun_home, base_profile, nemorun_home, project, runs, slurm  # noqa: F401  (fixtures)
+import test_remote
+from test_remote import base_profile
+
+# test_remote's fixtures, used here by name (pytest finds fixtures among a module's attributes)
+_own_nemorun_home, nemorun_home, project, runs, slurm = (
+    test_remote._own_nemorun_home, test_remote.nemorun_home, test_remote.project, test_remote.runs, test_remote.slurm)
 
 GPU = """[gpu]
 executor = "slurm"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -59,10 +61,11 @@ PIPELINE_MODULES = (
 )
 
 
-# Under pytest-xdist (`scripts/run-tests` runs `-n 2 --dist loadgroup`) every test that is not fast is in one
-# group, so one worker runs them one after another as a plain `pytest` would (they share the local Slurm, the real
-# model's cached conversion and timing-sensitive servers), while the other worker runs the fast tier beside them.
-SERIAL_GROUP = "serial"
+# Under pytest-xdist (`scripts/run-tests` runs `-n 3 --dist loadgroup`) two lanes run each in order on one worker:
+# the Slurm lane (the local Slurm, and the SSH server whose host key they add to ~/.ssh), which mostly waits on
+# the scheduler and the tunnel, and the slow lane (the real model and the long runs, which compute and some of
+# which time their answers). Every other test goes to whichever worker is free.
+SLURM_LANE, SERIAL_LANE = "slurm", "serial"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,8 +74,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             assert not item.get_closest_marker("fast"), f"{item.nodeid} is marked fast and {NOT_FAST_MARKS}"
         elif item.module is not None and item.module.__name__.rpartition(".")[2] not in PIPELINE_MODULES:
             item.add_marker(pytest.mark.fast)
-        if not item.get_closest_marker("fast"):
-            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+        if item.get_closest_marker("slurm") or "sshd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(SLURM_LANE))
+        elif item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_LANE))
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +123,14 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@contextlib.contextmanager
+def _cache_lock(root: Path) -> Iterator[None]:
+    """One builder at a time for a cached folder: pytest-xdist's workers share the pytest cache."""
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def converted_smollm2(request: pytest.FixtureRequest) -> tuple[Path, dict[str, Any]]:
     """SmolLM2 converted by `convert_gguf` (fp32), cached under the pytest cache by GGUF and model.py digests:
     a change to the conversion code converts again (about 25 s). Without the cache plugin: a temp folder."""
@@ -127,9 +140,10 @@ def converted_smollm2(request: pytest.FixtureRequest) -> tuple[Path, dict[str, A
         cache: pytest.Cache | None = getattr(request.config, "cache", None)
         root = cache.mkdir(f"smollm2-{key}") if cache else request.getfixturevalue("tmp_path_factory").mktemp("smollm2")
         checkpoint, info_file = root / "checkpoint", root / "info.json"
-        if not info_file.is_file():
-            info = convert_gguf(gguf, checkpoint, dtype="float32", overwrite=True)
-            info_file.write_text(json.dumps(info))
+        with _cache_lock(root):
+            if not info_file.is_file():
+                info = convert_gguf(gguf, checkpoint, dtype="float32", overwrite=True)
+                info_file.write_text(json.dumps(info))
         _CONVERTED[key] = checkpoint, json.loads(info_file.read_text())
     return _CONVERTED[key]
 
@@ -148,8 +162,9 @@ def seed_smollm2(request: pytest.FixtureRequest, work: Path) -> None:
     if key not in _BUILT:
         cache: pytest.Cache | None = getattr(request.config, "cache", None)
         root = cache.mkdir(f"embedded-smollm2-{key}") if cache else request.getfixturevalue("tmp_path_factory").mktemp("embedded")
-        if not (root / "smollm2.json").is_file():
-            embedded.build("smollm2", root / "smollm2", root / "smollm2.json")
+        with _cache_lock(root):
+            if not (root / "smollm2.json").is_file():
+                embedded.build("smollm2", root / "smollm2", root / "smollm2.json")
         _BUILT[key] = root
     root, models = _BUILT[key], work / "models"
     models.mkdir(exist_ok=True)

@@ -27,6 +27,8 @@ from nemotron_eval.core.io import read_json, write_json_atomic
 from nemotron_eval.core.secrets import scrub_env_values
 
 RECEIPT = "results/{model}/{dest}.json"
+CURVE_RECEIPT = "results/curve/{name}.{dest}.json"
+CURVE_COLUMNS = ["version", "order", "task", "metric", "value", "ci_low", "ci_high"]
 NAME_FIELDS = ("model", "spec", "name", "version", "digest", "registry")
 RESULT_REQUIRED = ("task", "metrics", "n_samples", "model", "duration_s")
 Rule = Callable[[Any], "str | None"]  # a config value -> what is wrong with it, or None
@@ -44,6 +46,18 @@ class ExportJob:
     secret_names: Sequence[str] = ()  # env var names whose values must not leak (api_key_name values)
     comparison: Path | None = None  # a report.json to log alongside, when it compares this model
     options: Mapping[str, Any] = field(default_factory=dict)  # an exporter's own extras (wandb_dir, ...)
+
+
+@dataclass(frozen=True)
+class CurveJob:
+    """One training curve's export: curve.json's dict, its files (json, csv, html) and the receipt."""
+
+    curve: Mapping[str, Any]
+    files: Mapping[str, Path]  # "json" | "csv" | "html" -> results/curve/{name}.<ext>
+    receipt: Path
+    section: Mapping[str, Any] | None  # export.<name>
+    secret_names: Sequence[str] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Exporter:
@@ -69,6 +83,14 @@ class Exporter:
 
     def receipt(self, model: str) -> str:
         return RECEIPT.format(model=model, dest=self.name)
+
+    def export_curve(self, job: CurveJob) -> dict[str, Any] | None:
+        """Export a training curve (`report.curve`) as a line chart, write `job.receipt` and return it; the
+        default: this destination draws no curves (None, nothing written)."""
+        return None
+
+    def curve_receipt(self, name: str) -> str:
+        return CURVE_RECEIPT.format(name=name, dest=self.name)
 
 
 REGISTRY: dict[str, Exporter] = {}
@@ -263,6 +285,21 @@ def begin_receipt(job: ExportJob, destination: str, secret_names: Sequence[str])
 
 def write_receipt(path: Path, receipt: dict[str, Any], secret_names: Sequence[str]) -> None:
     write_json_atomic(Path(path), json.loads(scrub_env_values(json.dumps(receipt), secret_names)))
+
+
+def curve_rows(curve: Mapping[str, Any]) -> list[list[Any]]:
+    """The curve's points as CURVE_COLUMNS rows, in curve order: `order` is the x of a line chart (the version's
+    `step` when the curve is ordered by step, else its place, 1, 2, ...); the mean over the tasks is task "(mean)"."""
+    x = {v["version"]: (v["step"] if curve["order"] == "step" else i) for i, v in enumerate(curve["versions"], 1)}
+    rows = []
+    for section in curve["tasks"]:
+        for metric in section["metrics"]:
+            rows += [[p["version"], x[p["version"]], section["task"], metric["metric"], p["value"], p["ci_low"],
+                      p["ci_high"]] for p in metric["points"]]  # fmt: skip
+    overall = curve.get("overall") or {}
+    rows += [[p["version"], x[p["version"]], "(mean)", "mean", p["value"], p["ci_low"], p["ci_high"]]
+             for p in overall.get("points", [])]  # fmt: skip
+    return rows
 
 
 def comparison_with(path: Path | None, model: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from nemotron_eval.config.validators import boolean
 from nemotron_eval.exporters.base import (
-    ExportJob, Exporter, begin_receipt, checked_section, register, write_receipt,
+    CURVE_COLUMNS, CurveJob, ExportJob, Exporter, begin_receipt, checked_section, curve_rows, register, write_receipt,
 )  # fmt: skip
 from nemotron_eval.core.io import csv_text, write_text_atomic
 
@@ -46,6 +46,15 @@ class LocalExporter(Exporter):
 
     def check(self, section: Mapping[str, Any] | None) -> None:
         parse_config(section)
+
+    def export_curve(self, job: CurveJob) -> dict[str, Any]:
+        """A training curve's local copy is the curve's own files (results/curve/{name}.json, .csv, .html): the
+        receipt names them and holds the line chart's points (base.curve_rows); nothing else is written."""
+        out = {"destination": DESTINATION, "curve": job.curve["name"], "exported": True,
+               "files": {ext: str(p) for ext, p in sorted(job.files.items())}, "columns": CURVE_COLUMNS,
+               "rows": curve_rows(job.curve), "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        write_receipt(job.receipt, out, job.secret_names)
+        return out
 
     def export(self, job: ExportJob) -> dict[str, Any]:
         rows, base, skipped = begin_receipt(job, DESTINATION, job.secret_names)

@@ -31,7 +31,7 @@ from typing import Any
 
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import (
-    ExportJob, Exporter, begin_receipt, checked_section, comparison_with, first_line, name_fields, register, render,
+    CurveJob, ExportJob, Exporter, begin_receipt, checked_section, comparison_with, curve_rows, first_line, name_fields, register, render,
     run_id, say, stage, task_metrics, write_receipt,
 )
 from nemotron_eval.core.secrets import redact
@@ -138,6 +138,37 @@ class MlflowExporter(Exporter):
     def check(self, section: Mapping[str, Any] | None) -> None:
         parse_config(section)
 
+    def export_curve(self, job: CurveJob) -> dict[str, Any]:
+        """A training curve: one run (`curve-{name}`, tag nemotron.curve) holding each version's `task/metric`
+        (`_ci_low`, `_ci_high`; the mean over the tasks as `mean/score`) at step = the version's order, so
+        MLflow's metric chart draws the line, and the curve's json/csv/html as artifacts (`curve/`). The same
+        curve again finds its run (by content digest)."""
+        secret_names = [*job.secret_names, *CREDENTIAL_NAMES]
+        cfg = parse_config(job.section)
+        name = str(job.curve["name"])
+        history: dict[str, list[tuple[int, float]]] = {}
+        for version, x, task, metric, value, low, high in curve_rows(job.curve):
+            key = "mean/score" if task == "(mean)" else f"{task}/{metric}"
+            for suffix, v in (("", value), ("_ci_low", low), ("_ci_high", high)):
+                if v is not None:
+                    history.setdefault(key + suffix, []).append((int(x), float(v)))
+        digest = run_id(list(job.files.values()))
+        files = {f"curve/{Path(p).name}": Path(p) for p in job.files.values()}
+        uri = cfg["tracking_uri"]
+        try:
+            info = self._log(uri, cfg, f"curve-{name}", {**cfg["tags"], "nemotron.curve": name, DIGEST_TAG: digest},
+                             history, {"curve": name, "order": str(job.curve["order"])}, files, digest, secret_names)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"export.mlflow: MLflow at {shown_uri(uri)} refused the curve of {name}: {first_line(e)}") from None
+        out = {"destination": DESTINATION, "curve": name, "exported": True, "tracking_uri": shown_uri(uri), **info,
+               "metrics": sorted(history), "artifacts": sorted(files),
+               "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        write_receipt(job.receipt, out, secret_names)
+        say(DESTINATION, f"curve {name}: {'found' if info['reused'] else 'logged'} run {info['run_id']}", secret_names)
+        return out
+
     def export(self, job: ExportJob) -> dict[str, Any]:
         started = time.monotonic()
         secret_names = [*job.secret_names, *CREDENTIAL_NAMES]
@@ -180,8 +211,11 @@ class MlflowExporter(Exporter):
         return out
 
     @staticmethod
-    def _log(uri: str, cfg: Mapping[str, Any], run_name: str, tags: dict[str, str], metrics: dict[str, float],
-             params: dict[str, str], files: dict[str, Path], digest: str, secret_names: list[str]) -> dict[str, Any]:
+    def _log(uri: str, cfg: Mapping[str, Any], run_name: str, tags: dict[str, str],
+             metrics: Mapping[str, float | list[tuple[int, float]]], params: dict[str, str], files: dict[str, Path],
+             digest: str, secret_names: list[str]) -> dict[str, Any]:
+        """One run: params, metrics (a value, or its (step, value) history), files as artifacts; a finished run
+        with the same `digest` is found instead."""
         from mlflow.entities import Metric, Param
 
         client = _client(uri)
@@ -199,7 +233,9 @@ class MlflowExporter(Exporter):
             items = list(params.items())
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 client.log_batch(rid, params=[Param(k, v) for k, v in items[i:i + 100]])
-            client.log_batch(rid, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+            points = [Metric(k, y, now, x) for k, v in metrics.items() for x, y in (v if isinstance(v, list) else [(0, v)])]
+            for i in range(0, len(points), 1000):  # MLflow's batch limit
+                client.log_batch(rid, metrics=points[i:i + 1000])
             with tempfile.TemporaryDirectory(prefix="nemotron-mlflow-") as staging:
                 for name, src in files.items():
                     copy = stage(src, Path(staging) / name, secret_names)

@@ -54,15 +54,15 @@ from typing import Any
 from nemotron_eval.config.validators import SAFE_WORD, text
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import (
-    RECEIPT_VERSION, ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render, run_id, say,
+    RECEIPT_VERSION, CurveJob, ExportJob, Exporter, comparison_with, export_requested, first_line, load_results, name_fields, register, render, run_id, say,
     write_receipt,
 )
 from nemotron_eval.exporters.wandb_payload import (
     ARTIFACT_TYPE, DEFAULT_NAME, KEYS, LAUNCHER_ONLY_KEYS, TABLE_KEY, Payload, WandbConfig, build_payload, parse_config,
 )
 from nemotron_eval.exporters.wandb_session import (
-    DELTA_COLUMNS, OFFLINE_MODES, REPORT_PREFIX, WANDB_MODES, choose_mode, credential_source, environ_changed,
-    import_wandb, log_evaluation, log_report, verify_login,
+    DELTA_COLUMNS, OFFLINE_MODES, REPORT_PREFIX, WANDB_MODES, choose_mode, credential_source,
+    import_wandb, log_evaluation, log_report, run_settings, session, user_mode, verify_login,
 )
 from nemotron_eval.core.io import read_json
 
@@ -111,6 +111,11 @@ class WandbExporter(Exporter):
         if cfg.group:
             render(cfg.group, name_fields({}), "export.wandb.group")
 
+    def export_curve(self, job: CurveJob) -> dict[str, Any]:
+        from nemotron_eval.exporters.wandb_curve import export_curve
+
+        return export_curve(job)
+
     def export(self, job: ExportJob) -> dict[str, Any]:
         return export_model(job.results, job.summary, job.receipt, job.section, job.auto_export,
                             wandb_dir=job.options.get("wandb_dir"), secret_names=job.secret_names,
@@ -149,10 +154,7 @@ def export_model(
         "summary": str(summary),
     }
     wanted, why = export_requested(auto_export, DESTINATION)
-    user_mode = os.environ.get("WANDB_MODE") or None
-    if user_mode is not None and user_mode not in WANDB_MODES:
-        raise UserError(f"WANDB_MODE={user_mode!r}: not a W&B mode; valid: {', '.join(WANDB_MODES)}")
-    if wanted and user_mode == "disabled":
+    if wanted and user_mode() == "disabled":
         wanted, why = False, "WANDB_MODE=disabled is set"
     if not wanted:
         out = {**base, "exported": False, "mode": None, "reason": why}
@@ -169,14 +171,8 @@ def export_model(
     name = render(cfg.name, fields, "export.wandb.name")
     group = render(cfg.group, fields, "export.wandb.group") if cfg.group else None
 
-    hide_key = user_mode in OFFLINE_MODES  # an offline export never needs the key: wandb never sees it
-    changes = {"WANDB_MODE": user_mode, "WANDB_SILENT": "true", **({"WANDB_API_KEY": None} if hide_key else {})}
-    with environ_changed(changes):
-        wandb = import_wandb()
-        mode, reason, source = choose_mode(wandb, user_mode)
+    with session() as (wandb, mode, reason):
         offline = mode in OFFLINE_MODES
-        if not offline:
-            verify_login(wandb, source)
         with tempfile.TemporaryDirectory(prefix="nemotron-wandb-") as staging:
             try:
                 run = wandb.init(
@@ -184,7 +180,7 @@ def export_model(
                     tags=list(cfg.tags), notes=cfg.description, config=payload.config,
                     id=run_id([*results, summary]), resume="allow", mode=mode,
                     dir=str(wandb_dir) if wandb_dir else None,
-                    settings=wandb.Settings(console="off", silent=True, disable_git=True, save_code=False, x_disable_stats=True),
+                    settings=run_settings(wandb),
                 )
             except Exception as e:  # online: no access to the entity/project, a deleted run id, ...
                 raise UserError(

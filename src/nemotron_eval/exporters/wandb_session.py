@@ -142,6 +142,34 @@ def verify_login(wandb: Any, source: str | None) -> None:
         raise UserError("WANDB_MODE is online but there are no W&B credentials: set WANDB_API_KEY or run `wandb login`")
 
 
+def user_mode() -> str | None:
+    """WANDB_MODE as the user set it (None when unset); a value wandb does not know is one line."""
+    mode = os.environ.get("WANDB_MODE") or None
+    if mode is not None and mode not in WANDB_MODES:
+        raise UserError(f"WANDB_MODE={mode!r}: not a W&B mode; valid: {', '.join(WANDB_MODES)}")
+    return mode
+
+
+@contextlib.contextmanager
+def session() -> Iterator[tuple[Any, str, str]]:
+    """(wandb, mode, why) for one export: the user's WANDB_MODE, else online with credentials (verified with the
+    server first), else offline. Offline, WANDB_API_KEY is out of the environment while wandb runs (wandb never
+    holds it, so its files cannot contain it); wandb is silent."""
+    mode_set = user_mode()
+    changes = {"WANDB_MODE": mode_set, "WANDB_SILENT": "true", **({"WANDB_API_KEY": None} if mode_set in OFFLINE_MODES else {})}
+    with environ_changed(changes):
+        wandb = import_wandb()
+        mode, reason, source = choose_mode(wandb, mode_set)
+        if mode not in OFFLINE_MODES:
+            verify_login(wandb, source)
+        yield wandb, mode, reason
+
+
+def run_settings(wandb: Any) -> Any:
+    """What an export run records beside its data: nothing (no console, stats, git or code)."""
+    return wandb.Settings(console="off", silent=True, disable_git=True, save_code=False, x_disable_stats=True)
+
+
 @contextlib.contextmanager
 def environ_changed(changes: Mapping[str, str | None]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in changes}

@@ -8,6 +8,7 @@
     nemotron kill ID             cancel a run and everything it started
     nemotron fetch ID            a remote run's results
     nemotron export ID --dest D  a finished run's results exported again (wandb, mlflow, local) without evaluating
+    nemotron export --curve NAME --dest D   the training curve results/curve/NAME.json as a line chart
     nemotron artifacts add|ls    the local checkpoint registry
     nemotron ls tasks            every task of the installed NeMo Evaluator Launcher
 """
@@ -216,8 +217,19 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from nemotron_eval.front.export import export_run
+    from nemotron_eval.front.export import export_curve, export_run
 
+    if (args.id is None) == (args.curve is None):
+        raise UserError("nemotron export: give a run ID (its results) or --curve NAME (a training curve), one of them")
+    if args.curve is not None:
+        from nemotron_eval.exporters.base import get
+        from nemotron_eval.pipeline.plan import Plan
+        from nemotron_eval.pipeline.request import Request
+
+        plan = Plan(Request(eval_config=args.config or "local"), Path("configs"))
+        receipt = export_curve(args.curve, get(args.dest), plan.resolved)
+        print(receipt if receipt is not None else f"--dest {args.dest}: this destination draws no training curves")
+        return 0
     for path in export_run(args.id, args.dest, args.format):
         print(path)
     return 0
@@ -250,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="a finished run's results exported again, without evaluating",
                         description="Export a finished run's results again (as the launcher's `nel export`): each "
                         "model's results/{model}/DEST.json receipt is rewritten; nothing is evaluated.")
-    ex.add_argument("id", help="the run's id (nemotron runs)")
+    ex.add_argument("id", nargs="?", help="the run's id (nemotron runs)")
+    ex.add_argument("--curve", metavar="NAME", help="instead of a run: the training curve results/curve/NAME.json, as "
+                    "a line chart (receipt results/curve/NAME.DEST.json)")
+    ex.add_argument("-c", "--config", help="with --curve: the config whose export.DEST section is used (default: local)")
     ex.add_argument("--dest", required=True, choices=exporters(), help="where to: an exporter; its settings are the "
                     "run's eval.yaml export.DEST section")
     ex.add_argument("--format", choices=("json", "csv"), default="json", help="csv (with --dest local): also the run's "

@@ -8,6 +8,11 @@ model is exported by the exporter directly (no Snakemake), asked for explicitly 
 summary is results/{model}/summary.json when it covers exactly these results, else one written for the export
 under runs/<id>/export/{model}/. `--format csv` (local only) also writes the run's table, every model's rows,
 to runs/<id>/export/local.csv.
+
+`nemotron export --curve NAME --dest NAME [-c CONFIG] [KEY=VALUE ...]`: the training curve results/curve/NAME.json
+(`report.curve`, as the watcher or the Snakemake target left it) exported as a line chart (`Exporter.export_curve`),
+with the config's `export.DEST` section; the receipt is results/curve/NAME.DEST.json. The watcher does the same
+after each rebuild of a curve, for each destination of its `execution.auto_export`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import local
-from nemotron_eval.exporters.base import get, load_results
+from nemotron_eval.exporters.base import CurveJob, Exporter, get, load_results
 from nemotron_eval.core.io import csv_text, read_json, write_text_atomic
 
 FORMATS = ("json", "csv")
@@ -69,3 +74,28 @@ def export_run(run_id: str, dest: str, fmt: str = "json", root: Path = Path(".")
         write_text_atomic(table, csv_text(local.COLUMNS, rows))
         written.append(table)
     return written
+
+
+CURVE_DIR = Path("results") / "curve"
+
+
+def export_curve(name: str, exporter: Exporter, cfg: dict, root: Path = Path(".")) -> Path | None:
+    """The curve of `name` (results/curve/NAME.json, .csv, .html) to `exporter` with `cfg`'s `export.<dest>`
+    section; returns the receipt, or None when the destination draws no curves."""
+    from nemotron_eval.core.secrets import api_key_names
+
+    files = {ext: root / CURVE_DIR / f"{name}.{ext}" for ext in ("json", "csv", "html")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: no training curve of {name!r} (`nemotron watch {name}` draws it, or "
+                        f"`snakemake --profile profiles/local {CURVE_DIR / (name + '.html')}`)")
+    try:
+        curve = read_json(files["json"])
+    except (OSError, ValueError) as e:
+        raise UserError(f"{files['json']}: cannot read the training curve ({e})") from None
+    if not isinstance(curve, dict) or curve.get("name") != name or not isinstance(curve.get("tasks"), list):
+        raise UserError(f"{files['json']}: not the training curve of {name!r} (report.curve's curve.json)")
+    receipt = root / exporter.curve_receipt(name)
+    job = CurveJob(curve=curve, files=files, receipt=receipt, section=(cfg.get("export") or {}).get(exporter.name),
+                   secret_names=api_key_names(cfg))
+    return receipt if exporter.export_curve(job) is not None else None

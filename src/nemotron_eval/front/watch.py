@@ -18,7 +18,8 @@
 - At most `--max-parallel` evaluations at once (default 1). --once: one look at the registry, evaluate what is new,
   wait for it, exit (0: every version evaluated; 1: some failed). Ctrl-C or SIGTERM stops the watcher and every
   run it started (their versions stay pending for the next watcher).
-- After each version the training curve results/curve/NAME.{json,csv,html} is rebuilt (`report.curve`).
+- After each version the training curve results/curve/NAME.{json,csv,html} is rebuilt (`report.curve`) and
+  exported as a line chart to each destination of execution.auto_export (`front.export.export_curve`).
 """
 
 from __future__ import annotations
@@ -148,9 +149,10 @@ def _target(value: str) -> tuple[str, str | None]:
 
 class Watcher:
     def __init__(self, setup: Setup, registry: Registry, watched: list[Watched], *, max_parallel: int, retries: int,
-                 source: tuple[str, str] | None, curve_tasks: list[str]) -> None:
+                 source: tuple[str, str] | None, curve_tasks: list[str], config: dict[str, Any] | None = None) -> None:
         self.setup, self.registry, self.watched = setup, registry, watched
         self.max_parallel, self.retries, self.source, self.curve_tasks = max_parallel, retries, source, curve_tasks
+        self.config = config or {}  # the resolved config: execution.auto_export and export.<dest> for the curve
         self.said: set[str] = set()  # what was said once (no version yet, a refused folder)
         self.stop = _Stop()
         self.adopted: set[tuple[str, str]] = set()  # (name, version) of the runs being watched
@@ -282,6 +284,27 @@ class Watcher:
             return
         if paths:
             _say(f"{w.name}: training curve {paths['html']}")
+            self.export_curve(w.name)
+
+    def export_curve(self, name: str) -> None:
+        """The rebuilt curve to each destination of execution.auto_export; a failed export is one line, and the
+        next rebuild exports again."""
+        from nemotron_eval.exporters.base import requested
+        from nemotron_eval.front.export import export_curve
+
+        try:
+            exporters = requested((self.config.get("execution") or {}).get("auto_export"))
+        except UserError as e:
+            _say(f"{name}: the training curve was not exported: {e}")
+            return
+        for exporter in exporters:
+            try:
+                receipt = export_curve(name, exporter, self.config)
+            except UserError as e:
+                _say(f"{name}: the training curve was not exported to {exporter.name}: {e}")
+                continue
+            if receipt is not None:
+                _say(f"{name}: training curve exported to {exporter.name} ({receipt})")
 
 
 class _Stop:
@@ -369,7 +392,7 @@ def watch_command(args: argparse.Namespace) -> int:
                         overrides=setup.overrides, tasks=setup.tasks), Path("configs"))  # every config error: now
     watched = [Watched(name, alias, STATE_DIR / f"{name}-{setup.key}.json") for name, alias in map(_target, args.names)]
     watcher = Watcher(setup, registry_of(plan.merged), watched, max_parallel=args.max_parallel, retries=args.retries,
-                      source=source, curve_tasks=list(plan.task_names))
+                      source=source, curve_tasks=list(plan.task_names), config=plan.resolved)
     with _all_locked([w.path for w in watched]):
         for w in watched:
             _load(w)

@@ -150,6 +150,9 @@ def _add_watch(sub: Any) -> None:
     w.add_argument("--dir", metavar="GLOB", help="register each folder matching GLOB that holds --marker as the next "
                    "version of NAME (its path and step as lineage), then evaluate it")
     w.add_argument("--marker", metavar="FILE", help="the file a checkpoint folder holds once it is complete")
+    w.add_argument("--convert-arg", action="append", metavar="ARG", help="one argument of a command run on each --dir "
+                   "folder before it is registered (repeat it, in order; {input}: the folder, {output}: the folder the "
+                   "command creates, which is registered instead); never a shell string")
     w.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="how often to look (default: 60)")
     w.add_argument("--once", action="store_true", help="look once, evaluate what is new, wait for it and exit (cron)")
     w.add_argument("--max-parallel", type=int, default=1, metavar="N", help="evaluations at once (default: 1)")

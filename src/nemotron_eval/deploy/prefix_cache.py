@@ -137,6 +137,11 @@ class PrefixCache:
         """The KV states of the first `length` (<= match.length) tokens, `[layers, 2, kv_heads, length, head_dim]`."""
         import torch
 
+        parts = self.kv_parts(match, length)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=3)
+
+    def kv_parts(self, match: Match, length: int) -> list[torch.Tensor]:
+        """The same states as `kv`, one view per node, root side first (to copy them without joining them first)."""
         parts = []
         for node, n in match.segments:
             take = min(n, length)
@@ -147,7 +152,7 @@ class PrefixCache:
             length -= take
         if length:
             raise ValueError("asked for more tokens than were matched")
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=3)
+        return parts
 
     def scores(self, match: Match, start: int, stop: int, k: int) -> Scores:
         """The stored scores of the prompt's positions start..stop-1 (within the match), k top entries each."""

@@ -19,6 +19,7 @@ from nemotron_eval.deploy.scheduler import FairScheduler
 from nemotron_eval.deploy.server import checks
 from nemotron_eval.deploy.server.decoding import Decoding, Layers, advance, tops
 from nemotron_eval.deploy.server.jobs import Cancelled, Job, Result
+from nemotron_eval.deploy.server.prefilled import prefilled_cache
 from nemotron_eval.deploy.stats import ServerStats
 
 if TYPE_CHECKING:
@@ -330,7 +331,7 @@ class Engine:
             positions[row] = torch.arange(job.reuse, job.reuse + width)
             spans.append(RowSpan(past_width - job.reuse, len(job.ids), job.new_tokens))
         decoding = any(j.generating for j in batch)
-        past = self._past(batch, past_width) if past_width else None
+        past = self._past(batch, past_width, width) if past_width else None
 
         hidden, kv = self._forward(input_ids, mask, positions, past, decoding or self.cache is not None, spans)
         results = [Result() for _ in batch]
@@ -350,15 +351,20 @@ class Engine:
         layers = [(layer.keys, layer.values) for layer in kv.layers] if decoding else []
         return results, torch.stack(next_logits), layers, mask, len(batch) * width  # type: ignore[arg-type]
 
-    def _past(self, batch: list[Job], past_width: int) -> Any:
-        """The cached prefixes of a batch's rows, right-aligned in one `past_width`-wide KV cache."""
+    def _past(self, batch: list[Job], past_width: int, width: int) -> Any:
+        """The cached prefixes of a batch's rows, right-aligned in the first `past_width` columns of a KV cache
+        with room for `width` new ones (prefilled.py)."""
         assert self.cache is not None
-        rows = {row: self.cache.kv(job.match, job.reuse) for row, job in enumerate(batch) if job.match is not None}
-        layers, _, heads, _, head_dim = next(iter(rows.values())).shape
-        past = self.torch.zeros((layers, 2, len(batch), heads, past_width, head_dim), dtype=self.model.dtype)
-        for row, states in rows.items():
-            past[:, :, row, :, past_width - states.shape[3]:] = states
-        return self._new_cache([(past[i, 0], past[i, 1]) for i in range(layers)])
+        rows = {row: (job.reuse, self.cache.kv_parts(job.match, job.reuse))
+                for row, job in enumerate(batch) if job.match is not None}
+        layers, _, heads, _, head_dim = next(iter(rows.values()))[1][0].shape
+        past = self.torch.zeros((layers, 2, len(batch), heads, past_width + width, head_dim), dtype=self.model.dtype)
+        for row, (reuse, parts) in rows.items():  # copied node by node, never joined first
+            column = past_width - reuse
+            for part in parts:
+                past[:, :, row, :, column:column + part.shape[3]] = part
+                column += part.shape[3]
+        return prefilled_cache(past, past_width, self.model.config)
 
     def _new_cache(self, layers: Layers) -> Any:
         """The model's KV cache holding per-layer keys and values."""

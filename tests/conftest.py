@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import pwd
@@ -12,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -48,6 +50,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     report.outcome = "failed"
     report.longrepr = f"skipped under NEMOTRON_TESTS_STRICT=1, which counts a skip as a failure: {reason}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One NeMo-Run home per test process, set before anything imports NeMo-Run: it reads NEMORUN_HOME once, at
+    import (its job-folder constants are made then), so whichever test imported it first would otherwise decide for
+    every later one in the same process (tests may point NEMORUN_HOME elsewhere for the commands they run)."""
+    if not os.environ.get("_NEMOTRON_TESTS_NEMORUN_HOME"):
+        home = tempfile.mkdtemp(prefix="nemorun-home-")
+        os.environ["_NEMOTRON_TESTS_NEMORUN_HOME"] = os.environ["NEMORUN_HOME"] = home
+        config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    importlib.import_module("nemo_run.config")  # it reads NEMORUN_HOME now
 
 
 # `-m fast` (README, Development): the unit tests and one run of the whole DAG against the stub deployment

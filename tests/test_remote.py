@@ -37,15 +37,16 @@ VENV = Path(sys.executable).parent.parent
 
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def nemorun_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("nemorun-home")
+def nemorun_home() -> Path:
+    """The test process's NeMo-Run home (tests/conftest.py sets it before NeMo-Run is imported)."""
+    return Path(os.environ["_NEMOTRON_TESTS_NEMORUN_HOME"])
 
 
 @pytest.fixture(autouse=True)
 def _own_nemorun_home(nemorun_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run records and NeMo-Run's experiment folders go to a temp folder, not ~/.nemo_run.
 
-    NeMo-Run reads NEMORUN_HOME once, when it is imported (first submit of the session).
+    NeMo-Run reads NEMORUN_HOME once, when it is imported: tests/conftest.py sets it before that.
     """
     monkeypatch.setenv("NEMORUN_HOME", str(nemorun_home))
     if "nemo_run.config" in sys.modules:

@@ -56,10 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """One NeMo-Run home per test process, set before anything imports NeMo-Run: it reads NEMORUN_HOME once, at
     import (its job-folder constants are made then), so whichever test imported it first would otherwise decide for
     every later one in the same process (tests may point NEMORUN_HOME elsewhere for the commands they run)."""
-    if not os.environ.get("_NEMOTRON_TESTS_NEMORUN_HOME"):
-        home = tempfile.mkdtemp(prefix="nemorun-home-")
-        os.environ["_NEMOTRON_TESTS_NEMORUN_HOME"] = os.environ["NEMORUN_HOME"] = home
-        config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+    # each process its own, pytest-xdist's workers too (they inherit the environment of the process that started
+    # them): tests list the runs in it
+    home = tempfile.mkdtemp(prefix="nemorun-home-")
+    os.environ["_NEMOTRON_TESTS_NEMORUN_HOME"] = os.environ["NEMORUN_HOME"] = home
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     importlib.import_module("nemo_run.config")  # it reads NEMORUN_HOME now
 
 
@@ -250,6 +251,42 @@ def slurm_problem() -> str | None:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         return f"the local Slurm does not answer ({last}); start it with scripts/local-slurm up"
     return None
+
+
+@pytest.fixture
+def slurm() -> None:
+    """The local Slurm answers (scripts/local-slurm up), or the test is skipped saying why (a failure under
+    NEMOTRON_TESTS_STRICT)."""
+    problem = slurm_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def nemorun_home() -> Path:
+    """The test process's NeMo-Run home (run records, experiment folders), set by pytest_configure."""
+    return Path(os.environ["_NEMOTRON_TESTS_NEMORUN_HOME"])
+
+
+@pytest.fixture
+def runs() -> Iterator[list[str]]:
+    """Run ids of NeMo-Run submissions a test made; any still queued or running at the end is scancel'ed."""
+    from nemotron_eval.executors.remote import records
+
+    ids: list[str] = []
+    yield ids
+    for run_id in ids:
+        subprocess.run(["scancel", records.load(run_id).job_id], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A small project folder to ship (not a git work tree: every file but caches goes)."""
+    root = tmp_path / "project"
+    (root / "__pycache__").mkdir(parents=True)
+    (root / "__pycache__" / "junk.pyc").write_bytes(b"\0")
+    (root / "data.txt").write_text(f"shipped-{os.getpid()}-{time.time_ns()}\n")
+    return root
 
 
 def free_port() -> int:

@@ -18,12 +18,7 @@ from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors import remote
 
 from conftest import BIN, REPO, STUB, error_line, nemotron
-import test_remote
 from test_remote import base_profile
-
-# test_remote's fixtures, used here by name (pytest finds fixtures among a module's attributes)
-_own_nemorun_home, nemorun_home, project, runs, slurm = (
-    test_remote._own_nemorun_home, test_remote.nemorun_home, test_remote.project, test_remote.runs, test_remote.slurm)
 
 GPU = """[gpu]
 executor = "slurm"
@@ -147,7 +142,7 @@ def test_wandb_export_without_a_login_is_one_line_before_anything_is_submitted(w
 
 @pytest.mark.slurm
 def test_the_key_reaches_the_head_job_through_the_environment_only(
-    slurm, runs: list[str], project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nemorun_home: Path,  # noqa: F811
+    slurm, runs: list[str], project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nemorun_home: Path,
 ) -> None:
     """The head job (where Snakemake runs the export step, a local rule) gets the key from sbatch, which inherits
     the submitting process's environment (tunnel = "local"): its sha256 comes back, while no file of the job or
@@ -175,7 +170,7 @@ def test_the_key_reaches_the_head_job_through_the_environment_only(
 
 
 @pytest.mark.slurm
-def test_a_submission_slurm_refused_says_why_in_status_and_logs(slurm, workflow: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_submission_slurm_refused_says_why_in_status_and_logs(slurm, workflow: Path, tmp_path: Path) -> None:
     """The head job asks for a partition the local Slurm does not have: sbatch refuses it, and the run record
     keeps sbatch's reason, which `nemotron status` and `nemotron logs` print (no log exists)."""
     (workflow / "env.toml").write_text(GPU.replace('"debug"', '"nosuchpartition"') + f'remote_job_dir = "{tmp_path}/jobs"\n')

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import (
-    BIN, SHARED_BENCHMARKS, STUB, copy_workflow, error_line, register_stub, run, slurm_problem, wait_for,
+    BIN, SHARED_BENCHMARKS, STUB, copy_workflow, error_line, register_stub, run, wait_for,
 )
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
@@ -159,13 +159,6 @@ def test_kill_cancels_a_local_run_and_leaves_no_server(work: Path) -> None:
 def slurm_profile_toml(**extra: str) -> str:
     lines = ['executor = "slurm"', 'account = "nemotron"', 'partition = "debug"', *[f'{k} = "{v}"' for k, v in extra.items()]]
     return "[local-cluster]\n" + "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def slurm() -> None:
-    problem = slurm_problem()
-    if problem:
-        pytest.skip(problem)
 
 
 def sacct(job: str) -> str:

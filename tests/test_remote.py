@@ -30,56 +30,13 @@ from nemotron_eval.executors import remote
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors.remote import records
 
-from conftest import free_port, slurm_problem
+from conftest import free_port
 
 VENV = Path(sys.executable).parent.parent
 
 
-# ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def nemorun_home() -> Path:
-    """The test process's NeMo-Run home (tests/conftest.py sets it before NeMo-Run is imported)."""
-    return Path(os.environ["_NEMOTRON_TESTS_NEMORUN_HOME"])
-
-
-@pytest.fixture(autouse=True)
-def _own_nemorun_home(nemorun_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run records and NeMo-Run's experiment folders go to a temp folder, not ~/.nemo_run.
-
-    NeMo-Run reads NEMORUN_HOME once, when it is imported: tests/conftest.py sets it before that.
-    """
-    monkeypatch.setenv("NEMORUN_HOME", str(nemorun_home))
-    if "nemo_run.config" in sys.modules:
-        from nemo_run.config import get_nemorun_home
-
-        assert get_nemorun_home() == str(nemorun_home), "nemo_run was imported before NEMORUN_HOME was set"
-
-
-@pytest.fixture(scope="module")
-def slurm() -> None:
-    problem = slurm_problem()
-    if problem:
-        pytest.skip(problem)
-
-
-@pytest.fixture
-def runs() -> Iterator[list[str]]:
-    """Run ids a test submitted; any still queued or running at the end is scancel'ed."""
-    ids: list[str] = []
-    yield ids
-    for run_id in ids:
-        rec = records.load(run_id)
-        subprocess.run(["scancel", rec.job_id], capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A small project folder to ship (not a git work tree: every file but caches goes)."""
-    root = tmp_path / "project"
-    (root / "__pycache__").mkdir(parents=True)
-    (root / "__pycache__" / "junk.pyc").write_bytes(b"\0")
-    (root / "data.txt").write_text(f"shipped-{os.getpid()}-{time.time_ns()}\n")
-    return root
+# ---------------------------------------------------------------- fixtures: nemorun_home, slurm, runs and project
+# are in tests/conftest.py (tests/test_cluster_path.py uses them too)
 
 
 def base_profile(tmp_path: Path, **extra: Any) -> dict[str, Any]:

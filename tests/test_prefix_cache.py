@@ -37,6 +37,11 @@ def put(cache: PrefixCache, ids: list[int], computed_from: int = 0, k: int | Non
     return cache.insert(ids, computed_from, lambda a, b: states(ids, a, b), score)
 
 
+def kv(cache: PrefixCache, match, length: int) -> torch.Tensor:
+    """The states `kv_parts` gives for a match, joined (as the engine lays them side by side)."""
+    return torch.cat(cache.kv_parts(match, length), dim=3)
+
+
 def node_bytes(kv_tokens: int, scored_tokens: int = 0, k: int = 1) -> int:
     return kv_tokens * (LAYERS * 2 * HEADS * DIM * 4 + TOKEN_OVERHEAD_BYTES) + scored_tokens * (8 + 16 * k)
 
@@ -56,16 +61,16 @@ def test_match_returns_the_states_of_the_longest_cached_prefix() -> None:
     assert cache.match([7, 1, 2]).length == 0
     match = cache.match(b)
     assert match.length == 3
-    assert torch.equal(cache.kv(match, 3), states(a, 0, 3))
+    assert torch.equal(kv(cache, match, 3), states(a, 0, 3))
     assert put(cache, b, computed_from=2) == 2  # splits a's node after 3 tokens
     assert cache.tokens == 8 and cache.stats()["nodes"] == 3
     for ids in (a, b):
         m = cache.match(ids + [42])
-        assert m.length == len(ids) and torch.equal(cache.kv(m, len(ids)), states(ids, 0, len(ids)))
+        assert m.length == len(ids) and torch.equal(kv(cache, m, len(ids)), states(ids, 0, len(ids)))
     assert cache.nbytes == node_bytes(8)
     assert put(cache, a[:4]) == 0  # a prefix of a cached prompt adds nothing
     with pytest.raises(ValueError):
-        cache.kv(cache.match(b), 6)
+        kv(cache, cache.match(b), 6)
 
 
 def test_scores_need_at_least_the_requested_top_entries() -> None:

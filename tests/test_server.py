@@ -19,7 +19,7 @@ from nemotron_eval.deploy.process import EndpointNotReady
 from nemotron_eval.deploy.server.jobs import Job
 from nemotron_eval.core.io import log_tail
 
-from conftest import converted_smollm2  # one cached conversion for every module
+from conftest import converted_smollm2, wait_for  # one cached conversion for every module
 from support.request_mix import FIXTURES, MixRequest, load_requests
 from support.server_process import start_server, stop_server, wait_for_endpoint
 
@@ -558,14 +558,6 @@ def send_raw(server: dict[str, Any], path: str, body: bytes, length: int | None 
     return sock
 
 
-def until(predicate: Any, timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"not within {timeout_s} s"
-        time.sleep(0.05)
-    return value
-
-
 def assert_openai_error(response: httpx.Response, status: int, words: str) -> None:
     assert response.status_code == status, response.text
     err = response.json()["error"]
@@ -581,6 +573,8 @@ def assert_openai_error(response: httpx.Response, status: int, words: str) -> No
     ("POST", "/v1/completions", b'{"prompt": "x"', 400, "not valid JSON"),
     ("POST", "/v1/completions", b"\xff\xfe\x00", 400, "not valid JSON"),
     ("POST", "/v1/completions", b"x" * (9 * 2**20), 413, "limit of 8388608 bytes (8 MiB"),
+    # chunked (no Content-Length): counted as it arrives
+    ("POST", "/v1/completions", (b"x" * 2**20 for _ in range(9)), 413, "limit of 8388608 bytes (8 MiB"),
     ("POST", "/v1/completions", json.dumps({"prompt": ["a"] * 4097}).encode(), 400, "at most 4096"),
     ("POST", "/v1/completions", json.dumps({"prompt": [[1, 2, 999]]}).encode(), 400, "outside the vocabulary"),
 ])
@@ -619,10 +613,10 @@ def test_health_answers_while_a_big_request_is_tokenized_and_a_client_that_leave
             assert c.get(url + "/health").status_code == 200
             waits.append(time.monotonic() - t)
             time.sleep(0.05)
-        queued = until(lambda: c.get(url + "/stats").json()["pending"] > 1000 and c.get(url + "/stats").json(), 60)
+        queued = wait_for(lambda: (s := c.get(url + "/stats").json())["pending"] > 1000 and s, 60, 0.05)
         assert max(waits) < 1.5, f"/health waited {max(waits):.2f} s while a big request was tokenized"
         sock.close()
-        dropped = until(lambda: (s := c.get(url + "/stats").json())["pending"] == 0 and s, 60)
+        dropped = wait_for(lambda: (s := c.get(url + "/stats").json())["pending"] == 0 and s, 60, 0.05)
         time.sleep(1)
         after = c.get(url + "/stats").json()
     assert after["cancelled_prompts"] - before["cancelled_prompts"] > 1000
@@ -640,7 +634,7 @@ def test_a_long_generation_blocks_no_short_request_and_stops_when_its_client_lea
     body = json.dumps({"prompt": "Once upon a time", "max_tokens": 100_000, "temperature": 0}).encode()
     with httpx.Client(trust_env=False, timeout=60) as c:
         sock = send_raw(tiny, "/c/long/v1/completions", body)
-        first = until(lambda: (s := c.get(url + "/stats").json())["decoding"] == 1 and s, 60)
+        first = wait_for(lambda: (s := c.get(url + "/stats").json())["decoding"] == 1 and s, 60, 0.05)
         waits = []
         for i in range(5):
             t = time.monotonic()
@@ -652,7 +646,7 @@ def test_a_long_generation_blocks_no_short_request_and_stops_when_its_client_lea
         assert during["decoding"] == 1 and during["generated_tokens"] > first["generated_tokens"]
         assert max(waits) < 5, waits  # a prompt's pass and one decoding step, on a busy machine
         sock.close()
-        stopped = until(lambda: (s := c.get(url + "/stats").json())["decoding"] == 0 and s, 30)
+        stopped = wait_for(lambda: (s := c.get(url + "/stats").json())["decoding"] == 0 and s, 30, 0.05)
         time.sleep(1)
         after = c.get(url + "/stats").json()
     assert after["generated_tokens"] == stopped["generated_tokens"] < 100_000

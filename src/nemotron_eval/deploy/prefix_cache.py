@@ -133,15 +133,9 @@ class PrefixCache:
         """Mark a match's nodes as just used."""
         self._touch(node for node, _ in match.segments)
 
-    def kv(self, match: Match, length: int) -> torch.Tensor:
-        """The KV states of the first `length` (<= match.length) tokens, `[layers, 2, kv_heads, length, head_dim]`."""
-        import torch
-
-        parts = self.kv_parts(match, length)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=3)
-
     def kv_parts(self, match: Match, length: int) -> list[torch.Tensor]:
-        """The same states as `kv`, one view per node, root side first (to copy them without joining them first)."""
+        """The KV states of the first `length` (<= match.length) tokens, one `[layers, 2, kv_heads, n, head_dim]` view
+        per node, root side first (the engine copies them into place without joining them first)."""
         parts = []
         for node, n in match.segments:
             take = min(n, length)

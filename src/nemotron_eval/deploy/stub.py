@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from nemotron_eval.config.validators import integer
 from nemotron_eval.deploy.local import Local
 from nemotron_eval.deploy.server.protocol import (  # the CPU server's request checks and bounds (no torch)
-    DEFAULT_MAX_REQUEST_MB, DEFAULT_MAX_TOKENS, MAX_PROMPTS, MAX_TOP_LOGPROBS, BadRequest, int_field, parse_body,
+    DEFAULT_MAX_REQUEST_MB, DEFAULT_MAX_TOKENS, MAX_TOP_LOGPROBS, BadRequest, int_field, parse_body, prompt_items,
     too_large,
 )
 from nemotron_eval.deploy.types import DeploymentPlan, Runtime
@@ -128,25 +128,21 @@ def top(ids: Sequence[int], i: int, k: int, token: int) -> dict[int, float]:
     return found
 
 
+MAX_REQUEST_BYTES = DEFAULT_MAX_REQUEST_MB * 2**20  # the CPU server's default bound
+
+
 def token_text(token: int) -> str:
     return EOS if token == EOS_ID else BYTE_CHARS[token]
 
 
 def prompts_of(prompt: Any) -> list[list[int]]:
-    """`prompt` as OpenAI allows it (a string, a list of strings, token ids, a list of those) as token ids."""
-    def is_ids(x: Any) -> bool:
-        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-
-    items = [prompt] if isinstance(prompt, str) or is_ids(prompt) else prompt
-    if not isinstance(items, list) or not items:
-        raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
-    if len(items) > MAX_PROMPTS:
-        raise BadRequest(f"'prompt' holds {len(items)} prompts; at most {MAX_PROMPTS} fit one request")
+    """`prompt` (protocol.prompt_items) as the stub's token ids: a string's UTF-8 bytes, ids 0..256."""
+    items = prompt_items(prompt)
     out = []
     for item in items:
         if isinstance(item, str) and item:
             out.append(list(item.encode()))
-        elif is_ids(item) and all(0 <= t <= EOS_ID for t in item):
+        elif isinstance(item, list) and all(0 <= t <= EOS_ID for t in item):
             out.append(list(item))
         else:
             raise BadRequest("'prompt' must hold non-empty strings or token ids between 0 and 256")
@@ -274,9 +270,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(400, f"Content-Length {declared!r} is not a number of bytes")
             return
-        if int(declared) > self.server.max_request_bytes:
+        if int(declared) > MAX_REQUEST_BYTES:
             self.close_connection = True  # the body is not read
-            self._error(413, too_large(self.server.max_request_bytes))
+            self._error(413, too_large(MAX_REQUEST_BYTES))
             return
         raw = self.rfile.read(int(declared))
         if path != "/v1/completions":
@@ -312,7 +308,6 @@ class _Server(ThreadingHTTPServer):
     created: int
     stats: ServerStats
     latency_s: float = 0.0
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2**20
 
 
 def endpoint_info(host: str, port: int, model_id: str, deployment_id: str | None, checkpoint: Path) -> dict[str, Any]:

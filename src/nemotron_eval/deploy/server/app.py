@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from nemotron_eval.deploy.server.jobs import DEFAULT_CLIENT, Job, Result
 from nemotron_eval.deploy.server.protocol import (
-    DEFAULT_MAX_REQUEST_MB, BadRequest, Prompt, choice, parse_body, parse_request, too_large,
+    BadRequest, Prompt, choice, parse_body, parse_request, too_large,
 )
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def error(status: int, message: str, kind: str = "invalid_request_error", header
                         headers=headers)
 
 
-def build_app(engine: Engine, model_id: str, max_request_bytes: int = DEFAULT_MAX_REQUEST_MB * 2**20) -> FastAPI:
+def build_app(engine: Engine, model_id: str, max_request_bytes: int) -> FastAPI:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response

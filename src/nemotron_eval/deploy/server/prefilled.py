@@ -16,7 +16,8 @@ from typing import Any
 
 def prefilled_cache(past: Any, filled: int, config: Any) -> Any:
     """A `DynamicCache` over `past` ([layers, 2, batch, kv_heads, width, head_dim]) whose first `filled` columns hold
-    the cached states; each layer's `update` writes the next columns (and concatenates, as usual, beyond `width`)."""
+    the cached states; each layer's `update` writes the next columns. Only for models whose cache layers are all
+    plain `DynamicLayer`s: for others `checks.prefix_cache_works` turns the prefix cache off, and nothing is cached."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -30,8 +31,7 @@ def prefilled_cache(past: Any, filled: int, config: Any) -> Any:
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             stop = self._filled + key_states.shape[-2]
-            if stop > self._keys.shape[-2]:
-                return super().update(key_states, value_states, *args, **kwargs)
+            assert stop <= self._keys.shape[-2], "one pass writes at most the width it was laid out for"
             self._keys[:, :, self._filled:stop] = key_states
             self._values[:, :, self._filled:stop] = value_states
             self._filled = stop
@@ -39,8 +39,5 @@ def prefilled_cache(past: Any, filled: int, config: Any) -> Any:
             return self.keys, self.values
 
     cache = DynamicCache(config=config)
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):  # sliding windows and the like: as usual
-        return DynamicCache(ddp_cache_data=[(past[i, 0, ..., :filled, :], past[i, 1, ..., :filled, :])
-                                            for i in range(past.shape[0])], config=config)
     cache.layers = [Prefilled(past[i, 0], past[i, 1]) for i in range(past.shape[0])]
     return cache

@@ -81,17 +81,24 @@ def _float(body: dict[str, Any], key: str, default: float, low: float, high: flo
     return float(value)
 
 
-def tokenize_prompts(engine: Engine, prompt: Any) -> list[Prompt]:
-    """`prompt` as OpenAI allows it: a string, a list of strings, a list of token ids, or a list of those. The
-    strings are tokenized in one call (the tokenizer's threads, without the interpreter's lock)."""
-    def is_ids(x: Any) -> bool:
-        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+def _is_ids(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
-    items: list[Any] = [prompt] if isinstance(prompt, str) or is_ids(prompt) else prompt
-    if not isinstance(items, list) or not items or not all(isinstance(i, str) or is_ids(i) for i in items):
+
+def prompt_items(prompt: Any) -> list[str | list[int]]:
+    """`prompt` as OpenAI allows it (a string, a list of strings, a list of token ids, or a list of those) as a
+    list of strings and token-id lists, at most MAX_PROMPTS; the server and the stub check what they can encode."""
+    items: list[Any] = [prompt] if isinstance(prompt, str) or _is_ids(prompt) else prompt
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) or _is_ids(i) for i in items):
         raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
     if len(items) > MAX_PROMPTS:
         raise BadRequest(f"'prompt' holds {len(items)} prompts; at most {MAX_PROMPTS} fit one request")
+    return items
+
+
+def tokenize_prompts(engine: Engine, prompt: Any) -> list[Prompt]:
+    """`prompt_items`, the strings tokenized in one call (the tokenizer's threads, without the interpreter's lock)."""
+    items = prompt_items(prompt)
     if any(i == "" for i in items):
         raise BadRequest("'prompt' is empty: it must hold at least one token")
     vocab = len(engine.tokenizer)

@@ -18,6 +18,7 @@ READS = {
     "given_config": "workflow.config_settings.config",
     "hand_jobs_a_request": "workflow.config_settings.config_args",
     "is_main_process": "workflow.is_main_process",
+    "dry_run": "workflow.output_settings.dryrun",
     "forced": "workflow.dag_settings.forceall/forcetargets/forcerun/target_jobs",
     "rerun_triggers": "workflow.dag_settings.rerun_triggers",
     "cores": "workflow.resource_settings.cores",
@@ -44,6 +45,7 @@ SNAKEFILE = textwrap.dedent("""\
 
     def probe(wildcards):
         note("forced", a.forced)
+        note("dry_run", a.dry_run)
         note("rerun_triggers", a.rerun_triggers)
         note("cores", a.cores)
         for path in ("made.txt", "half.txt", "never.txt"):
@@ -110,9 +112,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_config_values_and_the_request_jobs_get_instead(work: Path) -> None:
-    proc = snakemake(work, "made.txt", "job.txt", "--config", "answer=42")
+    proc = snakemake(work, "made.txt", "job.txt", "probe.txt", "--config", "answer=42")
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = notes(work)
+    assert first(found, "dry_run") is False  # a run that starts jobs
     job_pid = next(n["pid"] for n in found if n["name"] == "in_job_given_config")
     main = [n for n in found if n["pid"] != job_pid]
     assert first(main, "given_config") == {"answer": 42}
@@ -136,6 +139,7 @@ def test_dag_settings_and_the_records_of_finished_and_killed_jobs(work: Path) ->
     assert snakemake(work, "-n", "--nolock", "probe.txt", "--rerun-triggers", "mtime", "params").returncode == 0
     found = notes(work)
     assert first(found, "forced") is False
+    assert first(found, "dry_run") is True
     assert first(found, "rerun_triggers") == ["mtime", "params"]
     assert first(found, "cores") == 1
     assert first(found, "completed_record", "made.txt") is True

@@ -42,7 +42,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -149,6 +148,11 @@ def read_manifest(staged_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def hub_off() -> bool:
+    """Whether the Hugging Face hub is switched off here (HF_HUB_OFFLINE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
 def staged_digest(staged_dir: Path) -> str:
     """sha256 over the staged data files (sorted relative paths and contents), not the manifest."""
     return _combined(_file_digests(Path(staged_dir)))
@@ -160,7 +164,7 @@ def _file_digests(staged_dir: Path) -> dict[str, str]:
     digests: dict[str, str] = {}
     for path in sorted(Path(staged_dir).rglob("*.jsonl")):
         rel = path.relative_to(staged_dir).as_posix()
-        if not path.is_file() or not stat.S_ISREG(path.stat().st_mode):
+        if not path.is_file():  # a regular file (after links)
             raise UserError(f"{path}: not a regular file in staged data; {_restage(staged_dir)}")
         digests[rel] = sha256_file(path)
     return digests
@@ -291,7 +295,7 @@ def _download(repo_id: str, configs: tuple[str, ...], revision: str, cache_dir: 
             allow_patterns=[f"{c}/*" for c in configs],
             cache_dir=cache_dir,
             # honoured at call time too (huggingface_hub reads the variable once, at import)
-            local_files_only=os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"),
+            local_files_only=hub_off(),
         )
     except Exception as e:  # offline, DNS, HTTP, auth: all mean "use the mirror"
         reason = " ".join(str(e).split())[:300] or type(e).__name__

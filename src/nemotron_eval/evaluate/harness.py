@@ -37,6 +37,7 @@ from nemotron_eval.evaluate.output import RESULTS, HarnessError
 from nemotron_eval.evaluate.overrides import deep_merge, harness_overrides
 from nemotron_eval.evaluate.task_yamls import INCLUDE_DIR, write_task_yamls
 from nemotron_eval.core.io import log_tail
+from nemotron_eval.data.stage import hub_off
 from nemotron_eval.data.tasks import Task
 
 RUN_CONFIG = "nemotron_run_config.yml"
@@ -147,11 +148,6 @@ def _no_offline_data(task: Task, why: str) -> str:
         f"task {task.short!r} has no offline data (only the staged tasks mmlu, arc_challenge, winogrande, "
         f"hellaswag, openbookqa read the data mirror); its harness reads the dataset from the hub, and {why}"
     )
-
-
-def hub_off() -> bool:
-    """Whether the Hugging Face hub is switched off here (HF_HUB_OFFLINE)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 def refusal(task: Task, container_runner: str, has_data: bool) -> str | None:

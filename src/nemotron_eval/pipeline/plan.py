@@ -28,6 +28,7 @@ from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pendin
 from nemotron_eval.data import stage
 from nemotron_eval.deploy import types as deploy_types
 from nemotron_eval.evaluate import harness
+from nemotron_eval.core import layout
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import dump_yaml, sha256_bytes
 from nemotron_eval.pipeline.request import Request
@@ -91,7 +92,6 @@ class Plan:
                 env_file=Path(request.env_file) if request.env_file else None,
             )
         )
-        self.merged_text = dump_yaml(self.merged)
         # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.
         self.resolved = resolve_pending(self.merged)
         self.deployment = deploy_types.get(self.merged["deployment"].get("type"))  # checked by compose
@@ -118,7 +118,7 @@ class Plan:
         run_env = self.resolved["run"].get("env") or {}
         self.execution: dict[str, Any] = self.resolved.get("execution") or {}
         self.deployment_type = str(self.merged["deployment"].get("type"))
-        self.executor = executors.for_execution(self.execution)
+        self.executor = executor
         self.executor.check_settings(self.execution, request.env_profile)
         self.deploy_resources = self.executor.deployment_resources(self.execution)
         self.squash_resources = self.executor.squash_resources(run_env)
@@ -137,7 +137,7 @@ class Plan:
         their own containers)."""
         runner = str(self.execution.get("container_runner") or "none")
         for task in self.tasks:
-            staged = task.offline and (self.mirror_for(task.short) is not None or (Path("data") / task.short).is_dir())
+            staged = task.offline and (self.mirror_for(task.short) is not None or Path(layout.STAGED.format(task=task.short)).is_dir())
             why = harness.refusal(task, runner, has_data=staged)
             if why:
                 raise UserError(why)
@@ -238,7 +238,7 @@ class Plan:
     def mirror_for(self, short: str) -> Path | None:
         """The mirror a staged task is staged from: the configured one, else the one it was staged from before
         (forgetting NEMOTRON_DATA_MIRROR keeps the staged data), else None (the hub)."""
-        return self.mirror or stage.staged_from_mirror(Path("data") / short)
+        return self.mirror or stage.staged_from_mirror(Path(layout.STAGED.format(task=short)))
 
     def mirror_files(self, short: str) -> list[str]:
         """The mirror files a task's staging reads: a changed source file restages it."""

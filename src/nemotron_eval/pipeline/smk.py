@@ -75,13 +75,12 @@ def stale_result(plan: Any, model: str, task: str) -> bool:
     behind an ancient() input whose producer reruns (a recompile for another reason), and a result copied in
     after its fingerprint changed looks newer than it (rules/common.smk, `evaluation_inputs`)."""
     import json
-    import stat
 
     from nemotron_eval.core import layout
 
     result = Path(layout.RESULT.format(model=model, task=task))
     try:
-        if not stat.S_ISREG(result.stat().st_mode):
+        if not result.is_file():
             return True
         recorded = json.loads(result.read_bytes())["task_config_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -103,15 +102,15 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
     starts, and one task's changed setting must not rerun the model's other tasks. Leans towards True wherever
     Snakemake might rerun the job: anything forced, no or incomplete metadata for the result, a fingerprint that is
     missing, differs from the plan's or is newer than the result, staged data newer than the result or about to be
-    restaged (a mirror file newer than it, or what staging reads changed). A stale result (`stale_result`) is due
-    whatever else holds. (When it guesses wrong anyway, the step says so at once: see `workflow.evaluate`.)"""
+    restaged (what staging reads changed: the mirror's file list, a file's size, time or inode). A stale result
+    (`stale_result`) is the rule's own question, asked first. (When it guesses wrong anyway, the step says so at
+    once: see `workflow.evaluate`.)"""
     import json
-    import os
 
     from nemotron_eval.core import layout
     from nemotron_eval.data import stage
 
-    if snakemake.forced(workflow) or stale_result(plan, model, task):
+    if snakemake.forced(workflow):
         return True
     result = Path(layout.RESULT.format(model=model, task=task))
     fingerprint = Path(layout.TASK_FINGERPRINT.format(model=model, task=task))
@@ -135,9 +134,7 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
             return True
     except UserError:  # no or a broken manifest: it is staged again
         return True
-    staged_at = [p.stat().st_mtime for p in (staged, *staged.rglob("*"))]
-    sources = [os.stat(f).st_mtime for f in plan.mirror_files(task) if os.path.exists(f)]
-    return max(staged_at) > done_at or max(sources, default=0.0) > min(staged_at)
+    return max(p.stat().st_mtime for p in (staged, *staged.rglob("*"))) > done_at
 
 
 def check_rerun_triggers(workflow: Any) -> None:

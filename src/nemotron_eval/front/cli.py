@@ -146,7 +146,9 @@ def _add_watch(sub: Any) -> None:
                        "training curve results/curve/NAME.html after each. State in .nemotron/watch/: a restarted "
                        "watcher neither redoes nor misses a version. Ctrl-C stops it and every run it started.",
                        intermixed=True)
-    w.add_argument("names", nargs="+", metavar="NAME[:ALIAS]", help="an artifact of the registry (env.toml [artifacts])")
+    w.add_argument("names", nargs="+", metavar="NAME[:ALIAS] | KEY=VALUE",
+                   help="an artifact of the registry (env.toml [artifacts]); KEY=VALUE: a dotlist override, as nemotron "
+                   "eval's (in any order)")
     w.add_argument("--dir", metavar="GLOB", help="register each folder matching GLOB that holds --marker as the next "
                    "version of NAME (its path and step as lineage), then evaluate it")
     w.add_argument("--marker", metavar="FILE", help="the file a checkpoint folder holds once it is complete")
@@ -160,7 +162,6 @@ def _add_watch(sub: Any) -> None:
     w.add_argument("-c", "--config", metavar="NAME|PATH", help="as nemotron eval -c")
     w.add_argument("-b", "--batch", metavar="PROFILE", help="submit each evaluation to the cluster of env.toml's PROFILE")
     w.add_argument("-t", "--task", action="append", metavar="NAME", help="a task to run (repeatable)")
-    w.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotlist overrides, as nemotron eval's")
     w.set_defaults(func=_watch)
 
 

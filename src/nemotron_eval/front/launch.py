@@ -407,8 +407,12 @@ def kill(run_id: str, wait: bool = True, grace_s: float = 60.0) -> str:
         return "cancelled"
     if not signal_if_ours(run.pid, run.pid_started, signal.SIGINT):  # gone since `state` looked, or its PID reused
         return runs.state(runs.load(run_id))
-    if not wait:
-        return "cancelling"
+    return await_end(run_id, grace_s) if wait else "cancelling"
+
+
+def await_end(run_id: str, grace_s: float = 60.0) -> str:
+    """A local run's state once its supervisor, signalled once (SIGINT: Snakemake stops gracefully), has ended it;
+    after `grace_s` the second signal (SIGTERM to Snakemake)."""
     deadline = time.monotonic() + grace_s
     while runs.state(runs.load(run_id)) not in runs.FINAL and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -13,8 +13,8 @@
   with {input} and {output}): each folder is converted first and the conversion registered (`front.convert`).
 - The state lives in files: `.nemotron/watch/NAME-<setup>.json` (one per name and setup: config, profile, tasks,
   overrides) records each version: pending, running (its run), done, failed (attempts, the last error). A restarted
-  watcher adopts the runs still going, and neither redoes nor misses a version; a run started but not yet recorded
-  (a crash in between) is found in the run registry by its model. One watcher per state file (a lock).
+  watcher adopts the runs still going, and neither redoes nor misses a version (a version is recorded as running,
+  with its run, before the run starts). One watcher per state file (a lock).
 - A failed evaluation is retried `--retries` times (default 2), then reported and left alone.
 - At most `--max-parallel` evaluations at once (default 1). --once: one look at the registry, evaluate what is new,
   wait for it, exit (0: every version evaluated; 1: some failed). Ctrl-C or SIGTERM stops the watcher and every
@@ -175,8 +175,6 @@ class Watcher:
                     w.versions[version] = {"state": "pending", "attempts": 0, "runs": [], "error": None}
                     _say(f"{w.name}:{version} is new")
             for version, entry in w.versions.items():
-                if entry["state"] == "pending" and (live := _live_run(f"{w.name}_{version}")) is not None:
-                    entry.update(state="running", runs=[*entry["runs"], live])  # started, then the watcher died
                 if entry["state"] == "running" and (w.name, version) not in self.adopted:
                     self.adopted.add((w.name, version))  # a run a watcher before this one started
                     _say(f"{w.name}:{version}: run {entry['runs'][-1]} still going, watched to its end")
@@ -294,10 +292,10 @@ class Watcher:
     def stop_all(self) -> None:
         """Cancel every run still going (its version stays pending: not a failed attempt)."""
         going = self.running()
-        for _, _, entry in going:
-            launch.kill(entry["runs"][-1], wait=False)
-        for w, version, entry in going:
-            state = launch.kill(entry["runs"][-1])
+        states = {entry["runs"][-1]: launch.kill(entry["runs"][-1], wait=False) for _, _, entry in going}
+        for w, version, entry in going:  # signalled once each (a second signal skips Snakemake's graceful stop)
+            run_id = entry["runs"][-1]
+            state = launch.await_end(run_id) if states[run_id] == "cancelling" else states[run_id]
             entry["state"] = "done" if state == "done" else "pending"
             w.save(self.setup)
             _say(f"{w.name}:{version}: run {entry['runs'][-1]} {state}")
@@ -360,15 +358,6 @@ class _Stop:
             raise Stopped(signal.Signals(self.pending).name)
 
 
-def _live_run(model: str) -> str | None:
-    """A run of this model alone that is still going (started by a watcher that died before recording it, or by hand)."""
-    for run_id in reversed(runs.all_ids()):
-        run = runs.load(run_id)
-        if run.models == [model] and runs.state(run) not in runs.FINAL:
-            return run.id
-    return None
-
-
 def _step(folder: Path) -> int | None:
     m = re.search(r"(\d+)$", folder.name)
     return int(m.group(1)) if m else None
@@ -380,15 +369,12 @@ def _folder_order(folder: Path) -> tuple[bool, int, str]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    words = [*args.names, *args.overrides]  # positionals in any order: a NAME never holds '='
+    words = args.names  # names and overrides in any order: a NAME never holds '='
     args.names, args.overrides = [w for w in words if "=" not in w], [w for w in words if "=" in w]
     if not args.names:
         raise UserError("nemotron watch: name an artifact to watch (NAME or NAME:ALIAS), e.g. nemotron watch sft")
     for item in args.overrides:
-        key, sep, _ = item.partition("=")
-        if not sep:
-            raise UserError(f"override {item!r}: expected KEY=VALUE (e.g. evaluation.nemo_evaluator_config.config.params.limit_samples=4)")
-        if key.lstrip("+~") == "run.model":
+        if item.partition("=")[0].lstrip("+~") == "run.model":
             raise UserError(f"override {item!r}: the watcher sets run.model to each version (NAME:vN); name the artifact instead")
     if (args.dir is None) != (args.marker is None):
         raise UserError("--dir GLOB and --marker FILE go together: the folders matching GLOB that hold FILE")

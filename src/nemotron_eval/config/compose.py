@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nemotron_eval.data import tasks as task_registry
 from nemotron_eval.config.defaults_tree import read_tree
 from nemotron_eval.config.envtoml import EnvFile, load_env_file
-from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean, shown
 from nemotron_eval.core.safeload import check_depth, load_yaml, load_yaml_text
 
 # `run` is this project's (stripped from eval.yaml), `data` too; the rest are NeMo Evaluator Launcher's sections.
@@ -138,11 +138,6 @@ def _parse_override(item: str) -> tuple[str, Any, bool]:
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
-def _quoted(text: str) -> str:
-    """A user's text in a message: quoted, and cut at 60 characters (a key 5000 levels long is not repeated)."""
-    return repr(text if len(text) <= 60 else text[:57] + "...")
-
-
 def parse_value(raw: str, item: str) -> Any:
     """An override's value: a number, true/false, null, a quoted string, a [list] or {mapping} in YAML flow style;
     anything else is the text as written (`run.env.time=04:00:00` stays a time, `deployment.command=bash -c 'a: b'`
@@ -157,7 +152,7 @@ def parse_value(raw: str, item: str) -> Any:
     if _NUMBER.fullmatch(text):  # as YAML 1.2 reads numbers (1.1 reads 6e3 as text); whole-number keys: schema
         return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
     if text[0] in "[{" or (len(text) > 1 and text[0] == text[-1] and text[0] in "'\""):
-        return load_yaml_text(text, f"override {_quoted(item)}", malformed="the value is not valid YAML flow syntax")
+        return load_yaml_text(text, f"override {shown(item)}", malformed="the value is not valid YAML flow syntax")
     return raw
 
 
@@ -166,10 +161,10 @@ def _apply_override(cfg: dict[str, Any], item: str) -> None:
     parts = key.split(".")
     # OmegaConf and the YAML writer recurse per level (about 70 levels exhaust Python's stack): an override may
     # not make the config deeper than MAX_NESTING, key and value together
-    shown = _quoted(key)
+    named = shown(key)
     if len(parts) > MAX_NESTING:
-        raise UserError(f"override {shown}: a key {len(parts)} levels deep; a config needs fewer than ten")
-    check_depth(value, f"override {shown} (its key is {len(parts)} levels deep, its value)", limit=MAX_NESTING - len(parts))
+        raise UserError(f"override {named}: a key {len(parts)} levels deep; a config needs fewer than ten")
+    check_depth(value, f"override {named} (its key is {len(parts)} levels deep, its value)", limit=MAX_NESTING - len(parts))
     node: Any = cfg
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

@@ -35,7 +35,7 @@ class EnvFile:
 
     def profile(self, name: str) -> dict[str, Any]:
         """The profile with its `extends` chain applied (child wins; `mounts` lists concatenate)."""
-        return _resolve(self, name, [])
+        return _resolve(self, name)
 
 
 def find_env_file(start: Path | None = None) -> Path | None:
@@ -101,11 +101,11 @@ def check_tables(tables: dict[str, Any], where: Path) -> None:
                 raise UserError(f"{where}: [{name}] {key} = {value[key]!r}: {validators.walltime(value[key])}")
 
 
-def _resolve(env: EnvFile, name: str, chain: list[str]) -> dict[str, Any]:
+def _resolve(env: EnvFile, name: str) -> dict[str, Any]:
     """The profile's `extends` chain followed iteratively (at most MAX_EXTENDS profiles), then merged from its root
     down: a cycle or a chain hundreds long is one line, never a RecursionError."""
     where = env.path or "env.toml"
-    chain = [*chain]
+    chain: list[str] = []
     while True:
         if name in chain:
             cycle = " -> ".join([*chain, name])

@@ -40,7 +40,7 @@ from typing import Any
 
 from nemotron_eval.config.rules import CLOSED, ENGINES, RULES
 from nemotron_eval.config.validators import Rule, no_shell
-from nemotron_eval.core.errors import UserError, did_you_mean
+from nemotron_eval.core.errors import UserError, did_you_mean, shown
 
 # How a value known only per model (an ${art:...} reference) reads before it is resolved: a marker no user can
 # type (a fresh nonce per process), so a value cannot skip the checks by looking pending.
@@ -55,16 +55,11 @@ __all__ = ["ENGINES", "PENDING", "BadValue", "Rule", "check", "template_keys", "
 # -- checking ------------------------------------------------------------------------------------------------
 
 
-def _show(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
-
-
 class BadValue(UserError):
     """A value a rule refused; `key` and `value` say which, for a caller that knows where the value came from."""
 
     def __init__(self, key: str, value: Any, valid: str) -> None:
-        super().__init__(f"{key}={_show(value)}: {valid}")
+        super().__init__(f"{key}={shown(value, 80)}: {valid}")
         self.key, self.value = key, value
 
 
@@ -91,19 +86,13 @@ def whole_numbers(cfg: Any, rules: Sequence[tuple[str, Rule]] = ()) -> None:
     place: `6e3` and `6000.0` (YAML and the overrides read both as floats) are 6000 in what is checked and
     written, as the user meant. Other floats stay, for the rule to refuse."""
 
-    def slots(node: Any, parts: list[str]) -> Iterator[tuple[Any, Any]]:
-        head, rest = parts[0], parts[1:]
-        keys = (list(node) if head == "*" else [head] if head in node else []) if isinstance(node, Mapping) else (
-            range(len(node)) if isinstance(node, list) and head == "*" else [])
-        for k in keys:
-            yield from slots(node[k], rest) if rest else [(node, k)]
-
     for pattern, rule in [*RULES, *rules]:
         if getattr(rule, "whole_number", False):
-            for parent, key in list(slots(cfg, pattern.split("."))):
-                value = parent[key]
+            for key, value in list(_matches(cfg, pattern.split("."))):
                 if isinstance(value, float) and value.is_integer():
-                    parent[key] = int(value)
+                    parent_key, _, last = key.rpartition(".")
+                    parent = _lookup(cfg, parent_key)[1] if parent_key else cfg
+                    parent[int(last) if isinstance(parent, list) else last] = int(value)
 
 
 def _strings(node: Any, prefix: str) -> Iterator[tuple[str, str]]:
@@ -197,7 +186,7 @@ def _check_launcher(cfg: Mapping[str, Any]) -> None:
                 allowed = sorted(sub.model_fields) if sub is not None else []
                 hint = f"{did_you_mean(key.rsplit('.', 1)[1], allowed)}; valid: {', '.join(allowed)}" if allowed else ""
                 raise UserError(f"{key}: unknown key (NeMo Evaluator Launcher's {section} has no such key){hint}") from None
-            raise UserError(f"{key}={_show(err.get('input'))}: {err['msg']} (NeMo Evaluator Launcher's rule)") from None
+            raise UserError(f"{key}={shown(err.get('input'), 80)}: {err['msg']} (NeMo Evaluator Launcher's rule)") from None
 
 
 def check(

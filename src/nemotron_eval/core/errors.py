@@ -13,12 +13,19 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 PREFIX = "nemotron: error: "
 
 
 class UserError(Exception):
     """Bad input: the message names the file, key or value and what would be valid."""
+
+
+def shown(value: Any, width: int = 60) -> str:
+    """A value in a message: its repr, cut to `width` characters (a key 5000 levels deep is not repeated)."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def did_you_mean(value: str, valid: Iterable[str]) -> str:

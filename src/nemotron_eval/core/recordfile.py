@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
-from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.errors import UserError, shown
 from nemotron_eval.core.safeload import load_json
 
 T = TypeVar("T")
@@ -60,14 +60,9 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(hint, type) and isinstance(value, hint)
 
 
-def _show(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
 def problem(path: Path | str, what: str, field: str, value: Any, valid: str, fix: str = "") -> UserError:
     """The one line about a field of a record: the file, the field, its value, what would be valid."""
-    return UserError(f"{path}: field {field!r} = {_show(value)} is not {valid}; {fix or _advice(what)}")
+    return UserError(f"{path}: field {field!r} = {shown(value)} is not {valid}; {fix or _advice(what)}")
 
 
 def _advice(what: str) -> str:

@@ -306,9 +306,8 @@ def env_read_problem(name: str, environ: Mapping[str, str] | None = None) -> str
             f"(env_vars: {name}: host:{name}, or target.api_endpoint.api_key_name={name}); jobs read it from the "
             "environment where they run"
         )
-    if looks_like_token(env.get(name)):
-        return f"${{oc.env:{name}}}: the value of {name} here looks like {secret_shape(env.get(name))} (not repeated here); unset it or fix it"
-    return None
+    shape = secret_shape(env.get(name))
+    return f"${{oc.env:{name}}}: the value of {name} here looks like {shape} (not repeated here); unset it or fix it" if shape else None
 
 
 def secret_env_names(extra: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> frozenset[str]:

@@ -73,10 +73,10 @@ def submit(
     bad = [n for n in names if Path(n).is_absolute() or ".." in Path(n).parts or not (root / n).exists()]
     if bad:
         raise UserError(f"files to ship: {bad[0]!r} is not a path inside {root}")
-    experiments_home(profile)
+    base_dir = experiments_home(profile)  # checked before anything connects
     if check:
         Transport(profile).check()
-    result = _launch(profile, list(argv), root, names)
+    result = _launch(profile, list(argv), root, names, base_dir)
     if not attached:
         return result
     try:
@@ -104,7 +104,7 @@ def experiments_home(profile: RemoteProfile) -> str:
     return home
 
 
-def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str]) -> Submission:
+def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str], base_dir: str) -> Submission:
     import invoke.exceptions
     import nemo_run as run
 
@@ -115,7 +115,7 @@ def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str
     shipped_bytes = sum((root / n).stat().st_size for n in names if (root / n).is_file())
     run_id = f"{TITLE}_{time.time_ns()}"
     jobs_root = f"{profile.remote_job_dir}/experiments"
-    base_dir = experiments_home(profile)  # ssh: rsync copies it to jobs_root; local: it is the job folder, no copy
+    # base_dir (experiments_home): ssh: rsync copies it to jobs_root; local: it is the job folder, no copy
     tunnel: run.SSHTunnel | run.LocalTunnel
     if profile.is_ssh:
         # NeMo-Run's own executor builder leaves the port out; it is passed here.

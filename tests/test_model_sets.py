@@ -34,7 +34,7 @@ def sft(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalRegistry:
     return registry
 
 
-def plan(model: str, per_task: bool = True) -> Plan:
+def plan(model: str) -> Plan:
     return Plan(Request(eval_config="local", overrides=("deployment=stub", f"run.model={model}"), tasks=(TASK,)),
                 REPO / "configs")
 

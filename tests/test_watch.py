@@ -15,6 +15,7 @@ import pytest
 
 from conftest import BIN, SHARED_BENCHMARKS, copy_workflow, error_line, nemotron, wait_for
 from nemotron_eval.artifacts import LocalRegistry
+from nemotron_eval.core.errors import UserError
 from nemotron_eval.deploy.stub import write_checkpoint
 from nemotron_eval.front import runs, watch
 
@@ -215,3 +216,10 @@ def test_wandb_history_lists_the_collection_oldest_first() -> None:
     reg = WandbRegistry("team", "evals", api_factory=Api)
     assert [(v.version, v.lineage["step"]) for v in reg.history("sft")] == [("v1", 100), ("v2", 200), ("v3", 300)]
     assert reg.history("rl") == []  # no version yet: the watcher waits
+
+    class NoProject(Api):  # wandb's words for a project that does not exist (wandb/sdk/artifacts/artifact.py)
+        def artifact(self, ref: str) -> SimpleNamespace:
+            raise ValueError("project 'evals' not found under entity 'team'")
+
+    with pytest.raises(UserError, match="project 'evals' not found"):  # not "no version yet": said at once
+        WandbRegistry("team", "evals", api_factory=NoProject).history("sft")

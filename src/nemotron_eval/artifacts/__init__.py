@@ -10,7 +10,7 @@ from nemotron_eval.artifacts.base import Registry, Resolved, Version
 from nemotron_eval.artifacts.local import LocalRegistry
 from nemotron_eval.config.envtoml import EnvFile
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.core.spec import ModelSpec, VersionSet, parse_models
+from nemotron_eval.core.spec import ModelSpec, VersionSet, parse_models, version_number
 
 BACKENDS = ("local", "wandb")
 
@@ -58,7 +58,7 @@ def expand_models(value: Any, registry: Callable[[], Registry], where: str = "ru
 
 def _versions_of(vs: VersionSet, registry: Registry, where: str) -> list[ModelSpec]:
     have = [v.version for v in registry.history(vs.name)]
-    numbers = {int(v[1:]): v for v in have if v[1:].isdigit()}
+    numbers = {n: v for v in have if (n := version_number(v)) is not None}
     listed = ", ".join(have) or "none"
     if not numbers:
         raise UserError(f"{where}: {vs.text!r}: {vs.name} has no versions in the {registry.kind} registry; "

@@ -7,13 +7,14 @@ files are downloaded and the download folder is the checkpoint.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved, Version
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.core.spec import ModelSpec
+from nemotron_eval.core.spec import ModelSpec, version_number
 
 PATH_KEYS = ("absolute_path", "path", "checkpoint_path")
 
@@ -65,13 +66,15 @@ class WandbRegistry:
         oldest first; the artifact's metadata is its lineage (NVIDIA's recipe records the step there)."""
         latest = self.ref(ModelSpec(name, "latest"))
         try:
-            kind = self._client().artifact(latest).type
-        except Exception:  # no version yet (or a wrong project: resolving it says which)
-            return []
+            kind = self._artifact(latest).type
+        except UserError as e:  # no version yet: wandb says the artifact (membership) is not found; anything
+            if re.search(r": artifact( membership)? \S+ not found", str(e)):  # else (a wrong project, refused
+                return []  # credentials) is not "no version yet"
+            raise
         found = self._client().artifacts(kind, latest.rpartition(":")[0])
         out = [Version(name, str(a.version), str(getattr(a, "created_at", "") or ""), dict(getattr(a, "metadata", None) or {}))
                for a in found]
-        return sorted(out, key=lambda v: int(v.version[1:]) if v.version[1:].isdigit() else 0)
+        return sorted(out, key=lambda v: version_number(v.version) or 0)
 
     def resolve(self, spec: ModelSpec) -> Resolved:
         ref = self.ref(spec)

@@ -29,7 +29,12 @@ class ModelSpec:
 
     @property
     def is_version(self) -> bool:
-        return re.fullmatch(r"v\d+", self.alias) is not None
+        return version_number(self.alias) is not None
+
+
+def version_number(alias: str) -> int | None:
+    """N of a version alias `vN` (None for another alias: latest, best, ...)."""
+    return int(alias[1:]) if re.fullmatch(r"v\d+", alias) else None
 
 
 MAX_NAME, MAX_ALIAS = 128, 64  # build/NAME_ALIAS/ must stay one file name (at most 255 bytes)

@@ -57,7 +57,6 @@ class CurveJob:
     receipt: Path
     section: Mapping[str, Any] | None  # export.<name>
     secret_names: Sequence[str] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Exporter:

@@ -86,23 +86,22 @@ class WandbExporter(Exporter):
 
     def login_for_submission(self) -> None:
         """The key wandb itself would use here: WANDB_API_KEY, else its netrc login for the W&B host (read with
-        wandb's own reader), into this process's environment. WANDB_MODE offline (or dryrun), or an identity
-        token file, need no key."""
-        if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-            return
-        if os.environ.get("WANDB_MODE") in OFFLINE_MODES:
+        wandb's own reader), into this process's environment. WANDB_MODE offline, dryrun or disabled, or an
+        identity token file, need no key."""
+        if user_mode() in (*OFFLINE_MODES, "disabled"):
             return
         wandb = import_wandb()
-        if credential_source(wandb, {}) is None:  # wandb's netrc reader; an invalid entry is one line there
-            host = wandb.setup().settings.base_url
+        source = credential_source(wandb, os.environ)  # wandb's netrc reader; an invalid entry is one line there
+        if source is None:
             raise UserError(
                 f"execution.auto_export.destinations has 'wandb' and there is no W&B login here (no WANDB_API_KEY, "
-                f"no `wandb login` for {host}): run `wandb login`, or set WANDB_MODE=offline to export offline "
-                "(`wandb sync` later); nothing was submitted"
+                f"no `wandb login` for {wandb.setup().settings.base_url}): run `wandb login`, or set WANDB_MODE=offline "
+                "to export offline (`wandb sync` later); nothing was submitted"
             )
-        from wandb.sdk.lib import wbauth
+        if source == "netrc":
+            from wandb.sdk.lib import wbauth
 
-        os.environ["WANDB_API_KEY"] = str(wbauth.read_netrc_auth(host=wandb.setup().settings.base_url))
+            os.environ["WANDB_API_KEY"] = str(wbauth.read_netrc_auth(host=wandb.setup().settings.base_url))
 
     def check(self, section: Mapping[str, Any] | None) -> None:
         cfg = parse_config(section)

@@ -60,7 +60,6 @@ def export_curve(job: CurveJob) -> dict[str, Any]:
                              job_type="training-curve", tags=list(cfg.tags), config={"curve": name, "order": curve["order"],
                              "versions": [v["version"] for v in curve["versions"]]},
                              id=run_id(list(job.files.values())), resume="allow", mode=mode,
-                             dir=str(job.options["wandb_dir"]) if job.options.get("wandb_dir") else None,
                              settings=run_settings(wandb))  # fmt: skip
         except Exception as e:
             raise UserError(f"export.wandb: W&B could not start a run in {cfg.entity}/{cfg.project} ({mode}): {first_line(e)}") from None

@@ -20,8 +20,6 @@ from pathlib import Path
 
 from nemotron_eval.core.errors import UserError
 
-PLACEHOLDERS = ("{input}", "{output}")
-
 
 def check_command(argv: Sequence[str]) -> None:
     """--convert-arg values: {output} must be named (else nothing would be registered)."""

@@ -9,7 +9,7 @@ summary is results/{model}/summary.json when it covers exactly these results, el
 under runs/<id>/export/{model}/. `--format csv` (local only) also writes the run's table, every model's rows,
 to runs/<id>/export/local.csv.
 
-`nemotron export --curve NAME --dest NAME [-c CONFIG] [KEY=VALUE ...]`: the training curve results/curve/NAME.json
+`nemotron export --curve NAME --dest NAME [-c CONFIG]`: the training curve results/curve/NAME.json
 (`report.curve`, as the watcher or the Snakemake target left it) exported as a line chart (`Exporter.export_curve`),
 with the config's `export.DEST` section; the receipt is results/curve/NAME.DEST.json. The watcher does the same
 after each rebuild of a curve, for each destination of its `execution.auto_export`.

@@ -44,7 +44,7 @@ from typing import Any
 from nemotron_eval.artifacts import LocalRegistry, Registry
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import read_json, write_json_atomic
-from nemotron_eval.core.spec import ModelSpec, parse_spec
+from nemotron_eval.core.spec import ModelSpec, parse_spec, version_number
 from nemotron_eval.front import launch, runs
 
 STATE_DIR = Path(".nemotron/watch")
@@ -111,7 +111,7 @@ def _say(text: str) -> None:
 
 
 def _version_number(version: str) -> int:
-    return int(version[1:]) if re.fullmatch(r"v\d+", version) else 0
+    return version_number(version) or 0
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from typing import Any
 
 from nemotron_eval.artifacts.base import Version
 from nemotron_eval.core.io import csv_text, read_json, write_text_atomic
+from nemotron_eval.core.spec import version_number
 from nemotron_eval.evaluate.items import read_items
 from nemotron_eval.report.compare import ALPHA, CONFIDENCE, DEFAULT_DRAWS, DEFAULT_SEED, build_report
 from nemotron_eval.report.stats import stratified_bootstrap, z_value
@@ -49,7 +50,7 @@ def _step(version: Version) -> int | None:
 
 
 def _number(version: Version) -> int:
-    return int(version.version[1:]) if version.version[1:].isdigit() else 0
+    return version_number(version.version) or 0
 
 
 def ordered(history: Sequence[Version], has_results: Any) -> tuple[list[Version], str]:
@@ -107,10 +108,9 @@ def build_curve(name: str, history: Sequence[Version], tasks: Sequence[str], *, 
     curve_tasks = [t for t in tasks if with_task[t]]
     complete = [key[v.version] for v in versions if all(result(v, t).is_file() for t in curve_tasks)]
     for t in curve_tasks:
-        first = read_json(result(with_task[t][0], t))
-        primary = next(iter(first["metrics"]), None)
-        primary_values[t] = {key[v.version]: float(read_json(result(v, t))["metrics"][primary]["value"])
-                             for v in with_task[t] if primary in read_json(result(v, t))["metrics"]}
+        read = {v.version: read_json(result(v, t))["metrics"] for v in with_task[t]}
+        primary = next(iter(read[with_task[t][0].version]), None)
+        primary_values[t] = {key[v]: float(metrics[primary]["value"]) for v, metrics in read.items() if primary in metrics}
     means = {k: sum(primary_values[t][k] for t in curve_tasks) / len(curve_tasks) for k in complete
              if all(k in primary_values[t] for t in curve_tasks)}
     overall_best, overall_runner = _best_two(means, keys)

@@ -18,6 +18,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import Any
 
 
 def z_value(confidence: float) -> float:
@@ -36,6 +37,16 @@ def wilson_interval(value: float, n: int, confidence: float = 0.95) -> tuple[flo
     return max(0.0, min(value, centre - half)), min(1.0, max(value, centre + half))
 
 
+def _resampled_means(diffs: Sequence[float], rng: Any, draws: int) -> Any:
+    """`draws` means of `diffs` resampled with replacement (one multinomial draw over the distinct values)."""
+    import numpy as np
+
+    counts = Counter(float(d) for d in diffs)
+    values = np.array(sorted(counts), dtype=np.float64)
+    probs = np.array([counts[v] / len(diffs) for v in sorted(counts)], dtype=np.float64)
+    return rng.multinomial(len(diffs), probs, size=draws) @ values / len(diffs)
+
+
 def paired_bootstrap(
     diffs: Sequence[float], *, seed: int, draws: int = 10_000, confidence: float = 0.95
 ) -> tuple[float, float] | None:
@@ -45,13 +56,9 @@ def paired_bootstrap(
     n = len(diffs)
     if n == 0:
         return None
-    counts = Counter(float(d) for d in diffs)
-    values = np.array(sorted(counts), dtype=np.float64)
-    if len(values) == 1:
-        return float(values[0]), float(values[0])
-    probs = np.array([counts[v] / n for v in sorted(counts)], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = rng.multinomial(n, probs, size=draws) @ values / n
+    if len(set(diffs)) == 1:
+        return float(diffs[0]), float(diffs[0])
+    means = _resampled_means(diffs, np.random.default_rng(seed), draws)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
@@ -83,10 +90,7 @@ def stratified_bootstrap(
     rng = np.random.default_rng(seed)
     total = np.zeros(draws)
     for diffs in strata:
-        counts = Counter(float(d) for d in diffs)
-        values = np.array(sorted(counts), dtype=np.float64)
-        probs = np.array([counts[v] / len(diffs) for v in sorted(counts)], dtype=np.float64)
-        total += rng.multinomial(len(diffs), probs, size=draws) @ values / len(diffs)
+        total += _resampled_means(diffs, rng, draws)
     means = total / len(strata)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])

@@ -227,10 +227,12 @@ def _export(args: argparse.Namespace) -> int:
         raise UserError("nemotron export: give a run ID (its results) or --curve NAME (a training curve), one of them")
     if args.curve is not None:
         from nemotron_eval.exporters.base import get
+        from nemotron_eval.front.launch import enter_project
         from nemotron_eval.pipeline.plan import Plan
         from nemotron_eval.pipeline.request import Request
 
-        plan = Plan(Request(eval_config=args.config or "local"), Path("configs"))
+        config, _ = enter_project(args.config)  # results/curve/ and configs/ are the project's
+        plan = Plan(Request(eval_config=config or "local"), Path("configs"))
         receipt = export_curve(args.curve, get(args.dest), plan.resolved)
         print(receipt if receipt is not None else f"--dest {args.dest}: this destination draws no training curves")
         return 0

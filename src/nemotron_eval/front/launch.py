@@ -97,15 +97,21 @@ def eval_command(args: argparse.Namespace) -> int:
     return follow(run, start_local(run))
 
 
+def enter_project(config: str | None) -> tuple[str | None, Path]:
+    """Move to the project (`workflow_root`), the config named as the user meant it: a file named from a
+    subfolder, by its absolute path. Returns the config and the project folder."""
+    if config and Path(config).expanduser().is_file():  # before moving to the root
+        config = str(Path(config).expanduser().resolve())
+    root = workflow_root()
+    os.chdir(root)
+    return config, root
+
+
 def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
     """What `nemotron eval ARGS` does before anything runs: move to the project, plan the request (every config
     error now, in one line), record the run (`runs.create`). Returns the run, its remote profile (None here) and
     the project folder; a dry run prints its plan and returns its exit status instead."""
-    config = args.config
-    if config and Path(config).expanduser().is_file():  # a file named from a subfolder: before moving to the root
-        config = str(Path(config).expanduser().resolve())
-    root = workflow_root()
-    os.chdir(root)
+    config, root = enter_project(args.config)
     profile_name = args.run or args.batch
     remote_profile, executor = None, None
     if profile_name:
@@ -422,6 +428,9 @@ def await_end(run_id: str, grace_s: float = 60.0) -> str:
     return runs.state(runs.load(run_id))
 
 
+LAUNCHER_POLL_S = 30.0  # how often `logs -f` asks the launcher (copies its jobs' logs, asks their state)
+
+
 def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s: float = 1.0) -> int:
     """A run's Snakemake output (or one task's evaluation log), to stdout; `follow` until the run ends."""
     run = runs.load(run_id)
@@ -458,13 +467,15 @@ def show_logs(run_id: str, follow: bool = False, task: str | None = None, poll_s
         sys.stdout.flush()
         if not follow or runs.state(runs.load(run.id)) in runs.FINAL:
             return 0
-        time.sleep(poll_s)
+        # a launcher run's logs come over its executor (ssh for Slurm), with its state: not every second
+        time.sleep(max(poll_s, LAUNCHER_POLL_S) if run.invocations else poll_s)
 
 
 def summary(run: runs.Run) -> str:
-    state = runs.state(run)
+    jobs = runs.launcher_jobs(run)  # asked once for both
+    state = runs.state(run, jobs)
     lines = [f"run {run.id}: {state}"] + ([f"  why: {run.error}"] if run.error else [])
-    for t in runs.task_states(run):
+    for t in runs.task_states(run, jobs=jobs):
         detail = t.detail
         if run.remote_id and t.state == "pending" and state == "done":
             t = runs.TaskState(t.model, t.task, "done", f"on the cluster: nemotron fetch {run.id}")

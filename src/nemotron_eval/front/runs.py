@@ -196,8 +196,9 @@ def live() -> list[Run]:
     return found
 
 
-def state(run: Run) -> str:
-    """How the run stands now: a local run still marked running whose process is gone was interrupted."""
+def state(run: Run, jobs: dict[str, list[Any]] | None = None) -> str:
+    """How the run stands now: a local run still marked running whose process is gone was interrupted. `jobs`: a
+    launcher run's `launcher_jobs` when the caller has asked them already."""
     if run.mode == "local" and run.state == "running" and not is_live(run):
         return "failed"
     if run.remote_id and run.state not in FINAL:
@@ -215,24 +216,23 @@ def state(run: Run) -> str:
             run.save()
         return now_state
     if run.invocations and run.state not in FINAL:
-        return _launcher_state(run)
+        return _launcher_state(run, launcher_jobs(run) if jobs is None else jobs)
     return run.state
 
 
-def _launcher_state(run: Run) -> str:
-    """A launcher run's state from the launcher's API; once its jobs ended, those that succeeded have their
+def _launcher_state(run: Run, jobs: dict[str, list[Any]]) -> str:
+    """A launcher run's state from its jobs (`launcher_jobs`); once they ended, those that succeeded have their
     results collected into results/ (once: the state is then recorded)."""
     from nemotron_eval.pipeline import launcher
 
-    try:
-        now_state = launcher.overall([s for inv in run.invocations.values() for s in launcher.status(inv)])
-    except UserError:
+    if not jobs:
         return run.state  # the launcher cannot tell now: what was known last
+    now_state = launcher.overall([s for states in jobs.values() for s in states])
     if now_state in ("done", "failed"):
         try:
             for model, inv in run.invocations.items():
                 launcher.collect(inv, run.folder / model / "job.yaml", run.folder / model / "eval.yaml",
-                                 run.folder / "fetched" / model)
+                                 run.folder / "fetched" / model, done={s.job_id for s in jobs[model] if s.state == "done"})
         except UserError as e:
             now_state, run.error = "failed", str(e).splitlines()[0]
     if now_state in FINAL:
@@ -337,10 +337,12 @@ def _error_line(log: Path) -> str:
     return (errors or lines or ["(empty log)"])[-1][:300]
 
 
-def task_states(run: Run, root: Path = Path(".")) -> list[TaskState]:
-    """Per model and task of a run (on this machine: the results and logs under `root`)."""
-    overall = state(run)
-    jobs = _launcher_jobs(run) if run.invocations and overall != "done" else {}
+def task_states(run: Run, root: Path = Path("."), jobs: dict[str, list[Any]] | None = None) -> list[TaskState]:
+    """Per model and task of a run (on this machine: the results and logs under `root`); `jobs`: a launcher run's
+    `launcher_jobs` when the caller has asked them already (they are asked once per command)."""
+    jobs = launcher_jobs(run) if jobs is None else jobs
+    overall = state(run, jobs)
+    by_task = {(model, job.task): job for model, states in jobs.items() for job in states}
     out = []
     for model in run.models:
         prints = _fingerprints(run, model)
@@ -353,8 +355,8 @@ def task_states(run: Run, root: Path = Path(".")) -> list[TaskState]:
             done = _result(result, fp)
             if done is not None:
                 out.append(TaskState(model, task, "done", done))
-            elif (model, entry.get("name")) in jobs:
-                job = jobs[model, entry.get("name")]
+            elif (model, entry.get("name")) in by_task:
+                job = by_task[model, entry.get("name")]
                 out.append(TaskState(model, task, job.state, f"launcher job {job.job_id}"))
             elif overall == "failed" and log.is_file() and log.stat().st_mtime >= _epoch(run.created_at):
                 out.append(TaskState(model, task, "failed", _error_line(log)))
@@ -365,12 +367,15 @@ def task_states(run: Run, root: Path = Path(".")) -> list[TaskState]:
     return out
 
 
-def _launcher_jobs(run: Run) -> dict[str, Any]:
-    """Per model and task name in eval.yaml, its launcher job's state (empty when the launcher cannot tell now)."""
+def launcher_jobs(run: Run) -> dict[str, list[Any]]:
+    """Per model, its launcher jobs' states now (one question per invocation); empty when the run is not a launcher
+    run, is done (its results are here), or the launcher cannot tell now."""
     from nemotron_eval.pipeline import launcher
 
+    if not run.invocations or run.state == "done":
+        return {}
     try:
-        return {(model, job.task): job for model, inv in run.invocations.items() for job in launcher.status(inv)}
+        return {model: launcher.status(inv) for model, inv in run.invocations.items()}
     except UserError:
         return {}
 

@@ -402,11 +402,8 @@ def watch_command(args: argparse.Namespace) -> int:
     from nemotron_eval.pipeline.request import Request
 
     _check_args(args)
-    config = args.config
-    if config and Path(config).expanduser().is_file():  # as `nemotron eval` takes it, before moving to the project
-        config = str(Path(config).expanduser().resolve())
     source = (os.path.abspath(os.path.expanduser(args.dir)), args.marker) if args.dir is not None else None
-    os.chdir(launch.workflow_root())
+    config, _ = launch.enter_project(args.config)  # as `nemotron eval` takes it
     setup = Setup(config, args.batch, tuple(args.task) if args.task else None, tuple(args.overrides))
     plan = Plan(Request(eval_config=config or ("default" if args.batch else "local"), env_profile=args.batch,
                         overrides=setup.overrides, tasks=setup.tasks), Path("configs"))  # every config error: now

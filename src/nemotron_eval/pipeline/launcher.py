@@ -122,12 +122,12 @@ def kill(invocation: str) -> list[str]:
     return [f"{r['job_id']}: {(r.get('data') or {}).get('error', r['status'])}" for r in answers if r["status"] != "killed"]
 
 
-def _copy(invocation: str, dest: Path, *, logs: bool) -> dict[str, Path]:
+def _copy(invocation: str, dest: Path, *, logs: bool, jobs: dict[str, Any] | None = None) -> dict[str, Path]:
     """Per job id, its folder under `dest` with the job's logs/ (`logs`) or artifacts/, as the launcher's
-    exporters copy them (ssh for Slurm jobs)."""
+    exporters copy them (ssh for Slurm jobs); `jobs`: the invocation's job records when the caller has them."""
     from nemo_evaluator_launcher.exporters.utils import copy_artifacts
 
-    jobs = list(_jobs(invocation).values())
+    jobs = list((jobs if jobs is not None else _jobs(invocation)).values())
     with _said(f"copy invocation {invocation}'s {'logs' if logs else 'artifacts'}"):
         copied, failed = copy_artifacts(jobs, Path(dest), copy_local=True, copy_artifacts=not logs,
                                         only_required=False, copy_logs=logs)
@@ -140,8 +140,10 @@ def fetch_logs(invocation: str, dest: Path) -> list[Path]:
     return sorted(p for folder in folders.values() for p in (folder / "logs").glob("*") if p.is_file())
 
 
-def collect(invocation: str, job_yaml: Path, eval_yaml: Path, fetch_dir: Path, root: Path = Path(".")) -> list[Path]:
-    """results/<model>/<task>.json and .items.jsonl.gz of each task whose job succeeded, from its artifacts, in the
+def collect(invocation: str, job_yaml: Path, eval_yaml: Path, fetch_dir: Path, root: Path = Path("."), *,
+            done: set[str]) -> list[Path]:
+    """results/<model>/<task>.json and .items.jsonl.gz of each task whose job succeeded (`done`: their job ids, from
+    `status`), from its artifacts, in the
     Snakemake engine's shape (its fingerprint from job.yaml, so `nemotron status` counts it as this run's); and
     results/<model>/summary.{json,md} once every task has its result."""
     from nemotron_eval.data import tasks
@@ -154,10 +156,9 @@ def collect(invocation: str, job_yaml: Path, eval_yaml: Path, fetch_dir: Path, r
     model = job["run"]["artifacts"]["model"]
     wildcard = Path(job_yaml).parent.name
     by_name = {entry["name"]: (short, entry) for short, entry in job["run"]["tasks"].items()}
-    done = {s.job_id for s in status(invocation) if s.state == "done"}
     jobs = _jobs(invocation)
     written = []
-    for job_id, folder in _copy(invocation, fetch_dir, logs=False).items():
+    for job_id, folder in _copy(invocation, fetch_dir, logs=False, jobs=jobs).items():
         if job_id not in done:
             continue
         name = _task_name(jobs[job_id])

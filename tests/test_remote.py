@@ -272,6 +272,32 @@ def test_cancel_stops_the_jobs_snakemake_submitted(slurm, runs: list[str], tmp_p
         subprocess.run(["scancel", child], capture_output=True, timeout=30)
 
 
+
+@pytest.mark.slurm
+def test_cancel_also_cancels_what_the_command_left(slurm, runs: list[str], tmp_path: Path) -> None:
+    """A command that submits a job and dies on the SIGINT without cancelling it (what a Snakemake killed before
+    its graceful stop leaves): the cancel finds the job by the run's project folder and cancels it too."""
+    project = tmp_path / "workflow"
+    project.mkdir()
+    submit_then_wait = ["sh", "-c", 'sbatch --parsable -A nemotron -p debug -t 5 --mem=100M --wrap "sleep 600" > child.jobid '
+                        '&& echo sleeping && exec sleep 600']
+    sub = remote.submit(remote.parse_profile("local-slurm", base_profile(tmp_path)), submit_then_wait, project_root=project)
+    runs.append(sub.id)
+    rec = records.load(sub.id)
+    child_file = Path(rec.code_dir) / "child.jobid"
+    deadline = time.monotonic() + 120
+    while not (child_file.is_file() and child_file.read_text().strip()) and time.monotonic() < deadline:
+        assert not remote.status(sub.id).terminal, remote.logs(sub.id)
+        time.sleep(1)
+    child = child_file.read_text().strip()
+    try:
+        assert child.isdigit(), remote.logs(sub.id)
+        assert remote.cancel(sub.id).state == "cancelled", remote.logs(sub.id)
+        assert sacct_row(child, "CANCELLED")["State"].startswith("CANCELLED")
+    finally:
+        subprocess.run(["scancel", child], capture_output=True, timeout=30)
+
+
 # ---------------------------------------------------------------- (b) tunnel = "ssh" through a real sshd
 def ssh_profile(tmp_path: Path, sshd: dict[str, Any], **extra: Any) -> remote.RemoteProfile:
     table = base_profile(

@@ -7,6 +7,7 @@ its jobs instead of cancelling them), and its status hides query errors behind t
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -19,6 +20,8 @@ from typing import TextIO
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors.remote import records
 from nemotron_eval.executors.remote.transport import Transport
+
+log = logging.getLogger(__name__)
 
 # Slurm job states (squeue %T / sacct State) by what they mean for a run.
 _STATES = {
@@ -121,22 +124,35 @@ def cancel(run_id: str, grace_s: float = 60.0, poll_s: float = 1.0) -> RunStatus
     A running head job gets `scancel --signal=INT` after a marker file is written: its command (Snakemake)
     receives one SIGINT and cancels the jobs it submitted, then head.sh cancels its own job (CANCELLED).
     A pending job is simply cancelled. If the job has not ended after `grace_s`, a plain `scancel` follows.
+    Whatever the command submitted and did not cancel itself (it was killed first, or it ended without
+    cancelling) is cancelled last: every job of the run's project folder on the cluster.
     """
     rec = records.load(run_id)
     transport = Transport(rec.remote_profile())
     st = status(run_id)
-    if st.terminal:
-        return st
-    transport.run(["touch", f"{rec.control_dir}/cancel-requested"], check=True)
-    if st.state == "pending":
-        transport.run(["scancel", rec.job_id], check=True)
-    else:
-        transport.run(["scancel", "--signal=INT", rec.job_id])  # fails harmlessly when no step runs yet
-    st = wait(run_id, timeout_s=grace_s, poll_s=poll_s)
     if not st.terminal:
-        transport.run(["scancel", rec.job_id], check=True)
-        st = wait(run_id, timeout_s=60, poll_s=poll_s)
+        transport.run(["touch", f"{rec.control_dir}/cancel-requested"], check=True)
+        if st.state == "pending":
+            transport.run(["scancel", rec.job_id], check=True)
+        else:
+            transport.run(["scancel", "--signal=INT", rec.job_id])  # fails harmlessly when no step runs yet
+        st = wait(run_id, timeout_s=grace_s, poll_s=poll_s)
+        if not st.terminal:
+            transport.run(["scancel", rec.job_id], check=True)
+            st = wait(run_id, timeout_s=60, poll_s=poll_s)
+    left = submitted_jobs(rec, transport)
+    if left:
+        log.warning("run %s: cancelling %d job(s) its command submitted and left: %s", run_id, len(left), " ".join(left))
+        transport.run(["scancel", *left])
     return st
+
+
+def submitted_jobs(rec: records.RunRecord, transport: Transport) -> list[str]:
+    """Ids of the queued or running jobs, other than the head, whose working directory is the run's project
+    folder on the cluster: what its Snakemake submitted (the Slurm executor submits from its working directory)."""
+    proc = transport.run(["squeue", "--me", "-h", "-o", "%i|%Z"], timeout=60)
+    rows = (line.strip().partition("|") for line in proc.stdout.splitlines())
+    return [job for job, _, workdir in rows if job and job != rec.job_id and workdir.rstrip("/") == rec.code_dir.rstrip("/")]
 
 
 def fetch(run_id: str, dest: Path, path: str = "results") -> Path:

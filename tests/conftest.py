@@ -75,13 +75,16 @@ PIPELINE_MODULES = (
 )
 
 
-# Under pytest-xdist (`scripts/run-tests` runs `-n 3 --dist loadgroup`) two lanes run each in order on one worker:
-# the Slurm lane (the local Slurm, and the SSH server whose host key they add to ~/.ssh), which mostly waits on
-# the scheduler and the tunnel, and the slow lane (the real model and the long runs, which compute and some of
-# which time their answers). Every other test goes to whichever worker is free.
-SLURM_LANE, SERIAL_LANE = "slurm", "serial"
+# Under pytest-xdist (`scripts/run-tests` runs `-n 3 --dist loadgroup`) the Slurm lane runs in order on one worker:
+# the tests of the local Slurm (one node: a test may hold all its CPUs) and of the SSH server whose host key they
+# add to ~/.ssh; it mostly waits on the scheduler and the tunnel. A module's slow tests (the real model, the long
+# runs) stay together on one worker, so that a module-scoped fixture (a converted model, a finished run) is
+# built once; the modules and every other test go to whichever worker is free. This hook runs before
+# xdist's own, which reads the groups (after it, a group added here is not seen and every test goes anywhere).
+SLURM_LANE = "slurm"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if any(item.get_closest_marker(m) for m in NOT_FAST_MARKS):
@@ -90,8 +93,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.fast)
         if item.get_closest_marker("slurm") or "sshd" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(SLURM_LANE))
-        elif item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group(SERIAL_LANE))
+        elif item.get_closest_marker("slow") and item.module is not None:
+            item.add_marker(pytest.mark.xdist_group(f"slow-{item.module.__name__.rpartition('.')[2]}"))
 
 
 @pytest.fixture(autouse=True)
@@ -254,12 +257,18 @@ def slurm_problem() -> str | None:
 
 
 @pytest.fixture
-def slurm() -> None:
+def slurm() -> Iterator[None]:
     """The local Slurm answers (scripts/local-slurm up), or the test is skipped saying why (a failure under
-    NEMOTRON_TESTS_STRICT)."""
+    NEMOTRON_TESTS_STRICT). Jobs a test leaves queued or running (one that failed midway) are cancelled after
+    it: they would hold the node's CPUs and stall the next Slurm test (the Slurm lane runs one at a time)."""
     problem = slurm_problem()
     if problem:
         pytest.skip(problem)
+    yield
+    me = ["-u", pwd.getpwuid(os.getuid()).pw_name]
+    if subprocess.run(["squeue", "-h", *me], capture_output=True, text=True, timeout=30).stdout.strip():
+        subprocess.run(["scancel", *me], capture_output=True, timeout=30)
+        wait_for(lambda: not subprocess.run(["squeue", "-h", *me], capture_output=True, text=True, timeout=30).stdout.strip(), 90, 1)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support, shared with the tests
-from suite import dag, peers, pipeline, report
+from suite import ceiling, dag, peers, pipeline, report
 from suite.core import CACHE, DEFAULT_MIRROR, REPO, Progress, Row, machine, not_measured
 
 PARTS = ("P1", "P2", "P3", "P4", "P5")
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             if "P3" in parts:
                 measure(rows, "P3", "throughput", "prompt-scoring tokens/s against vLLM-CPU",
                         lambda: peers.p3_throughput(run.checkpoint, workdir / "peers", progress, DTYPES[a.quick],
-                                                    tasks=None if tasks == every else tasks, install=not a.quick))
+                                                    tasks=None if tasks == every else tasks, install=not a.quick,
+                                                    shapes=ceiling.QUICK_SHAPES if a.quick else ceiling.SHAPES))
                 measure(rows, "P3", "wall_vs_lm_eval_hf", "pipeline wall / upstream lm-eval hf",
                         lambda: peers.p3_lm_eval(run.wall_s, run.checkpoint,
                                                  {t: run.work / run.results[t]["raw"] for t in run.tasks},

@@ -160,9 +160,10 @@ def compare_answers(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) ->
 
 
 def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple[str, ...], *,
-                  tasks: list[str] | None = None, install: bool = True) -> list[Row]:
+                  tasks: list[str] | None = None, install: bool = True,
+                  shapes: tuple[tuple[int, int], ...] = ceiling.SHAPES) -> list[Row]:
     """Our server and vLLM-CPU on the recorded mix (of `tasks`, default all five); `install`: make the vLLM venv when
-    missing (else a missing venv is a reason not to measure)."""
+    missing (else a missing venv is a reason not to measure); `shapes`: the ceiling's batch shapes."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: request_mix.py
     from request_mix import harness_order, replay  # type: ignore[import-not-found]
     from transformers import AutoTokenizer
@@ -184,7 +185,7 @@ def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple
                                  cache_mb=DEFAULT_PREFIX_CACHE_MB, label=f"ours {dtype}")
     rows = []
     with progress.step("P3 the ceiling and our server without the prefix cache, float32"):
-        top = ceiling.ceiling(checkpoint, "float32")
+        top = ceiling.ceiling(checkpoint, "float32", shapes)
         off = replay(checkpoint, ordered, dtype="float32", concurrency=CONCURRENCY, cache_mb=0, label="ours, cache off")
         on = {"cache on": ours["float32"]} if "float32" in ours else {}
         rows += ceiling.rows(top, {**on, "cache off": off}, "float32")

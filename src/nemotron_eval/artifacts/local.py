@@ -193,17 +193,11 @@ class LocalRegistry:
                 return {**meta, "aliases": sorted(aliases), "reused": True}
             version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
             files = [p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()]
-            meta = {
-                "name": name,
-                "version": version,
-                "path": str(path),
-                "digest": digest,
-                "fingerprint": fingerprint,
-                "files": len(files),
-                "bytes": sum(p.stat().st_size for p in files),
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "lineage": lineage or {},
-            }
+            meta = asdict(VersionRecord(
+                name=name, version=version, path=str(path), digest=digest, fingerprint=fingerprint, files=len(files),
+                bytes=sum(p.stat().st_size for p in files), lineage=lineage or {},
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            ))  # fmt: skip
             write_json_atomic(folder / version / METADATA, meta)
             table = self.aliases(name)
             table.update({alias: version for alias in aliases})

@@ -15,6 +15,13 @@ EVAL = "build/{model}/eval.yaml"
 JOB = "build/{model}/job.yaml"
 TASK_FINGERPRINT = "build/{model}/tasks/{task}.json"
 STAGED = "data/{task}"
+CURVE = "results/curve/{name}.{ext}"  # ext: json, csv, html; an exporter's receipt: {dest}.json
+CURVE_FILES = ("json", "csv", "html")
+
+
+def curve_files(name: str, root: Path = Path(".")) -> dict[str, Path]:
+    """A training curve's files (`report.curve`), by extension."""
+    return {ext: root / CURVE.format(name=name, ext=ext) for ext in CURVE_FILES}
 
 
 def harness_dir(model: str, task: str, fingerprint: str) -> Path:

@@ -17,6 +17,7 @@ from nemotron_eval.core.errors import UserError
 from nemotron_eval.executors.base import Executor, register
 
 _JOB_ID = re.compile(r"SLURM jobid (\d+)")  # "Job 3 has been submitted with SLURM jobid 1234 (log: ...)."
+_SET_ACCOUNT = 'add account = "..." to the profile or override run.env.account=...'
 
 
 def check_account(account: str | None, profile: str | None, enforce: str | None) -> None:
@@ -25,8 +26,7 @@ def check_account(account: str | None, profile: str | None, enforce: str | None)
         return
     where = f"env.toml profile {profile!r}" if profile else "the config (no env_profile given)"
     raise UserError(
-        f"{where} has no 'account', and this cluster requires one (AccountingStorageEnforce={enforce}); "
-        "add account = \"...\" to the profile or override run.env.account=..."
+        f"{where} has no 'account', and this cluster requires one (AccountingStorageEnforce={enforce}); {_SET_ACCOUNT}"
     )
 
 
@@ -112,7 +112,7 @@ class Slurm(Executor):
         if env_profile and not execution.get("account"):
             raise UserError(
                 f"env.toml profile {env_profile!r} has no 'account': its Slurm jobs would be submitted with "
-                "`--account None`; add account = \"...\" to the profile or override run.env.account=..."
+                f"`--account None`; {_SET_ACCOUNT}"
             )
 
     def srun(self, execution: Mapping[str, Any]) -> bool:

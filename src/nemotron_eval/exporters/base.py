@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from nemotron_eval.core import layout
 from nemotron_eval.core.errors import UserError, did_you_mean
 from nemotron_eval.core.io import read_json, write_json_atomic
 from nemotron_eval.core.secrets import scrub_env_values
 
 RECEIPT = "results/{model}/{dest}.json"
-CURVE_RECEIPT = "results/curve/{name}.{dest}.json"
 CURVE_COLUMNS = ["version", "order", "task", "metric", "value", "ci_low", "ci_high"]
 NAME_FIELDS = ("model", "spec", "name", "version", "digest", "registry")
 RESULT_REQUIRED = ("task", "metrics", "n_samples", "model", "duration_s")
@@ -89,7 +89,7 @@ class Exporter:
         return None
 
     def curve_receipt(self, name: str) -> str:
-        return CURVE_RECEIPT.format(name=name, dest=self.name)
+        return layout.CURVE.format(name=name, ext=f"{self.name}.json")
 
 
 REGISTRY: dict[str, Exporter] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nemotron_eval.core import layout
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import local
 from nemotron_eval.exporters.base import CurveJob, Exporter, get, load_results
@@ -76,7 +77,6 @@ def export_run(run_id: str, dest: str, fmt: str = "json", root: Path = Path(".")
     return written
 
 
-CURVE_DIR = Path("results") / "curve"
 
 
 def export_curve(name: str, exporter: Exporter, cfg: dict, root: Path = Path(".")) -> Path | None:
@@ -84,11 +84,11 @@ def export_curve(name: str, exporter: Exporter, cfg: dict, root: Path = Path("."
     section; returns the receipt, or None when the destination draws no curves."""
     from nemotron_eval.core.secrets import api_key_names
 
-    files = {ext: root / CURVE_DIR / f"{name}.{ext}" for ext in ("json", "csv", "html")}
+    files = layout.curve_files(name, root)
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise UserError(f"{missing[0]}: no training curve of {name!r} (`nemotron watch {name}` draws it, or "
-                        f"`snakemake --profile profiles/local {CURVE_DIR / (name + '.html')}`)")
+                        f"`snakemake --profile profiles/local {layout.CURVE.format(name=name, ext='html')}`)")
     try:
         curve = read_json(files["json"])
     except (OSError, ValueError) as e:

@@ -119,18 +119,18 @@ def load(run_id: str | None = None) -> Run:
     if not _ID.fullmatch(run_id) or not path.is_file():
         latest = ", ".join(ids[-5:]) or "none"
         raise UserError(f"no run {run_id!r} in {RUNS_DIR.resolve()}{did_you_mean(run_id, ids)}; latest runs: {latest}")
-    data = load_json(path, WHAT, fix=f"restore it, or remove the folder {path.parent}")
+    fix = f"restore it, or remove the folder {path.parent}"
+    data = load_json(path, WHAT, fix=fix)
     if isinstance(data, dict) and "slurm_jobs" in data:  # a record written before executors had names
         data["jobs"] = data.pop("slurm_jobs")
-    run = recordfile.from_dict(Run, data, path, WHAT, fix=f"restore it, or remove the folder {path.parent}")
-    _check(run, path)
+    run = recordfile.from_dict(Run, data, path, WHAT, fix=fix)
+    _check(run, path, fix)
     return run
 
 
-def _check(run: Run, path: Path) -> None:
+def _check(run: Run, path: Path, fix: str) -> None:
     """What the field types cannot say: the values a run can have, and names that become paths checked as a
     user's are (a model `../../etc` would make `logs` print a file outside the project)."""
-    fix = f"restore it, or remove the folder {path.parent}"
 
     def bad(name: str, value: Any, valid: str) -> UserError:
         return recordfile.problem(path, WHAT, name, value, valid, fix)

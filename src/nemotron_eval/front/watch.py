@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,22 +410,15 @@ def watch_command(args: argparse.Namespace) -> int:
     watched = [Watched(name, alias, STATE_DIR / f"{name}-{setup.key}.json") for name, alias in map(_target, args.names)]
     watcher = Watcher(setup, registry_of(plan.merged), watched, max_parallel=args.max_parallel, retries=args.retries,
                       source=source, curve_tasks=list(plan.task_names), config=plan.resolved, convert=args.convert_arg)
-    with _all_locked([w.path for w in watched]):
+    with ExitStack() as locks:
+        for w in watched:
+            locks.enter_context(_locked(w.path))
         for w in watched:
             _load(w)
         what = ", ".join(f"{w.name}:{w.alias}" if w.alias else f"{w.name} (every version)" for w in watched)
         _say(f"{what}; tasks {' '.join(plan.task_names)}; state {', '.join(str(w.path) for w in watched)}"
              + ("" if args.once else f"; every {args.interval:g}s (Ctrl-C stops it and its evaluations)"))
         return _loop(watcher, args.interval, args.once)
-
-
-@contextmanager
-def _all_locked(paths: list[Path]) -> Iterator[None]:
-    if not paths:
-        yield
-        return
-    with _locked(paths[0]), _all_locked(paths[1:]):
-        yield
 
 
 def _loop(watcher: Watcher, interval: float, once: bool) -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Version
+from nemotron_eval.core import layout
 from nemotron_eval.core.io import csv_text, read_json, write_text_atomic
 from nemotron_eval.core.spec import version_number
 from nemotron_eval.evaluate.items import read_items
@@ -238,7 +239,7 @@ def _best_row(task: str, best: dict[str, Any] | None) -> list[list[Any]]:
              test.get("ci_low"), test.get("ci_high"), None, test.get("p_value"), test.get("test"), test.get("verdict"), None]]
 
 
-def write_curve(name: str, history: Sequence[Version], tasks: Sequence[str], out_dir: Path = Path("results/curve"), *,
+def write_curve(name: str, history: Sequence[Version], tasks: Sequence[str], out_dir: Path = Path(layout.CURVE).parent, *,
                 results_dir: Path = Path("results")) -> dict[str, Path]:
     """Build the curve and write {name}.json, .csv and .html into `out_dir` (each atomically); {} without results."""
     from nemotron_eval.report.curve_page import to_html
@@ -246,7 +247,7 @@ def write_curve(name: str, history: Sequence[Version], tasks: Sequence[str], out
     curve = build_curve(name, history, tasks, results_dir=results_dir)
     if curve is None:
         return {}
-    paths = {ext: Path(out_dir) / f"{name}.{ext}" for ext in ("json", "csv", "html")}
+    paths = {ext: Path(out_dir) / f"{name}.{ext}" for ext in layout.CURVE_FILES}
     write_text_atomic(paths["json"], json.dumps(curve, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(paths["csv"], csv_text(list(CSV_COLUMNS), table_rows(curve)))
     write_text_atomic(paths["html"], to_html(curve))

@@ -8,15 +8,11 @@ from typing import Any
 from markupsafe import Markup
 
 from nemotron_eval.report import charts
-from nemotron_eval.report.render import _fmt, _pvalue, _signed
+from nemotron_eval.report.render import templates
 
 
 def to_html(curve: dict[str, Any]) -> str:
-    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
-    env = Environment(loader=PackageLoader("nemotron_eval.report", "templates"), autoescape=select_autoescape(["html", "j2"]),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(fmt=_fmt, signed=_signed, pvalue=_pvalue)
+    env = templates()
     labels = [v["version"] for v in curve["versions"]]
     charts_by_task = {}
     for s in curve["tasks"]:

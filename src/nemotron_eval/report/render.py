@@ -93,7 +93,8 @@ def _short(value: Any, n: int = 12) -> str:
     return text.split(":")[-1][:n] if text else "–"
 
 
-def to_html(report: Mapping[str, Any], *, workdir: Path, out_dir: Path) -> str:
+def templates() -> Any:
+    """The Jinja environment of the report's pages (templates/): escaped, strict, with the number filters."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     env = Environment(
@@ -105,6 +106,11 @@ def to_html(report: Mapping[str, Any], *, workdir: Path, out_dir: Path) -> str:
         keep_trailing_newline=True,
     )
     env.filters.update(fmt=_fmt, signed=_signed, pvalue=_pvalue, short=_short, value=_value)
+    return env
+
+
+def to_html(report: Mapping[str, Any], *, workdir: Path, out_dir: Path) -> str:
+    env = templates()
     model_index = {m["key"]: i for i, m in enumerate(report["models"])}
     names = {m["key"]: str(m["spec"]) for m in report["models"]}
     tasks = []

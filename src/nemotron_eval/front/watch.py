@@ -37,13 +37,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts import LocalRegistry, Registry
+from nemotron_eval.core import recordfile
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.core.io import read_json, write_json_atomic
+from nemotron_eval.core.io import write_json_atomic
 from nemotron_eval.core.spec import ModelSpec, parse_spec, version_number
 from nemotron_eval.front import launch, runs
 
@@ -131,19 +132,55 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
+@dataclass
+class _StateFile:
+    """A watcher's state file as `Watched.save` writes it; read back with every field checked (core.recordfile)."""
+
+    schema: int
+    name: str
+    setup: dict[str, Any]
+    versions: dict[str, dict[str, Any]]
+    folders: dict[str, str] = field(default_factory=dict)
+    conversions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _VersionEntry:
+    state: str
+    attempts: int
+    runs: list[str]
+    error: str | None = None
+
+
+@dataclass
+class _ConversionEntry:
+    attempts: int
+    error: str | None = None
+
+
+VERSION_STATES = ("pending", "running", "done", "failed")
+
+
 def _load(watched: Watched) -> None:
+    """The state file of `watched`, if any, into it: each field and each entry checked (one line naming the file
+    and the field), a version's state among VERSION_STATES, its runs' ids as run ids."""
     if not watched.path.is_file():
         return
-    try:
-        data = read_json(watched.path)
-        watched.versions = {str(k): dict(v) for k, v in data["versions"].items()}
-        watched.folders = {str(k): str(v) for k, v in data.get("folders", {}).items()}
-        watched.conversions = {str(k): dict(v) for k, v in data.get("conversions", {}).items()}
-        for entry in watched.versions.values():
-            if entry["state"] not in ("pending", "running", "done", "failed"):
-                raise ValueError(f"state {entry['state']!r}")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{watched.path}: not a watcher state file ({e}); delete it to evaluate every version again") from None
+    what, fix = "watcher state file", "delete it to evaluate every version again"
+    state = recordfile.load(_StateFile, watched.path, what, fix)
+    versions = {}
+    for version, entry in state.versions.items():
+        checked = recordfile.from_dict(_VersionEntry, entry, watched.path, f"{what}'s entry of {version}", fix)
+        if checked.state not in VERSION_STATES:
+            raise recordfile.problem(watched.path, what, f"versions.{version}.state", checked.state,
+                                     f"one of {', '.join(VERSION_STATES)}", fix)
+        bad = next((r for r in checked.runs if not runs.is_run_id(r)), None)
+        if bad is not None:
+            raise recordfile.problem(watched.path, what, f"versions.{version}.runs", bad, "a run id", fix)
+        versions[version] = asdict(checked)
+    conversions = {folder: asdict(recordfile.from_dict(_ConversionEntry, entry, watched.path, f"{what}'s entry of {folder}", fix))
+                   for folder, entry in state.conversions.items()}  # fmt: skip
+    watched.versions, watched.folders, watched.conversions = versions, dict(state.folders), conversions
 
 
 def _target(value: str) -> tuple[str, str | None]:

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if [t for t in tasks if t not in every] or not tasks:
         p.error(f"--tasks {a.tasks!r}: valid tasks are {', '.join(every)}")
     tasks = [t for t in every if t in tasks]  # in the config's order, as the run has them
+    if a.seed_models is not None and not all((a.seed_models / n).exists() for n in ("smollm2", ".smollm2.lineage.json")):
+        p.error(f"--seed-models {a.seed_models}: no smollm2/ and .smollm2.lineage.json there (a models/ folder the "
+                "prepare_model rule filled)")
     out = a.out or (REPO / "bench" / "results" / ("tmp" if a.quick else ""))
     started_at = dt.datetime.now(dt.timezone.utc)
     facts = machine()

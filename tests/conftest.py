@@ -259,16 +259,22 @@ def slurm_problem() -> str | None:
 @pytest.fixture
 def slurm() -> Iterator[None]:
     """The local Slurm answers (scripts/local-slurm up), or the test is skipped saying why (a failure under
-    NEMOTRON_TESTS_STRICT). Jobs a test leaves queued or running (one that failed midway) are cancelled after
-    it: they would hold the node's CPUs and stall the next Slurm test (the Slurm lane runs one at a time)."""
+    NEMOTRON_TESTS_STRICT). Jobs the test added and left queued or running (one that failed midway) are cancelled
+    after it: they would hold the node's CPUs and stall the next Slurm test (the Slurm lane runs one at a time)."""
     problem = slurm_problem()
     if problem:
         pytest.skip(problem)
+
+    def queued() -> set[str]:
+        me = ["-u", pwd.getpwuid(os.getuid()).pw_name]
+        return set(subprocess.run(["squeue", "-h", "-o", "%i", *me], capture_output=True, text=True, timeout=30).stdout.split())
+
+    before = queued()  # only what the test adds is cancelled: on a real cluster's login node, the user's jobs stay
     yield
-    me = ["-u", pwd.getpwuid(os.getuid()).pw_name]
-    if subprocess.run(["squeue", "-h", *me], capture_output=True, text=True, timeout=30).stdout.strip():
-        subprocess.run(["scancel", *me], capture_output=True, timeout=30)
-        wait_for(lambda: not subprocess.run(["squeue", "-h", *me], capture_output=True, text=True, timeout=30).stdout.strip(), 90, 1)
+    left = queued() - before
+    if left:
+        subprocess.run(["scancel", *sorted(left)], capture_output=True, timeout=30)
+        wait_for(lambda: not (queued() & left), 90, 1)
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,13 @@ def test_quick_dag_parts_measure_and_report(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()  # the work folder is removed
 
 
+def test_seed_models_without_a_model_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(RUN), "--only", "P1", "--seed-models", str(tmp_path / "none"), "--out",
+                           str(tmp_path / "out"), "--mirror", str(MIRROR)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--seed-models" in proc.stderr and "no smollm2/" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
 def test_unknown_part_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(RUN), "--only", "P9", "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=60)

@@ -83,7 +83,7 @@ def run_pipeline(parent: Path, mirror: Path, tasks: list[str], quick: bool, prog
     folder whose converted smollm2 the run starts with (hard links where the file system allows)."""
     work = copy_workflow(parent)
     if seed_models is not None:
-        (work / "models").mkdir()
+        (work / "models").mkdir(exist_ok=True)
         shutil.copy2(seed_models / ".smollm2.lineage.json", work / "models" / ".smollm2.lineage.json")
         shutil.copytree(seed_models / "smollm2", work / "models" / "smollm2", copy_function=_link_or_copy)
     extra = {"NEMOTRON_DATA_MIRROR": str(mirror)}

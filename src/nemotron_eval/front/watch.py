@@ -177,6 +177,9 @@ def _load(watched: Watched) -> None:
         bad = next((r for r in checked.runs if not runs.is_run_id(r)), None)
         if bad is not None:
             raise recordfile.problem(watched.path, what, f"versions.{version}.runs", bad, "a run id", fix)
+        if checked.state == "running" and not checked.runs:
+            raise recordfile.problem(watched.path, what, f"versions.{version}.runs", checked.runs,
+                                     "the running evaluation's run id", fix)
         versions[version] = asdict(checked)
     conversions = {folder: asdict(recordfile.from_dict(_ConversionEntry, entry, watched.path, f"{what}'s entry of {folder}", fix))
                    for folder, entry in state.conversions.items()}  # fmt: skip

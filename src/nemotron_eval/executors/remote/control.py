@@ -118,6 +118,9 @@ def logs(run_id: str, follow: bool = False, out: TextIO | None = None, poll_s: f
             time.sleep(poll_s)
 
 
+SETTLE_S = 15.0  # how long a cancel lets the jobs the head's command cancelled end before it cancels what is left
+
+
 def cancel(run_id: str, grace_s: float = 60.0, poll_s: float = 1.0) -> RunStatus:
     """Stop the head job so that the jobs its command submitted stop too; returns the final status.
 
@@ -125,7 +128,8 @@ def cancel(run_id: str, grace_s: float = 60.0, poll_s: float = 1.0) -> RunStatus
     receives one SIGINT and cancels the jobs it submitted, then head.sh cancels its own job (CANCELLED).
     A pending job is simply cancelled. If the job has not ended after `grace_s`, a plain `scancel` follows.
     Whatever the command submitted and did not cancel itself (it was killed first, or it ended without
-    cancelling) is cancelled last: every job of the run's project folder on the cluster.
+    cancelling) is cancelled last: every job of the run's project folder on the cluster still queued or running
+    SETTLE_S after the head ended.
     """
     rec = records.load(run_id)
     transport = Transport(rec.remote_profile())
@@ -141,6 +145,10 @@ def cancel(run_id: str, grace_s: float = 60.0, poll_s: float = 1.0) -> RunStatus
             transport.run(["scancel", rec.job_id], check=True)
             st = wait(run_id, timeout_s=60, poll_s=poll_s)
     left = submitted_jobs(rec, transport)
+    settle = time.monotonic() + SETTLE_S  # a job Snakemake has just cancelled is listed as running a little longer
+    while left and time.monotonic() < settle:
+        time.sleep(poll_s)
+        left = [job for job in submitted_jobs(rec, transport) if job in left]
     if left:
         log.warning("run %s: cancelling %d job(s) its command submitted and left: %s", run_id, len(left), " ".join(left))
         transport.run(["scancel", *left])
@@ -149,10 +157,20 @@ def cancel(run_id: str, grace_s: float = 60.0, poll_s: float = 1.0) -> RunStatus
 
 def submitted_jobs(rec: records.RunRecord, transport: Transport) -> list[str]:
     """Ids of the queued or running jobs, other than the head, whose working directory is the run's project
-    folder on the cluster: what its Snakemake submitted (the Slurm executor submits from its working directory)."""
-    proc = transport.run(["squeue", "--me", "-h", "-o", "%i|%Z"], timeout=60)
-    rows = (line.strip().partition("|") for line in proc.stdout.splitlines())
-    return [job for job, _, workdir in rows if job and job != rec.job_id and workdir.rstrip("/") == rec.code_dir.rstrip("/")]
+    folder on the cluster: what its Snakemake submitted (the Slurm executor submits from its working directory,
+    the folder with symlinks resolved: both spellings count). Empty, with a warning, when squeue cannot tell."""
+    probe = ["sh", "-c", 'cd "$1" 2>/dev/null && pwd -P; echo "--squeue--"; squeue --me -h -o "%i|%T|%Z"', "sh", rec.code_dir]
+    proc = transport.run(probe, timeout=60)
+    folders_out, marker, listing = proc.stdout.partition("--squeue--")
+    if not marker or proc.returncode != 0:
+        log.warning("run %s: cannot list the jobs its command submitted: %s", rec.id,
+                    (proc.stderr or proc.stdout).strip()[-300:] or f"exit {proc.returncode}")
+        return []
+    folders = {rec.code_dir.rstrip("/"), *(line.strip().rstrip("/") for line in folders_out.splitlines() if line.strip())}
+    rows = [line.strip().split("|", 2) for line in listing.splitlines() if line.count("|") >= 2]
+    return [job for job, state, workdir in rows  # a job ending already (COMPLETING, cancelled by Snakemake) is not left
+            if job != rec.job_id and _meaning(state) in ("pending", "running") and state != "COMPLETING"
+            and workdir.rstrip("/") in folders]
 
 
 def fetch(run_id: str, dest: Path, path: str = "results") -> Path:

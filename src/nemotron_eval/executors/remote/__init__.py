@@ -46,7 +46,10 @@ in $NEMORUN_HOME (default ~/.nemo_run), see `records`.
 
 Cancelling (`cancel`) stops the GPU jobs too: the head's command gets one SIGINT (`scancel --signal=INT`),
 on which Snakemake cancels the jobs it submitted; then the head job cancels itself and Slurm records it as
-CANCELLED. A command that is still running after `grace_s` gets a plain scancel (SIGTERM, then SIGKILL).
+CANCELLED. A command that is still running after `grace_s` gets a plain scancel (SIGTERM, then SIGKILL). What
+the command submitted and did not cancel (killed first; or Snakemake's Slurm executor, which does not always
+cancel a job submitted seconds before) is found by its working directory, the run's project folder, and
+cancelled last.
 The same SIGINT arrives 2 minutes before the head job's time limit (`sbatch --signal=INT@120`), so a head
 job that runs out of time does not leave its GPU jobs behind.
 

@@ -34,6 +34,7 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support, shared with the tests
 from suite import ceiling, dag, peers, pipeline, report
+from support.smollm2 import seed_missing
 from suite.core import CACHE, DEFAULT_MIRROR, REPO, Progress, Row, machine, not_measured
 
 PARTS = ("P1", "P2", "P3", "P4", "P5")
@@ -125,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if [t for t in tasks if t not in every] or not tasks:
         p.error(f"--tasks {a.tasks!r}: valid tasks are {', '.join(every)}")
     tasks = [t for t in every if t in tasks]  # in the config's order, as the run has them
-    if a.seed_models is not None and not all((a.seed_models / n).exists() for n in ("smollm2", ".smollm2.lineage.json")):
-        p.error(f"--seed-models {a.seed_models}: no smollm2/ and .smollm2.lineage.json there (a models/ folder the "
-                "prepare_model rule filled)")
+    if a.seed_models is not None and seed_missing(a.seed_models):
+        p.error(f"--seed-models {a.seed_models}: no {' and '.join(seed_missing(a.seed_models))} there (a models/ folder "
+                "the prepare_model rule filled)")
     out = a.out or (REPO / "bench" / "results" / ("tmp" if a.quick else ""))
     started_at = dt.datetime.now(dt.timezone.utc)
     facts = machine()

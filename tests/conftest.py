@@ -25,7 +25,7 @@ import pytest
 from nemotron_eval.artifacts import model
 from nemotron_eval.artifacts.model import convert_gguf, sha256_file
 
-from support.smollm2 import find_smollm2_gguf
+from support.smollm2 import find_smollm2_gguf, seed_models
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -183,10 +183,7 @@ def seed_smollm2(request: pytest.FixtureRequest, work: Path) -> None:
             if not (root / "smollm2.json").is_file():
                 embedded.build("smollm2", root / "smollm2", root / "smollm2.json")
         _BUILT[key] = root
-    root, models = _BUILT[key], work / "models"
-    models.mkdir(exist_ok=True)
-    shutil.copy2(root / ".smollm2.lineage.json", models / ".smollm2.lineage.json")
-    shutil.copytree(root / "smollm2", models / "smollm2", copy_function=_link_or_copy)
+    seed_models(_BUILT[key], work / "models")
 
 
 STUB = ("deployment=stub", "run.model=stub:latest")  # the overrides of a run against the stub deployment
@@ -199,13 +196,6 @@ def register_stub(work: Path) -> None:
     from nemotron_eval.deploy.stub import write_checkpoint
 
     LocalRegistry(work / "artifacts").add("stub", write_checkpoint(work.parent / "stub-checkpoint"))
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system
-        shutil.copy2(src, dst)
 
 
 _BUILT: dict[str, Path] = {}

@@ -75,7 +75,7 @@ def test_quick_dag_parts_measure_and_report(tmp_path: Path) -> None:
 def test_seed_models_without_a_model_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(RUN), "--only", "P1", "--seed-models", str(tmp_path / "none"), "--out",
                            str(tmp_path / "out"), "--mirror", str(MIRROR)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--seed-models" in proc.stderr and "no smollm2/" in proc.stderr
+    assert proc.returncode == 2 and "--seed-models" in proc.stderr and "no smollm2 and .smollm2.lineage.json there" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 

@@ -188,9 +188,9 @@ def test_a_damaged_state_file_and_a_second_watcher_are_one_line(work: Path) -> N
     for damaged, says in [
         ({"versions": {"v1": entry}}, "field 'schema' is missing"),
         ({**whole, "versions": {"v1": {**entry, "state": "maybe"}}}, "field 'versions.v1.state' = 'maybe' is not one of"),
-        ({**whole, "versions": {"v1": {**entry, "runs": [5]}}}, "field 'runs' = [5] is not a list of strings"),
+        ({**whole, "versions": {"v1": {**entry, "runs": [5]}}}, "field 'versions.v1.runs' = [5] is not a list of strings"),
         ({**whole, "versions": {"v1": {**entry, "runs": ["../../etc"]}}}, "field 'versions.v1.runs' = '../../etc' is not a run id"),
-        ({**whole, "conversions": {"x": {"attempts": "2"}}}, "field 'attempts' = '2' is not a whole number"),
+        ({**whole, "conversions": {"x": {"attempts": "2"}}}, "field 'conversions.x.attempts' = '2' is not a whole number"),
         ({**whole, "versions": {"v1": {**entry, "state": "running", "runs": []}}}, "field 'versions.v1.runs' = [] is not the running"),
     ]:  # fmt: skip
         path.write_text(json.dumps(damaged))

@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,9 +82,9 @@ def run_pipeline(parent: Path, mirror: Path, tasks: list[str], quick: bool, prog
     folder whose converted smollm2 the run starts with (hard links where the file system allows)."""
     work = copy_workflow(parent)
     if seed_models is not None:
-        (work / "models").mkdir(exist_ok=True)
-        shutil.copy2(seed_models / ".smollm2.lineage.json", work / "models" / ".smollm2.lineage.json")
-        shutil.copytree(seed_models / "smollm2", work / "models" / "smollm2", copy_function=_link_or_copy)
+        from support.smollm2 import seed_models as seed
+
+        seed(seed_models, work / "models")
     extra = {"NEMOTRON_DATA_MIRROR": str(mirror)}
     every = task_names(work)
     tasks = [t for t in every if t in tasks]
@@ -104,13 +103,6 @@ def run_pipeline(parent: Path, mirror: Path, tasks: list[str], quick: bool, prog
     pr.summary = json.loads((work / "results" / MODEL / "summary.json").read_text())
     pr.results = {t: json.loads((work / "results" / MODEL / f"{t}.json").read_text()) for t in tasks}
     return pr
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def p1(pr: PipelineRun) -> list[Row]:

@@ -69,8 +69,9 @@ def _advice(what: str) -> str:
     return f"this {what} was edited or cut short: restore it, or remove it"
 
 
-def from_dict(cls: type[T], data: Any, path: Path | str, what: str, fix: str = "") -> T:
-    """`cls` (a dataclass) from a decoded record, each field checked against its annotation (see the module)."""
+def from_dict(cls: type[T], data: Any, path: Path | str, what: str, fix: str = "", *, at: str = "") -> T:
+    """`cls` (a dataclass) from a decoded record, each field checked against its annotation (see the module);
+    `at`: where this object sits in the file (e.g. "versions.v1."), put before the field names it reports."""
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
     advice = fix or _advice(what)
@@ -79,15 +80,15 @@ def from_dict(cls: type[T], data: Any, path: Path | str, what: str, fix: str = "
     names = {f.name for f in fields}
     unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
-        raise UserError(f"{path}: unknown field {unknown[0]!r} in this {what}; {advice}")
+        raise UserError(f"{path}: unknown field {at + unknown[0]!r} in this {what}; {advice}")
     for f in fields:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if f.name not in data:
             if required:
-                raise UserError(f"{path}: field {f.name!r} is missing from this {what}; {advice}")
+                raise UserError(f"{path}: field {at + f.name!r} is missing from this {what}; {advice}")
             continue
         if not _fits(data[f.name], hints[f.name]):
-            raise problem(path, what, f.name, data[f.name], _describe(hints[f.name]), fix)
+            raise problem(path, what, at + f.name, data[f.name], _describe(hints[f.name]), fix)
     return cls(**data)
 
 

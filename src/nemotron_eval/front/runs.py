@@ -42,11 +42,6 @@ from nemotron_eval.evaluate import progress
 
 RUNS_DIR = Path("runs")
 _ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
-
-
-def is_run_id(value: str) -> bool:
-    """A run id as `new_id` makes them (the name of its folder under runs/)."""
-    return bool(_ID.fullmatch(value))
 FINAL = ("done", "failed", "cancelled")
 STATES = ("running", "submitted", *FINAL)
 MODES = ("local", "run", "batch")
@@ -173,6 +168,11 @@ def _check(run: Run, path: Path, fix: str) -> None:
                 dt.datetime.fromisoformat(stamp)
         except ValueError:
             raise bad(name, stamp, "a date and time (ISO 8601)") from None
+
+
+def is_run_id(value: str) -> bool:
+    """A run id as `new_id` makes them (the name of its folder under runs/)."""
+    return bool(_ID.fullmatch(value))
 
 
 def all_ids() -> list[str]:

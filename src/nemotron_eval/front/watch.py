@@ -170,7 +170,7 @@ def _load(watched: Watched) -> None:
     state = recordfile.load(_StateFile, watched.path, what, fix)
     versions = {}
     for version, entry in state.versions.items():
-        checked = recordfile.from_dict(_VersionEntry, entry, watched.path, f"{what}'s entry of {version}", fix)
+        checked = recordfile.from_dict(_VersionEntry, entry, watched.path, what, fix, at=f"versions.{version}.")
         if checked.state not in VERSION_STATES:
             raise recordfile.problem(watched.path, what, f"versions.{version}.state", checked.state,
                                      f"one of {', '.join(VERSION_STATES)}", fix)
@@ -181,7 +181,8 @@ def _load(watched: Watched) -> None:
             raise recordfile.problem(watched.path, what, f"versions.{version}.runs", checked.runs,
                                      "the running evaluation's run id", fix)
         versions[version] = asdict(checked)
-    conversions = {folder: asdict(recordfile.from_dict(_ConversionEntry, entry, watched.path, f"{what}'s entry of {folder}", fix))
+    conversions = {folder: asdict(recordfile.from_dict(_ConversionEntry, entry, watched.path, what, fix,
+                                                       at=f"conversions.{folder}."))
                    for folder, entry in state.conversions.items()}  # fmt: skip
     watched.versions, watched.folders, watched.conversions = versions, dict(state.folders), conversions
 
@@ -212,7 +213,7 @@ class Watcher:
         for w in self.watched:
             for version in self._wanted(w):
                 if version not in w.versions:
-                    w.versions[version] = {"state": "pending", "attempts": 0, "runs": [], "error": None}
+                    w.versions[version] = asdict(_VersionEntry("pending", 0, []))
                     _say(f"{w.name}:{version} is new")
             for version, entry in w.versions.items():
                 if entry["state"] == "running" and (w.name, version) not in self.adopted:
@@ -259,7 +260,7 @@ class Watcher:
         """`folder` converted (front.convert), or None: failed this time (tried again at the next look) or for good."""
         from nemotron_eval.front.convert import convert
 
-        entry = w.conversions.setdefault(str(folder), {"attempts": 0, "error": None})
+        entry = w.conversions.setdefault(str(folder), asdict(_ConversionEntry(0)))
         if entry["attempts"] > self.retries:
             return None  # reported when it failed the last time
         out, error = convert(self.convert, folder, (STATE_DIR / "converted" / w.name / folder.name).resolve())

@@ -168,9 +168,8 @@ def submitted_jobs(rec: records.RunRecord, transport: Transport) -> list[str]:
         return []
     folders = {rec.code_dir.rstrip("/"), *(line.strip().rstrip("/") for line in folders_out.splitlines() if line.strip())}
     rows = [line.strip().split("|", 2) for line in listing.splitlines() if line.count("|") >= 2]
-    return [job for job, state, workdir in rows  # a job ending already (COMPLETING, cancelled by Snakemake) is not left
-            if job != rec.job_id and _meaning(state) in ("pending", "running") and state != "COMPLETING"
-            and workdir.rstrip("/") in folders]
+    return [job for job, state, workdir in rows  # waiting or running; one already ending (COMPLETING, SIGNALING) is not left
+            if job != rec.job_id and (_meaning(state) == "pending" or state == "RUNNING") and workdir.rstrip("/") in folders]
 
 
 def fetch(run_id: str, dest: Path, path: str = "results") -> Path:

@@ -98,11 +98,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's env.toml, W&B login or telemetry."""
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's env.toml, W&B login or telemetry; no test leaves a W&B service address in
+    the worker's environment (every later subprocess of the worker would inherit it, after its service is gone)."""
     monkeypatch.delenv("NEMOTRON_ENV_FILE", raising=False)
     monkeypatch.setenv("NEMO_EVALUATOR_TELEMETRY_LEVEL", "0")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    yield
+    left = os.environ.pop("WANDB_SERVICE", None)
+    assert left is None, f"the test left WANDB_SERVICE={left} in the environment (wandb.setup() without wandb.teardown())"
 
 
 def copy_workflow(parent: Path) -> Path:

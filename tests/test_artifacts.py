@@ -172,3 +172,21 @@ def test_registering_the_same_content_again_reuses_the_version(tmp_path: Path) -
     again = reg.add("demo", ck, aliases=["latest", "prod"])
     assert again["version"] == "v1" and again["reused"]
     assert reg.resolve(parse_spec("demo:prod")).version == "v1"  # and the new fingerprint is accepted
+
+
+@pytest.mark.slow  # wandb.Api() waits about 20 s for a server that is not there
+def test_the_real_wandb_client_keeps_its_service_to_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real wandb.Api() (no W&B server here: a closed port) starts a service and writes its address into
+    WANDB_SERVICE for children to join; the registry takes it out again (`core.wandb_service`), and the lookup
+    still fails as one line."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    try:
+        with pytest.raises(UserError, match=r"artifact 'team/ckpts/sft:v2': not found in W&B: "):
+            WandbRegistry("team", "ckpts").resolve(parse_spec("sft:v2"))
+        assert "WANDB_SERVICE" not in os.environ
+    finally:
+        wandb.teardown()

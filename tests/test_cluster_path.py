@@ -114,18 +114,26 @@ def _no_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_wandb_login_goes_into_the_environment_the_jobs_inherit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`wandb login` wrote a netrc entry, WANDB_API_KEY is not set: the key wandb reads from it is put into this
-    process's environment (whose children, sbatch among them, inherit it); nothing is written."""
+    process's environment (whose children, sbatch among them, inherit it); nothing is written. The address of
+    the W&B service that reading the login started is not inherited: the jobs outlive this process and its
+    service (the export step failed with "Failed to connect to service on socket")."""
     import wandb
     from urllib.parse import urlparse
 
     _no_login(tmp_path, monkeypatch)
-    host = urlparse(wandb.setup().settings.base_url).hostname
+    host = urlparse(wandb.Settings().base_url).hostname
     (tmp_path / "netrc").write_text(f"machine {host}\n  login user\n  password {KEY}\n")
     (tmp_path / "netrc").chmod(0o600)
     auto_export = {"enabled": True, "destinations": ["wandb"]}
-    assert exporters.login_for_submission(auto_export) == ["WANDB_API_KEY"]
-    assert os.environ["WANDB_API_KEY"] == KEY
-    assert exporters.login_for_submission({"enabled": True, "destinations": []}) == []
+    try:
+        assert exporters.login_for_submission(auto_export) == ["WANDB_API_KEY"]
+        assert os.environ["WANDB_API_KEY"] == KEY
+        assert "WANDB_SERVICE" not in os.environ
+        assert wandb.setup().settings.base_url == wandb.Settings().base_url  # the host wandb logs in to
+        assert exporters.login_for_submission({"enabled": True, "destinations": []}) == []
+    finally:
+        wandb.teardown()
+        os.environ.pop("WANDB_SERVICE", None)
 
 
 def test_wandb_export_without_a_login_is_one_line_before_anything_is_submitted(workflow: Path, tmp_path: Path) -> None:

@@ -197,6 +197,20 @@ def test_no_secret_reaches_any_file(tmp_path: Path) -> None:
     assert checked > 20  # the run folder, logs, artifact staging, receipt were all looked at
 
 
+def test_a_w_and_b_service_address_inherited_from_an_ended_process_is_not_joined(tmp_path: Path) -> None:
+    """wandb puts the address of the service it starts into WANDB_SERVICE for children to join; a step started
+    by a process that has ended since (the submitting `nemotron`, a test worker) inherits a dead address. The
+    export starts its own service and says nothing of it."""
+    work = workdir(tmp_path)
+    eval_config(work)
+    dead = tmp_path / "gone" / "socket"
+    proc = run_cli(work, clean_env(tmp_path, WANDB_SERVICE=f"3-{os.getpid()}-unix-{dead}"))
+    assert proc.returncode == 0, proc.stderr
+    receipt = json.loads((work / "results" / MODEL / "wandb.json").read_text())
+    assert receipt["exported"] and receipt["mode"] == "offline"
+    assert read_offline_run(receipt["run"]["dir"])["state"] == "finished"
+
+
 def test_export_twice_resumes_the_same_run(tmp_path: Path) -> None:
     work = workdir(tmp_path)
     eval_config(work)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.artifacts.base import Resolved, Version
+from nemotron_eval.core import wandb_service
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.spec import ModelSpec, version_number
 
@@ -24,7 +25,10 @@ def _default_api() -> Any:
         import wandb
     except ImportError:
         raise UserError("[artifacts] backend = 'wandb' needs the wandb package: pip install wandb") from None
-    return wandb.Api()
+    try:
+        return wandb.Api()
+    finally:
+        wandb_service.drop_token()
 
 
 class WandbRegistry:

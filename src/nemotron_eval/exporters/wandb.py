@@ -62,7 +62,7 @@ from nemotron_eval.exporters.wandb_payload import (
 )
 from nemotron_eval.exporters.wandb_session import (
     DELTA_COLUMNS, OFFLINE_MODES, REPORT_PREFIX, WANDB_MODES, choose_mode, credential_source,
-    import_wandb, log_evaluation, log_report, run_settings, session, user_mode, verify_login,
+    import_wandb, log_evaluation, log_report, login_host, run_settings, session, user_mode, verify_login,
 )
 from nemotron_eval.core.io import read_json
 
@@ -95,13 +95,13 @@ class WandbExporter(Exporter):
         if source is None:
             raise UserError(
                 f"execution.auto_export.destinations has 'wandb' and there is no W&B login here (no WANDB_API_KEY, "
-                f"no `wandb login` for {wandb.setup().settings.base_url}): run `wandb login`, or set WANDB_MODE=offline "
+                f"no `wandb login` for {login_host(wandb)}): run `wandb login`, or set WANDB_MODE=offline "
                 "to export offline (`wandb sync` later); nothing was submitted"
             )
         if source == "netrc":
             from wandb.sdk.lib import wbauth
 
-            os.environ["WANDB_API_KEY"] = str(wbauth.read_netrc_auth(host=wandb.setup().settings.base_url))
+            os.environ["WANDB_API_KEY"] = str(wbauth.read_netrc_auth(host=login_host(wandb)))
 
     def check(self, section: Mapping[str, Any] | None) -> None:
         cfg = parse_config(section)

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nemotron_eval.core import wandb_service
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.exporters.base import first_line as _first_line
 from nemotron_eval.exporters.base import stage as _stage
@@ -111,7 +112,7 @@ def credential_source(wandb: Any, environ: Mapping[str, str]) -> str | None:
             return name
     from wandb.sdk.lib import wbauth  # wandb's own netrc reader: the host it logs in to, the file it reads
 
-    host = wandb.setup().settings.base_url
+    host = login_host(wandb)
     try:
         return "netrc" if wbauth.read_netrc_auth(host=host) else None
     except Exception as e:
@@ -157,12 +158,25 @@ def session() -> Iterator[tuple[Any, str, str]]:
     holds it, so its files cannot contain it); wandb is silent."""
     mode_set = user_mode()
     changes = {"WANDB_MODE": mode_set, "WANDB_SILENT": "true", **({"WANDB_API_KEY": None} if mode_set in OFFLINE_MODES else {})}
+    wandb_service.drop_token()
     with environ_changed(changes):
-        wandb = import_wandb()
-        mode, reason, source = choose_mode(wandb, mode_set)
-        if mode not in OFFLINE_MODES:
-            verify_login(wandb, source)
-        yield wandb, mode, reason
+        try:
+            wandb = import_wandb()
+            mode, reason, source = choose_mode(wandb, mode_set)
+            if mode not in OFFLINE_MODES:
+                verify_login(wandb, source)
+            yield wandb, mode, reason
+        finally:
+            wandb_service.drop_token()
+
+
+def login_host(wandb: Any) -> str:
+    """The W&B host wandb logs in to (its settings files and environment), the service it starts for that kept
+    to this process (`core.wandb_service`)."""
+    try:
+        return str(wandb.setup().settings.base_url)
+    finally:
+        wandb_service.drop_token()
 
 
 def run_settings(wandb: Any) -> Any:

@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,15 @@ import pytest
 from nemotron_eval import exporters
 from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.core.errors import UserError
+from nemotron_eval.core.secrets import variables_by_name
+from nemotron_eval.data.tasks import resolve as resolve_task
+from nemotron_eval.evaluate import harness
 from nemotron_eval.executors import remote
+from nemotron_eval.executors.remote import carry
+from nemotron_eval.pipeline import compile as compile_
 
 from conftest import BIN, REPO, STUB, error_line, nemotron
-from test_remote import base_profile
+from test_remote import base_profile, ssh_profile
 
 GPU = """[gpu]
 executor = "slurm"
@@ -56,6 +62,18 @@ def test_the_image_is_no_rerun_trigger_but_the_container_is(planner) -> None:
     assert other.model("demo_latest").tasks["mmlu"]["fingerprint"] != base["mmlu"]["fingerprint"]
 
 
+def test_the_launcher_logs_in_as_the_profile_says_or_as_this_user_on_this_machine(planner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher submits with `ssh USERNAME@HOSTNAME sbatch ...`: a profile without `user` is the local user
+    (not the text "None"), one on a login node (tunnel = "local") submits through localhost, an ssh profile
+    through its host as its user."""
+    monkeypatch.setenv("LOGNAME", "someone")
+    local = planner("default", env_toml=GPU, env_profile="gpu").model("demo_latest").eval["execution"]
+    assert (local["username"], local["hostname"]) == ("someone", "localhost")
+    ssh = GPU.replace('tunnel = "local"', 'tunnel = "ssh"\nhost = "login.example.org"\nuser = "me"')
+    remote_ = planner("default", env_toml=ssh, env_profile="gpu").model("demo_latest").eval["execution"]
+    assert (remote_["username"], remote_["hostname"]) == ("me", "login.example.org")
+
+
 def test_a_slurm_profile_without_an_account_is_one_line(planner) -> None:
     with pytest.raises(UserError) as e:
         planner("default", env_toml=GPU.replace('account = "nemotron"\n', ""), env_profile="gpu")
@@ -67,18 +85,70 @@ def test_a_filter_adds_a_catalog_task_the_config_does_not_list() -> None:
     assert [t["name"] for t in cfg["evaluation"]["tasks"]] == ["hellaswag", "gsm8k"]
 
 
+def test_a_task_whose_harness_is_not_installed_and_no_runner_is_refused_by_the_plan(planner) -> None:
+    with pytest.raises(UserError) as e:
+        planner("local", tasks=["AIME_2025"])
+    assert str(e.value) == ("task 'AIME_2025' cannot run: its harness simple_evals is not installed here and "
+                            "execution.container_runner=none starts no harness container")
+
+
+def test_a_task_with_no_container_anywhere_is_refused() -> None:
+    task = replace(resolve_task("AIME_2025"), container="")
+    assert harness.refusal(task, "pyxis", has_data=False) == (
+        "task 'AIME_2025' cannot run: its harness simple_evals is not installed here and neither its "
+        "evaluation.tasks entry nor the launcher's catalog names its container (set `container`)")
+    assert harness.refusal(task, "pyxis", has_data=False, entry={"container": "nvcr.io/me/evals:1"}) is None
+
+
+SIMPLE_EVALS = resolve_task("AIME_2025").container  # the launcher catalog's image of the simple_evals harness
+PROGRAM = ("sh", "-c", 'if command -v nemo-evaluator >/dev/null 2>&1; then exec nemo-evaluator "$@"; else exec eval-factory "$@"; fi',
+           "sh", "run_eval", "--run_config", "/h/run.yml")
+
+
+def test_a_catalog_task_runs_in_its_harness_container_squashed_with_the_deployment_image(planner) -> None:
+    """On the recipe's cluster config (Slurm, pyxis), a task whose harness is not installed here is planned: its
+    container from the launcher's catalog is squashed like the deployment's image (the deployment job waits for
+    every image of the plan), and job.yaml tells its evaluation step where its harness runs."""
+    plan = planner("default", env_toml=GPU, env_profile="gpu", tasks=["AIME_2025", "mmlu"])
+    image = compile_.harness_image(plan.execution, SIMPLE_EVALS)
+    assert image is not None and plan.images[image.name] == image and image.path.name.startswith("nvcr.io+nvidia+eval-factory+simple-evals")
+    assert len(plan.images) == 2  # and the deployment's
+    tasks = plan.model("demo_latest").tasks
+    assert tasks["AIME_2025"]["container"] == {"runner": "pyxis", "image": str(image.path), "source_image": SIMPLE_EVALS}
+    assert "container" not in tasks["mmlu"]  # lm-eval is installed here: it runs in this environment
+
+
+def test_the_harness_container_is_part_of_what_the_scores_depend_on() -> None:
+    cfg = {"deployment": {"type": "vllm"}, "evaluation": {"tasks": [{"name": "AIME_2025"}]}}
+    plain = compile_.fingerprint(cfg, "AIME_2025", "d")
+    assert compile_.fingerprint(cfg, "AIME_2025", "d", None) == plain  # a task that runs here: as before
+    assert len({plain, compile_.fingerprint(cfg, "AIME_2025", "d", "a:1"), compile_.fingerprint(cfg, "AIME_2025", "d", "a:2")}) == 3
+
+
 @pytest.mark.parametrize(
-    ("config", "overrides", "expected"),
+    ("runner", "expected"),
     [
-        ("local", [], "task 'AIME_2025' cannot run: its harness simple_evals is not installed here and "
-                      "execution.container_runner=none starts no harness container"),
-        ("default", [], "does not start harness containers (pyxis): run.engine=launcher runs it"),
+        ("pyxis", ["srun", "--overlap", "--mem=0", "--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1",
+                   "--kill-on-bad-exit=1", "--container-image=<sqsh>", "--container-mounts=/h:/h,/tok:/tok,/lustre:/lustre",
+                   "--container-env=ADAPTER_PORT,HF_TOKEN,LM_EVAL_SETTING", "--no-container-mount-home", *PROGRAM]),
+        ("enroot", ["enroot", "start", "--mount", "/h:/h", "--mount", "/tok:/tok", "--mount", "/lustre:/lustre",
+                    "--env", "ADAPTER_PORT", "--env", "HF_TOKEN", "--env", "LM_EVAL_SETTING", "<sqsh>", *PROGRAM]),
+        ("apptainer", ["apptainer", "exec", "--no-home", "--bind", "/h:/h", "--bind", "/tok:/tok", "--bind", "/lustre:/lustre",
+                       f"docker://{SIMPLE_EVALS}", *PROGRAM]),
     ],
 )
-def test_a_task_whose_harness_is_not_installed_is_refused_by_the_plan(planner, config, overrides, expected) -> None:
-    with pytest.raises(UserError) as e:
-        planner(config, overrides, tasks=["AIME_2025"])
-    assert expected in str(e.value) and "\n" not in str(e.value)
+def test_the_harness_command_line_for_each_runner_from_the_compiled_plan(planner, runner: str, expected: list[str]) -> None:
+    """The exact argv the evaluation step runs, built from job.yaml's task entry and eval.yaml's execution as the
+    plan compiles them. pyxis and enroot start the squashed file (enroot as the deployment does), apptainer the
+    registry image; the harness folder and the tokenizer are mounted at their own paths, then the evaluation's
+    mounts; variables go by name (apptainer passes the environment). No container runs here (no pyxis, enroot or
+    apptainer on this machine): the argv is what is checked."""
+    plan = planner("default", [f"execution.container_runner={runner}"], tasks=["AIME_2025"])
+    mp = plan.model("demo_latest")
+    container = harness.HarnessContainer.of(mp.tasks["AIME_2025"]["container"], mp.eval["execution"], ["HF_TOKEN", "LM_EVAL_SETTING"])
+    argv = container.argv(Path("/h/run.yml"), binds=(Path("/h"), Path("/tok")), env_names=["ADAPTER_PORT"])
+    sqsh = str(compile_.harness_image(plan.execution, SIMPLE_EVALS).path) if runner != "apptainer" else ""
+    assert argv == [a.replace("<sqsh>", sqsh) for a in expected]
 
 
 def test_the_launcher_engine_takes_catalog_tasks_to_their_containers(planner) -> None:
@@ -148,6 +218,20 @@ def test_wandb_export_without_a_login_is_one_line_before_anything_is_submitted(w
     assert not (workflow / "runs").exists()
 
 
+def command_lines_with_the_key_until_the_end(run_id: str) -> list[Path]:
+    """Every process command line (`ps`) that held KEY while the run went on."""
+    seen = []
+    while not remote.status(run_id).terminal:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if KEY.encode() in cmdline.read_bytes():
+                    seen.append(cmdline)
+            except OSError:
+                pass
+        time.sleep(0.3)
+    return seen
+
+
 @pytest.mark.slurm
 def test_the_key_reaches_the_head_job_through_the_environment_only(
     slurm, runs: list[str], project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nemorun_home: Path,
@@ -160,21 +244,82 @@ def test_the_key_reaches_the_head_job_through_the_environment_only(
                ".encode()).hexdigest(), flush=True); time.sleep(4)"]
     sub = remote.submit(remote.parse_profile("local-slurm", base_profile(tmp_path)), command, project_root=project)
     runs.append(sub.id)
-    seen_in_argv = []
-    while not remote.status(sub.id).terminal:
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                if KEY.encode() in cmdline.read_bytes():
-                    seen_in_argv.append(cmdline)
-            except OSError:
-                pass
-        time.sleep(0.3)
+    seen_in_argv = command_lines_with_the_key_until_the_end(sub.id)
     assert remote.status(sub.id).state == "done"
     log = remote.logs(sub.id)
     assert f"key sha256 {hashlib.sha256(KEY.encode()).hexdigest()}" in log
     assert not seen_in_argv
     leaks = [p for root in (tmp_path, nemorun_home) for p in root.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert not leaks and KEY not in log + remote.logs(sub.id, batch=True)
+
+
+@pytest.mark.slurm
+def test_the_key_reaches_the_head_job_over_ssh_through_the_session_input_only(
+    slurm, sshd, runs: list[str], project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nemorun_home: Path,
+) -> None:
+    """tunnel = "ssh" through a real sshd on localhost: the remote sbatch runs in the SSH session's environment,
+    which has none of ours; the key travels on the session's standard input (`carry`) and its sha256 comes back
+    from the head job, while no command line, no file on either side (NeMo-Run's experiment folder, the rsynced
+    job folder, sshd's log) and no log holds the value. A second variable with spaces and quotes arrives as is."""
+    odd = "a b 'c' \\d $e"
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("NEMOTRON_TEST_ODD", odd)
+    command = ["python", "-c", "import hashlib, os, time; print('key sha256', hashlib.sha256(os.environ['WANDB_API_KEY']"
+               ".encode()).hexdigest(), 'odd', repr(os.environ['NEMOTRON_TEST_ODD']), flush=True); time.sleep(4)"]
+    profile = ssh_profile(tmp_path, sshd)
+    sub = remote.submit(profile, command, project_root=project, environment=["WANDB_API_KEY", "NEMOTRON_TEST_ODD"])
+    runs.append(sub.id)
+    seen_in_argv = command_lines_with_the_key_until_the_end(sub.id)
+    log = remote.logs(sub.id)
+    assert remote.status(sub.id).state == "done", log
+    assert f"key sha256 {hashlib.sha256(KEY.encode()).hexdigest()} odd {odd!r}" in log
+    assert not seen_in_argv
+    places = (tmp_path, nemorun_home, sshd["log"].parent)
+    leaks = [p for root in places for p in root.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert not leaks and KEY not in log + remote.logs(sub.id, batch=True)
+
+
+def test_what_cannot_travel_on_the_session_input_is_one_line_naming_no_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", KEY[:20] + "\n" + KEY[20:])
+    for names, expected in ((["WANDB_API_KEY"], "WANDB_API_KEY has a line break in its value here"),
+                            (["NEMOTRON_TEST_UNSET"], "NEMOTRON_TEST_UNSET is to be passed to the head job but is not set"),
+                            (["A;rm -rf ~"], "environment variable name 'A;rm -rf ~' for the head job")):
+        with pytest.raises(UserError) as e:
+            carry.check(names)
+        assert str(e.value).startswith(expected) and KEY[:20] not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_program_reads_each_value_whole_from_its_input() -> None:
+    """`carry.wrap`'s program, run by a real sh: values with spaces, quotes, backslashes and $ arrive unchanged,
+    and the command line holds the names only."""
+    values = {"NEMOTRON_A": "  two  spaces ", "NEMOTRON_B": "back\\slash 'q' \"qq\" $HOME `id`"}
+    line = carry.wrap("env", list(values))
+    assert not any(v in line for v in values.values())
+    proc = subprocess.run(["sh", "-c", line], input="".join(f"{v}\n" for v in values.values()),
+                          capture_output=True, text=True, timeout=30, env={"PATH": os.environ["PATH"]})
+    got = dict(entry.split("=", 1) for entry in proc.stdout.splitlines() if entry.startswith("NEMOTRON_"))
+    assert got == values
+
+
+def test_the_variables_a_config_names_are_the_ones_a_remote_head_job_gets() -> None:
+    config = {
+        "target": {"api_endpoint": {"api_key_name": "NGC_API_KEY"}},
+        "deployment": {"env_vars": {"HF_TOKEN": "host:HF_TOKEN", "MODE": "lit:fast", "JUDGE": "host:JUDGE_KEY"}},
+        "evaluation": {"tasks": [{"name": "t", "envVars": {"X": "runtime:OTHER_NAME"}}]},
+        "export": {"wandb": {"entity": "e"}},
+    }
+    assert variables_by_name(config) == ["HF_TOKEN", "WANDB_API_KEY", "NGC_API_KEY", "JUDGE_KEY", "OTHER_NAME"]
+
+
+def test_a_key_that_cannot_travel_over_ssh_is_one_line_before_anything_is_written(workflow: Path, tmp_path: Path) -> None:
+    """Refused before the run is recorded or the host is asked (the host here answers nothing)."""
+    profile = GPU.replace('tunnel = "local"', f'tunnel = "ssh"\nhost = "127.0.0.1"\nport = 9\nremote_job_dir = "{tmp_path}/jobs"')
+    (workflow / "env.toml").write_text(profile)
+    env = {"WANDB_API_KEY": KEY[:20] + "\n" + KEY[20:], "NEMORUN_HOME": str(tmp_path / "nemorun")}
+    proc = nemotron(workflow, "eval", "-c", "slurm-local", "-b", "gpu", "-t", "openbookqa", *STUB, *WANDB, env=env)
+    assert proc.returncode != 0 and error_line(proc).startswith("nemotron: error: WANDB_API_KEY has a line break"), proc.stderr
+    assert KEY[:20] not in proc.stderr + proc.stdout
+    assert not (workflow / "runs").exists()
 
 
 @pytest.mark.slurm

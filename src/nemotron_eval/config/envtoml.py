@@ -8,6 +8,7 @@ up from the working directory.
 
 from __future__ import annotations
 
+import getpass
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,15 @@ class EnvFile:
     def profile(self, name: str) -> dict[str, Any]:
         """The profile with its `extends` chain applied (child wins; `mounts` lists concatenate)."""
         return _resolve(self, name)
+
+
+def local_user() -> str | None:
+    """The user name here ($LOGNAME, $USER, ..., else the password database: getpass), or None: a profile's
+    default `user`, on the cluster as in its ssh login."""
+    try:
+        return getpass.getuser() or None
+    except (OSError, KeyError):
+        return None
 
 
 def find_env_file(start: Path | None = None) -> Path | None:

@@ -286,6 +286,27 @@ def api_key_names(config: Any) -> list[str]:
     return found
 
 
+def variables_by_name(config: Any) -> list[str]:
+    """The environment variables a config's jobs read by name: WANDB_API_KEY and HF_TOKEN, every `api_key_name`
+    value, and every variable an `env_vars` mapping names (`host:NAME`, `runtime:NAME`); each once, in order."""
+    found: list[str] = [*sorted(SECRET_ENV_VARS), *api_key_names(config)]
+
+    def walk(obj: Any, here: str) -> None:
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                key = f"{here}.{k}" if here else str(k)
+                if isinstance(v, str) and in_env_map(key) and _names_a_variable(v):
+                    found.append(v.split(":", 1)[1])
+                else:
+                    walk(v, key)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{here}.{i}" if here else str(i))
+
+    walk(config, "")
+    return list(dict.fromkeys(n for n in found if n))
+
+
 # --- the environment -----------------------------------------------------------------------------------------
 
 BY_NAME = (

@@ -59,6 +59,7 @@ class Task:
     dataset: Dataset | None = None
     harness: str = LM_EVAL
     endpoint_type: str = "completions"
+    container: str = ""  # the launcher catalog's image of its harness (a catalog task's)
 
     @property
     def offline(self) -> bool:
@@ -256,7 +257,7 @@ def _from_catalog(name: str, where: str) -> Task:
             )
         hits = local
     entry = hits[0]
-    return Task(short=name, launcher=name, harness=entry.harness, endpoint_type=entry.endpoint_type)
+    return Task(short=name, launcher=name, harness=entry.harness, endpoint_type=entry.endpoint_type, container=entry.container)
 
 
 def resolve(name: Any, where: str = "evaluation.tasks") -> Task:

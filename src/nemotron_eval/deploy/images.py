@@ -90,18 +90,19 @@ def sqsh_name(image: str) -> str:
 
 
 def needs_squash(eval_cfg: Mapping[str, Any], *, runs_image: bool) -> bool:
-    """True when the deployment runs a registry image through pyxis or enroot on an executor that squashes
-    images (Slurm). `runs_image`: whether the deployment's type starts deployment.image (the caller asks its
-    type, `deploy.types.get(kind).runs_image`)."""
+    """True when the deployment's image is squashed first (`squashes`). `runs_image`: whether the deployment's
+    type starts deployment.image (the caller asks its type, `deploy.types.get(kind).runs_image`)."""
+    return runs_image and squashes(eval_cfg.get("execution") or {}, (eval_cfg.get("deployment") or {}).get("image"))
+
+
+def squashes(execution: Mapping[str, Any], image: Any) -> bool:
+    """True when `image` (a deployment's or a harness's) is a registry reference that pyxis or enroot starts on an
+    executor that squashes images first (Slurm)."""
     from nemotron_eval.executors import for_execution
 
-    execution = eval_cfg.get("execution") or {}
-    dep = eval_cfg.get("deployment") or {}
-    image = dep.get("image")
     return (
         for_execution(execution).squashes_images
         and execution.get("container_runner") in SQUASHED_RUNNERS
-        and runs_image
         and isinstance(image, str)
         and bool(image)
         and not is_image_file(image)

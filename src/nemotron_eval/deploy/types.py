@@ -264,7 +264,7 @@ class Generic(Deployment):
         image = None if runner == "none" else _required(dep, "image")
         nodes = _positive(execution, "num_nodes")
         plain, from_host, names = environment(eval_cfg, runtime.environ)
-        image = _runner_image(runner, image)
+        image = runner_image(runner, image)
         argv = container_runner_wrap(
             runner, image, self.command(dep, execution),
             mounts(dep, execution) if runner != "none" else {}, names,
@@ -369,9 +369,9 @@ def mounts(dep: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, st
     return found
 
 
-def _runner_image(runner: str, image: str | None) -> str | None:
-    """deployment.image as the runner names it: a file as is; a registry reference as docker:// for apptainer,
-    as enroot's `registry#repository:tag` for pyxis (which imports it itself)."""
+def runner_image(runner: str, image: str | None) -> str | None:
+    """An image as the runner names it (deployment.image, a harness's container): a file as is; a registry
+    reference as docker:// for apptainer, as enroot's `registry#repository:tag` for pyxis (which imports it)."""
     from nemotron_eval.deploy.images import enroot_uri, is_image_file
 
     if runner == "none" or image is None:

@@ -1,4 +1,5 @@
-"""Run one task through NeMo Evaluator (in-process harness, no container), on a staged dataset or the hub's.
+"""Run one task through NeMo Evaluator, on a staged dataset or the hub's: in this environment, or in the task's
+harness container where its harness is not installed here (`HarnessContainer`).
 
 How a run is put together
 -------------------------
@@ -11,6 +12,8 @@ How a run is put together
   "__main__"`), and its env vars (telemetry, offline flags, caches) would leak into the caller.
   A child also gets its own log file, exit status and timeout.
   A YAML run config avoids the comma/quote parsing of `--overrides`.
+  A task whose harness is not installed here runs `run_eval` in its container instead (pyxis, enroot or
+  apptainer: `nemotron_eval.executors.runners`), the harness folder mounted where it is here.
 * Settings: `nemotron_eval.evaluate.overrides` (`HarnessRun`: env vars and `config.params` overrides).
 * After the run: `nemotron_eval.evaluate.context.check_context` (no prompt truncated), then the scores
   (`nemotron_eval.evaluate.output`).
@@ -24,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +63,15 @@ def run_harness(
     timeout_s: float | None = None,
     progress_url: str | None = None,
     abort: Callable[[], str | None] | None = None,
+    container: HarnessContainer | None = None,
 ) -> None:
     """Run `task` against `endpoint_url` (the full /v1/completions URL): a staged task on `staged_dir`, any other
     task on the data the harness fetches from the hub (`staged_dir` None).
 
     The harness counts its answered requests into `output_dir/progress` (NeMo Evaluator's progress-tracking
     interceptor, see `nemotron_eval.evaluate.progress`) and posts the count to `progress_url` when given. `abort` is asked
-    every second while the harness runs: a reason (the deployment died) stops it (HarnessAborted).
+    every second while the harness runs: a reason (the deployment died) stops it (HarnessAborted). `container`:
+    the harness runs there (`HarnessContainer`), not in this environment.
 
     Writes the harness's outputs (results.yml, ...) to `output_dir` and its log to `log`
     (default `output_dir/harness.log`). Raises HarnessError (with the log's tail) when the
@@ -113,6 +119,8 @@ def run_harness(
         cfg_path = output_dir / RUN_CONFIG
         cfg_path.write_text(yaml.safe_dump(run_config, sort_keys=False))
         cmd = [sys.executable, "-c", _ENTRYPOINT, "run_eval", "--run_config", str(cfg_path)]
+        if container is not None:
+            cmd = container.argv(cfg_path, binds=(output_dir, tokenizer_dir), env_names=[*run.env, "ADAPTER_PORT"])
         # cwd empty: a folder named like a task there would be read as a task path
         try:
             rc = _run_child(cmd, cwd=Path(work), env={**os.environ, **run.env}, log=log,
@@ -150,20 +158,32 @@ def _no_offline_data(task: Task, why: str) -> str:
     )
 
 
-def refusal(task: Task, container_runner: str, has_data: bool) -> str | None:
-    """Why this pipeline cannot evaluate `task` (None: it can), said when the plan is made, before any deployment
-    starts. The evaluation step runs a task's harness in this environment: one whose harness is not installed
-    here cannot run (its container is NeMo Evaluator Launcher's business: run.engine=launcher); a task without
-    data (`has_data`: staged from a mirror, or staged before) needs the hub, and HF_HUB_OFFLINE switches it off."""
+def installed_here(task: Task) -> bool:
+    """Whether `task`'s harness runs in this environment (the staged tasks are lm-eval's, a dependency of this
+    project: asking NeMo Evaluator takes 2 s per plan)."""
     from nemotron_eval.data.tasks import installed_harnesses
 
-    # the staged tasks are lm-eval's, a dependency of this project: asking NeMo Evaluator takes 2 s per plan
-    if not task.offline and task.harness not in installed_harnesses():
+    return task.offline or task.harness in installed_harnesses()
+
+
+def harness_container(task: Task, entry: Mapping[str, Any], container_runner: str) -> str | None:
+    """The image `task`'s harness runs in, or None when it runs here: a task whose harness is not installed here,
+    with a container runner, runs in its `evaluation.tasks` entry's `container`, else the launcher catalog's."""
+    if installed_here(task) or container_runner == "none":
+        return None
+    return str(entry.get("container") or task.container) or None
+
+
+def refusal(task: Task, container_runner: str, has_data: bool, entry: Mapping[str, Any] | None = None) -> str | None:
+    """Why this pipeline cannot evaluate `task` (None: it can), said when the plan is made, before any deployment
+    starts. A task's harness runs in this environment, or in its container (`harness_container`) where a
+    container runner starts one: a task whose harness is not installed here needs one; a task without data
+    (`has_data`: staged from a mirror, or staged before) needs the hub, and HF_HUB_OFFLINE switches it off."""
+    if not installed_here(task) and harness_container(task, entry or {}, container_runner) is None:
         where = (
             f"execution.container_runner={container_runner} starts no harness container"
             if container_runner == "none" else
-            f"this pipeline's evaluation step does not start harness containers ({container_runner}): "
-            "run.engine=launcher runs it in its container from the launcher's catalog"
+            "neither its evaluation.tasks entry nor the launcher's catalog names its container (set `container`)"
         )
         return f"task {task.short!r} cannot run: its harness {task.harness} is not installed here and {where}"
     if not has_data and hub_off():
@@ -200,6 +220,47 @@ def _hub_unreachable(log: Path) -> bool:
 
 class HarnessAborted(HarnessError):
     """The harness was stopped because what it talks to is gone (the message says why)."""
+
+
+# The harness's program in its container, as the launcher starts it: `nemo-evaluator`, or `eval-factory` in older
+# images. A fixed program; the run config's path is an argument.
+IN_CONTAINER = (
+    "sh", "-c", 'if command -v nemo-evaluator >/dev/null 2>&1; then exec nemo-evaluator "$@"; else exec eval-factory "$@"; fi',
+    "sh", "run_eval", "--run_config",
+)
+
+
+@dataclass(frozen=True)
+class HarnessContainer:
+    """Where a harness that is not installed here runs: its image (as `runner` names it, job.yaml's
+    `run.tasks.<task>.container`), with the harness folder and the tokenizer mounted at their own paths, the
+    evaluation's mounts (`execution.mounts.evaluation`), and the environment passed by name."""
+
+    runner: str
+    image: str
+    mounts: Mapping[str, str] = field(default_factory=dict)
+    mount_home: bool = False
+    env_names: tuple[str, ...] = ()  # beyond the harness's own settings: the config's env_vars, HF_TOKEN, ...
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any], execution: Mapping[str, Any], env_names: Sequence[str] = ()) -> HarnessContainer:
+        mounts = execution.get("mounts") or {}
+        return cls(
+            runner=str(entry["runner"]), image=str(entry["image"]),
+            mounts={str(k): str(v) for k, v in (mounts.get("evaluation") or {}).items()},
+            mount_home=bool(mounts.get("mount_home")), env_names=tuple(env_names),
+        )
+
+    def argv(self, run_config: Path, *, binds: Sequence[Path], env_names: Sequence[str]) -> list[str]:
+        """The argv that runs `run_eval --run_config RUN_CONFIG` in the container (no GPU: it is a client)."""
+        from nemotron_eval.executors.runners import container_runner_wrap
+
+        mounts = {str(p): str(p) for p in binds} | dict(self.mounts)
+        names = sorted({*env_names, *self.env_names})
+        return container_runner_wrap(
+            self.runner, self.image, [*IN_CONTAINER, str(run_config)], mounts, names, gpus=0, mount_home=self.mount_home,
+            srun=False,
+        )
 
 
 def _run_child(

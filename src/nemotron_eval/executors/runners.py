@@ -1,4 +1,5 @@
-"""Container runners: how a deployment's shell command runs in its image. Nothing is run here.
+"""Container runners: how a deployment's shell command, or a harness's argv (in place of `bash -c CMD`), runs in
+its image. Nothing is run here.
 
     pyxis      srun --overlap --mem=0 --nodes N --ntasks N*M --ntasks-per-node M --kill-on-bad-exit=1
                     --container-image=IMG --container-mounts=a:b,... [--container-env=NAME,...]
@@ -7,7 +8,7 @@
     apptainer  apptainer exec --nv --no-home --bind a:b ... IMG bash -c CMD
     none       bash -c CMD   (on the host)
 
-enroot, apptainer and none run on the serve step's node; spanning several nodes (execution.num_nodes > 1, or
+enroot, apptainer and none run on the step's node; spanning several nodes (execution.num_nodes > 1, or
 several instances on Slurm) puts the same srun in front of them, without container flags.
 `--overlap --mem=0` because the serve step itself runs inside a Slurm step of the job (Snakemake's job step)
 whose CPUs, memory and GPUs the deployment shares (Slurm 22.05 shares memory only with --mem=0; the step gets
@@ -46,7 +47,7 @@ def srun_prefix(nodes: int, ntasks_per_node: int) -> list[str]:
 def container_runner_wrap(
     runner: str,
     image: str | None,
-    command: str,
+    command: str | Sequence[str],
     mounts: Mapping[str, str],
     env_names: Sequence[str],
     *,
@@ -56,7 +57,8 @@ def container_runner_wrap(
     mount_home: bool = False,
     srun: bool | None = None,
 ) -> list[str]:
-    """The argv running the shell `command` in `image` with `runner` (see the module docstring).
+    """The argv running `command` in `image` with `runner` (see the module docstring): a string is a shell command
+    (`bash -c`), a list an argv run as it is.
 
     `mounts` maps host paths to container paths; `env_names` are passed by name (pyxis --container-env,
     enroot --env; apptainer inherits the environment). `gpus=0` leaves apptainer's --nv out; Slurm steps
@@ -68,7 +70,7 @@ def container_runner_wrap(
         raise ValueError(f"nodes={nodes}, ntasks_per_node={ntasks_per_node}: both must be at least 1")
     if runner != "none" and not image:
         raise UserError(f"execution.container_runner={runner} needs deployment.image")
-    shell = ["bash", "-c", command]
+    shell = ["bash", "-c", command] if isinstance(command, str) else list(command)
     binds = [f"{src}:{dst}" for src, dst in mounts.items()]
     if runner == "pyxis":
         argv = [*srun_prefix(nodes, ntasks_per_node), f"--container-image={image}"]

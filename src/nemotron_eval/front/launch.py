@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.core import layout
+from nemotron_eval.core import layout, secrets
 from nemotron_eval.front import runs
 from nemotron_eval.core.errors import PREFIX, UserError, exit_code
 from nemotron_eval.deploy.process import signal_if_ours, started
@@ -114,6 +114,7 @@ def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
     config, root = enter_project(args.config)
     profile_name = args.run or args.batch
     remote_profile, executor = None, None
+    carried: list[str] = []  # a remote run: the variables the head job gets from this process's environment
     if profile_name:
         from nemotron_eval import executors
         from nemotron_eval.executors import remote
@@ -138,20 +139,18 @@ def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
         return dry_run(request, {m: snapshots[m]["eval.yaml"] for m in models}, targets, sm_profile)
     if remote_profile is not None:
         from nemotron_eval import exporters
-        from nemotron_eval.executors import remote
+        from nemotron_eval.executors.remote import carry
 
-        # the exporters' credentials (W&B's key, from WANDB_API_KEY or `wandb login`) into this process's
-        # environment: the head job inherits it from sbatch, its jobs from it; no login: one line, nothing submitted
+        # the exporters' credentials (W&B's key, from WANDB_API_KEY or `wandb login`; none: one line, nothing
+        # submitted) into this environment; the head job gets them and the variables the config names
         shipped = exporters.login_for_submission(plan.execution.get("auto_export"))
-        if shipped and remote_profile.is_ssh:
-            print(f"nemotron: {', '.join(shipped)} is not shipped over tunnel = \"ssh\": the export on the cluster reads "
-                  "it from the head job's environment there (the profile's setup lines, or `wandb login` on the cluster)",
-                  file=sys.stderr)
+        carried = carry.present([*shipped, *secrets.variables_by_name(plan.merged)], ssh=remote_profile.is_ssh)
         remote.check(remote_profile)  # the host answers, keys, sbatch: before anything is recorded or shipped
     run = runs.Run(
         id=runs.new_id(), created_at=runs.now(), command=["nemotron", *sys.argv[1:]], config=request.eval_config,
         mode="local" if not profile_name else ("run" if args.run else "batch"), models=models,
         tasks=list(plan.task_names), targets=targets, profile=profile_name, snakemake_profile=sm_profile,
+        environment=carried,
     )
     request_text = _request_text(request, run, root)
     runs.create(run, request_text, snapshots)
@@ -337,7 +336,8 @@ def submit_remote(run: runs.Run, profile: Any, root: Path) -> int:
     shipped = [f for f in remote.project_files(root) if Path(f).parts[0] not in NOT_SHIPPED]
     own = [str(p.relative_to(root)) for p in (root / run.folder).rglob("*") if p.is_file()]
     try:
-        submission = remote.submit(profile, argv, root, files=sorted({*shipped, *own}), attached=False, check=False)
+        submission = remote.submit(profile, argv, root, files=sorted({*shipped, *own}), attached=False, check=False,
+                                   environment=run.environment)
     except BaseException as e:  # refused, unreachable, interrupted: the run ends here, and says why
         run.error = str(e).splitlines()[0] if str(e) else type(e).__name__
         runs.finish(run, 1)

@@ -70,6 +70,7 @@ class Run:
     remote_id: str | None = None  # the NeMo-Run experiment id of a remote head job
     invocations: dict[str, str] = field(default_factory=dict)  # per model, NeMo Evaluator Launcher's invocation id
     jobs: list[str] = field(default_factory=list)  # of the executor of snakemake_profile
+    environment: list[str] = field(default_factory=list)  # a remote run: names (never values) the head job got from here
     exit_code: int | None = None
     finished_at: str | None = None
     error: str | None = None

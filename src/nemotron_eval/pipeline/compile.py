@@ -116,11 +116,23 @@ class Image:
 def squashed_image(cfg: dict[str, Any], images_dir: Path = IMAGES_DIR) -> Image | None:
     """The image the deployment of a resolved config runs squashed (Slurm with pyxis or enroot), or None."""
     from nemotron_eval.deploy.types import get
-    from nemotron_eval.deploy.images import needs_squash, sqsh_name
+    from nemotron_eval.deploy.images import needs_squash
 
     if not needs_squash(cfg, runs_image=get(cfg["deployment"]["type"]).runs_image):
         return None
-    reference = str(cfg["deployment"]["image"])
+    return _image(str(cfg["deployment"]["image"]), images_dir)
+
+
+def harness_image(execution: dict[str, Any], reference: str, images_dir: Path = IMAGES_DIR) -> Image | None:
+    """A harness's container squashed like the deployment's image, or None (the runner takes it as it is)."""
+    from nemotron_eval.deploy.images import squashes
+
+    return _image(reference, images_dir) if squashes(execution, reference) else None
+
+
+def _image(reference: str, images_dir: Path) -> Image:
+    from nemotron_eval.deploy.images import sqsh_name
+
     name = sqsh_name(reference)
     target = Path(images_dir) / name
     return Image(name.removesuffix(".sqsh"), reference, target.absolute(), str(target))
@@ -223,12 +235,13 @@ def _drop_masked(node: Any) -> Any:
     return node
 
 
-def fingerprint(eval_cfg: dict[str, Any], task_name: str, model_digest: str | None) -> str:
+def fingerprint(eval_cfg: dict[str, Any], task_name: str, model_digest: str | None, container: str | None = None) -> str:
     """sha256 of what one task's scores depend on: the model's content, the deployment (the image it is squashed
     from, not where the file lies), the endpoint, the environment, the harness params and the task's own entry.
     Where the checkpoint lies is left out (its digest says what it is), and so are export, cluster and
     data-source settings: changing them reruns no evaluation (the staged data is an input with its own digest).
-    `eval_cfg` is resolved from `_mask_not_scoring`'s copy, so serving settings are left out too."""
+    `eval_cfg` is resolved from `_mask_not_scoring`'s copy, so serving settings are left out too. `container`:
+    the image a task's harness runs in (the reference, not the squashed file), where it runs in one."""
     evaluation = eval_cfg.get("evaluation") or {}
     deployment = dict(eval_cfg.get("deployment") or {})
     if deployment.get("source_image"):
@@ -241,6 +254,7 @@ def fingerprint(eval_cfg: dict[str, Any], task_name: str, model_digest: str | No
         "env_vars": eval_cfg.get("env_vars"),
         "evaluation": {k: v for k, v in evaluation.items() if k != "tasks"},
         "task": [t for t in evaluation.get("tasks") or [] if t.get("name") == task_name],
+        **({"harness_container": container} if container else {}),
     }
     text = json.dumps(relevant, sort_keys=True, default=str)
     if checkpoint:
@@ -272,11 +286,29 @@ def compile_job(resolved_cfg: dict[str, Any], tasks: list[Task], *, images_dir: 
     if image is not None:
         scoring["deployment"]["source_image"] = image.reference
     scoring.pop("run", None)
-    job["run"]["tasks"] = {
-        task.short: {"name": entry["name"], "offline": task.offline, "fingerprint": fingerprint(scoring, entry["name"], digest)}
-        for task, entry in zip(tasks, entries)
-    }
+    # per task: what its evaluation step reads (its name, whether its data is staged, the fingerprint of what its
+    # scores depend on) and, where its harness is not installed here, the container it runs in
+    from nemotron_eval.evaluate.harness import harness_container
+
+    runner = str((job.get("execution") or {}).get("container_runner") or "none")
+    job["run"]["tasks"] = {}
+    for task, entry in zip(tasks, entries):
+        container = harness_container(task, entry, runner)
+        item = {"name": entry["name"], "offline": task.offline, "fingerprint": fingerprint(scoring, entry["name"], digest, container)}
+        if container:
+            item["container"] = _container(job["execution"], runner, container, images_dir)
+        job["run"]["tasks"][task.short] = item
     return job, eval_cfg
+
+
+def _container(execution: dict[str, Any], runner: str, reference: str, images_dir: Path) -> dict[str, str]:
+    """A harness's container as its evaluation step starts it: the runner, the image as the runner names it (the
+    squashed file on Slurm with pyxis or enroot), the reference it comes from."""
+    from nemotron_eval.deploy.types import runner_image
+
+    squashed = harness_image(execution, reference, images_dir)
+    image = runner_image(runner, str(squashed.path) if squashed else reference)
+    return {"runner": runner, "image": str(image), "source_image": reference}
 
 
 def _find_interpolation(node: Any, path: str = "") -> tuple[str, str] | None:

@@ -130,17 +130,29 @@ class Plan:
         self.mirror = stage.resolve_mirror((self.resolved.get("data") or {}).get("mirror"))
         if self.engine == "snakemake":
             self.check_tasks()
+            self.images.update(self.harness_images())
 
     def check_tasks(self) -> None:
-        """A task this pipeline cannot evaluate (its harness not installed here, its data unreachable) is refused
-        in one line naming it and why, before any deployment starts (the launcher engine runs catalog tasks in
-        their own containers)."""
+        """A task this pipeline cannot evaluate (its harness neither installed here nor in a container the runner
+        starts, its data unreachable) is refused in one line naming it and why, before any deployment starts."""
         runner = str(self.execution.get("container_runner") or "none")
-        for task in self.tasks:
+        for task, entry in zip(self.tasks, self.resolved["evaluation"]["tasks"]):
             staged = task.offline and (self.mirror_for(task.short) is not None or Path(layout.STAGED.format(task=task.short)).is_dir())
-            why = harness.refusal(task, runner, has_data=staged)
+            why = harness.refusal(task, runner, has_data=staged, entry=entry)
             if why:
                 raise UserError(why)
+
+    def harness_images(self) -> dict[str, comp.Image]:
+        """The containers of the tasks whose harness is not installed here, squashed like the deployment's image
+        (before the deployment starts: its job waits for every image of the plan)."""
+        runner = str(self.execution.get("container_runner") or "none")
+        found = {}
+        for task, entry in zip(self.tasks, self.resolved["evaluation"]["tasks"]):
+            reference = harness.harness_container(task, entry, runner)
+            image = comp.harness_image(self.execution, reference) if reference else None
+            if image is not None:
+                found[image.name] = image
+        return found
 
     @property
     def default_targets(self) -> list[str]:

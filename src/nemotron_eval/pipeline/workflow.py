@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.core import layout
+from nemotron_eval.core import layout, secrets
 from nemotron_eval.evaluate import progress
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import sha256_bytes, write_text_atomic
@@ -190,7 +190,7 @@ def evaluate(
     from nemotron_eval.deploy.process import EndpointNotReady
     from nemotron_eval.core.io import log_tail
     from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
-    from nemotron_eval.evaluate.harness import HarnessAborted, run_harness
+    from nemotron_eval.evaluate.harness import HarnessAborted, HarnessContainer, run_harness
     from nemotron_eval.evaluate.output import HarnessError, parse_harness_output
 
     if str(endpoint_file) == "-":
@@ -232,7 +232,11 @@ def evaluate(
     # The harness's adapter proxy probes from port 3825 up, check-then-bind: concurrent tasks race for the
     # same port. Give each run its own free port instead.
     os.environ["ADAPTER_PORT"] = str(_free_port())
-    os.environ.update(harness_environment(cfg))
+    harness_env = harness_environment(cfg)
+    os.environ.update(harness_env)
+    # a harness that is not installed here runs in its container: the variables it reads passed by name
+    passed = [*harness_env, *(n for n in secrets.variables_by_name(cfg) if n in os.environ)]
+    container = HarnessContainer.of(entry["container"], cfg.get("execution") or {}, passed) if entry.get("container") else None
     kind = types.get(cfg["deployment"]["type"])
     at_once = job["run"].get("tasks_at_once") or kind.tasks_at_once(available_cores())
     said: list[str] = []
@@ -260,7 +264,7 @@ def evaluate(
                 run_harness(
                     task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
                     tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=receiver.url,
-                    abort=gone,
+                    abort=gone, container=container,
                 )
     except HarnessAborted as e:
         raise stopped(str(e)) from None

@@ -56,9 +56,11 @@ job that runs out of time does not leave its GPU jobs behind.
 tunnel = "ssh" needs, here: OpenSSH's client and rsync (NeMo-Run copies the job folder with rsync), and
 the host's key in ~/.ssh/known_hosts (connect once with ssh). On the host: sbatch, squeue, sacct, scancel
 and rsync on the PATH of non-interactive SSH commands. `Transport.check` verifies all of it up front.
-Secrets are not copied as files: with tunnel = "local" the head job inherits the submitting process's
-environment through sbatch (`nemotron eval` puts the W&B key there, see exporters.login_for_submission);
-over SSH anything the head job needs (HF_TOKEN, WANDB_API_KEY) must be set on the cluster.
+Secrets are not copied as files. `nemotron eval` puts the W&B key into its environment (from WANDB_API_KEY or
+`wandb login`, see exporters.login_for_submission) and names what the head job gets: the exporters' credentials,
+HF_TOKEN and the variables the config names (`secrets.variables_by_name`) that are set here. With tunnel =
+"local" the head job inherits them through sbatch; over SSH they reach the remote sbatch on the session's
+standard input, never on a command line (`carry`).
 
 Public API (submit imports nemo_run, a few seconds, once the input and the cluster have been checked):
     parse_profile(name, table, where) -> RemoteProfile      profile_from_env(name, env=None) -> RemoteProfile

@@ -14,7 +14,6 @@ checked as written: the remote shell sees those characters only. Our own command
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from typing import Any
 
 from nemotron_eval.executors import remote_names
 from nemotron_eval.config.validators import walltime_minutes
-from nemotron_eval.config.envtoml import EnvFile, load_env_file
+from nemotron_eval.config.envtoml import EnvFile, load_env_file, local_user
 from nemotron_eval.core.errors import UserError, did_you_mean
 
 EXECUTORS = remote_names()  # the executors a head job can be submitted to
@@ -117,7 +116,7 @@ def parse_profile(name: str, table: Mapping[str, Any], where: str = "env.toml") 
     # share with their compute nodes; from a laptop it must be named.
     remote_job_dir = p.path("remote_job_dir", required=tunnel == "ssh", absolute=True, local=tunnel == "local")
     remote_job_dir = remote_job_dir or p.local_default("remote_job_dir", DEFAULT_LOCAL_JOB_DIR)
-    host, user, port, identity = "localhost", getpass.getuser(), 22, None
+    host, user, port, identity = "localhost", local_user() or "", 22, None
     if tunnel == "ssh":
         host = p.match("host", _HOST, "a host name or IPv4 address", required=True) or ""
         user = p.match("user", _USER, "a user name") or p.default_user(user)

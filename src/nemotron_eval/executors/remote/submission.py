@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.executors.remote import control, records
+from nemotron_eval.executors.remote import carry, control, records
 from nemotron_eval.executors.remote.profile import RemoteProfile, local_shell_path
 from nemotron_eval.executors.remote.shipping import CONTROL, project_files, write_control
 from nemotron_eval.executors.remote.transport import Transport, last_line
@@ -56,13 +56,15 @@ def submit(
     attached: bool = False,
     out: TextIO | None = None,
     check: bool = True,
+    environment: Sequence[str] = (),
 ) -> Submission:
     """Ship `files` of `project_root` (default: `project_files`) and submit the head job running `argv`.
 
     Detached (default): returns as soon as Slurm has accepted the job. `attached`: then follows the
     command's output into `out` (default stdout) until the job ends; Ctrl-C cancels the run (as `cancel`
     does) and re-raises. The run record is written before either returns. `check=False` skips the
-    connection check (`Transport.check`), for callers that have just made it.
+    connection check (`Transport.check`), for callers that have just made it. `environment`: names of variables
+    set here that the head job gets (inherited through sbatch on a login node; over SSH, see `carry`).
     """
     if not argv or any(not isinstance(a, str) or "\0" in a for a in argv):
         raise UserError(f"remote command {list(argv)!r}: give a non-empty list of words without NUL characters")
@@ -74,9 +76,12 @@ def submit(
     if bad:
         raise UserError(f"files to ship: {bad[0]!r} is not a path inside {root}")
     base_dir = experiments_home(profile)  # checked before anything connects
+    environment = list(dict.fromkeys(environment))
+    if profile.is_ssh:
+        carry.check(environment)
     if check:
         Transport(profile).check()
-    result = _launch(profile, list(argv), root, names, base_dir)
+    result = _launch(profile, list(argv), root, names, base_dir, environment)
     if not attached:
         return result
     try:
@@ -104,10 +109,13 @@ def experiments_home(profile: RemoteProfile) -> str:
     return home
 
 
-def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str], base_dir: str) -> Submission:
+def _launch(
+    profile: RemoteProfile, argv: list[str], root: Path, names: list[str], base_dir: str, environment: list[str]
+) -> Submission:
     import invoke.exceptions
     import nemo_run as run
 
+    from nemotron_eval.executors.remote.nemorun_tunnel import CarryingSSHTunnel
     from nemotron_eval.executors.remote.packager import ProjectPackager
 
     t0 = time.monotonic()
@@ -116,11 +124,13 @@ def _launch(profile: RemoteProfile, argv: list[str], root: Path, names: list[str
     run_id = f"{TITLE}_{time.time_ns()}"
     jobs_root = f"{profile.remote_job_dir}/experiments"
     # base_dir (experiments_home): ssh: rsync copies it to jobs_root; local: it is the job folder, no copy
-    tunnel: run.SSHTunnel | run.LocalTunnel
+    tunnel: run.SSHTunnel | run.LocalTunnel  # local: sbatch inherits this process's environment
     if profile.is_ssh:
-        # NeMo-Run's own executor builder leaves the port out; it is passed here.
-        tunnel = run.SSHTunnel(
-            host=profile.host, user=profile.user, port=profile.port, identity=profile.identity, job_dir=jobs_root
+        # NeMo-Run's own executor builder leaves the port out; it is passed here. The environment goes to
+        # the remote sbatch on the session's standard input (carry).
+        tunnel = CarryingSSHTunnel(
+            host=profile.host, user=profile.user, port=profile.port, identity=profile.identity, job_dir=jobs_root,
+            carry=environment,
         )
     else:
         tunnel = run.LocalTunnel(job_dir=jobs_root)

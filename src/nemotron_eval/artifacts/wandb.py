@@ -25,10 +25,8 @@ def _default_api() -> Any:
         import wandb
     except ImportError:
         raise UserError("[artifacts] backend = 'wandb' needs the wandb package: pip install wandb") from None
-    try:
+    with wandb_service.private():
         return wandb.Api()
-    finally:
-        wandb_service.drop_token()
 
 
 class WandbRegistry:
@@ -54,7 +52,8 @@ class WandbRegistry:
 
     def _artifact(self, ref: str) -> Any:
         try:
-            return self._client().artifact(ref)
+            with wandb_service.private():  # the client may start its service at its first request
+                return self._client().artifact(ref)
         except Exception as e:  # wandb raises CommError/ValueError; its first line says what is missing
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"artifact {ref!r}: not found in W&B: {first}") from None
@@ -75,9 +74,10 @@ class WandbRegistry:
             if re.search(r": artifact( membership)? \S+ not found", str(e)):  # else (a wrong project, refused
                 return []  # credentials) is not "no version yet"
             raise
-        found = self._client().artifacts(kind, latest.rpartition(":")[0])
-        out = [Version(name, str(a.version), str(getattr(a, "created_at", "") or ""), dict(getattr(a, "metadata", None) or {}))
-               for a in found]
+        with wandb_service.private():
+            found = self._client().artifacts(kind, latest.rpartition(":")[0])
+            out = [Version(name, str(a.version), str(getattr(a, "created_at", "") or ""), dict(getattr(a, "metadata", None) or {}))
+                   for a in found]
         return sorted(out, key=lambda v: version_number(v.version) or 0)
 
     def resolve(self, spec: ModelSpec) -> Resolved:
@@ -107,5 +107,6 @@ class WandbRegistry:
         if target.is_dir() and any(target.iterdir()):
             return resolved
         art = self._artifact(resolved.qualified_name or f"{self.project}/{resolved.name}:{resolved.version}")
-        art.download(root=str(target))
+        with wandb_service.private():
+            art.download(root=str(target))
         return resolved

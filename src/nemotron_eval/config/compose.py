@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nemotron_eval.data import tasks as task_registry
 from nemotron_eval.config.defaults_tree import read_tree
-from nemotron_eval.config.envtoml import EnvFile, load_env_file, local_user
+from nemotron_eval.config.envtoml import EnvFile, load_env_file, local_host, local_user
 from nemotron_eval.core.errors import UserError, did_you_mean, shown
 from nemotron_eval.core.safeload import check_depth, load_yaml, load_yaml_text
 
@@ -114,12 +114,12 @@ def _apply_profile(cfg: dict[str, Any], env: EnvFile, profile: str | None) -> No
         run_env.update(values)
         run_env["mounts"] = mounts
         # Who submits and through which login node (the launcher runs `ssh USER@HOST sbatch`), where the profile
-        # does not say: the local user, and this machine unless the profile reaches the cluster over ssh (where
-        # `host` is required). Not a rerun trigger: no task's fingerprint holds the cluster's settings.
+        # does not say: the local user, and this machine by name unless the profile reaches the cluster over ssh
+        # (where `host` is required). Not a rerun trigger: no task's fingerprint holds the cluster's settings.
         if not run_env.get("user"):
             run_env["user"] = local_user()
         if not run_env.get("host") and run_env.get("tunnel", "local") != "ssh":
-            run_env["host"] = "localhost"
+            run_env["host"] = local_host()
     run_env.setdefault("mounts", [])
     run["env"] = run_env
     wandb = env.settings("wandb")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,12 @@ def local_user() -> str | None:
         return getpass.getuser() or None
     except (OSError, KeyError):
         return None
+
+
+def local_host() -> str:
+    """This machine's name: a profile's default `host` on a login node (tunnel = "local"); by name, not
+    localhost, because a remote run's head job asks it from a compute node."""
+    return socket.gethostname() or "localhost"
 
 
 def find_env_file(start: Path | None = None) -> Path | None:

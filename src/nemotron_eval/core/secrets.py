@@ -286,9 +286,10 @@ def api_key_names(config: Any) -> list[str]:
     return found
 
 
-def variables_by_name(config: Any) -> list[str]:
-    """The environment variables a config's jobs read by name: WANDB_API_KEY and HF_TOKEN, every `api_key_name`
-    value, and every variable an `env_vars` mapping names (`host:NAME`, `runtime:NAME`); each once, in order."""
+def secret_variables(config: Any) -> list[str]:
+    """The secrets a config's jobs read by name from the environment: WANDB_API_KEY and HF_TOKEN, every
+    `api_key_name` value, and the variables an `env_vars` mapping names (`host:NAME`, `runtime:NAME`) whose name
+    looks secret; each once, in order. (Other variables it names are facts of where the jobs run.)"""
     found: list[str] = [*sorted(SECRET_ENV_VARS), *api_key_names(config)]
 
     def walk(obj: Any, here: str) -> None:
@@ -296,7 +297,9 @@ def variables_by_name(config: Any) -> list[str]:
             for k, v in obj.items():
                 key = f"{here}.{k}" if here else str(k)
                 if isinstance(v, str) and in_env_map(key) and _names_a_variable(v):
-                    found.append(v.split(":", 1)[1])
+                    name = v.split(":", 1)[1]
+                    if looks_secret_env(name) or looks_secret_env(str(k)):
+                        found.append(name)
                 else:
                     walk(v, key)
         elif isinstance(obj, (list, tuple)):

@@ -95,6 +95,15 @@ def needs_squash(eval_cfg: Mapping[str, Any], *, runs_image: bool) -> bool:
     return runs_image and squashes(eval_cfg.get("execution") or {}, (eval_cfg.get("deployment") or {}).get("image"))
 
 
+def enroot_problem(runner: str, image: Any, key: str, *, squashed_later: bool) -> str | None:
+    """Why `runner` cannot start `image` (the value of `key`), or None: enroot starts a squashed file only, which a
+    registry image becomes on Slurm (`squashed_later`)."""
+    if runner == "enroot" and not str(image).endswith(".sqsh") and not squashed_later:
+        return (f"execution.container_runner=enroot starts a squashed image; {key}={image} is not a .sqsh file "
+                "(a registry image is squashed for execution.type=slurm)")
+    return None
+
+
 def squashes(execution: Mapping[str, Any], image: Any) -> bool:
     """True when `image` (a deployment's or a harness's) is a registry reference that pyxis or enroot starts on an
     executor that squashes images first (Slurm)."""

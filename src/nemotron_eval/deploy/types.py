@@ -233,7 +233,7 @@ class Generic(Deployment):
     def check(self, cfg: Mapping[str, Any]) -> None:
         """The runner this executor can start, the image it needs (a squashed file for enroot, unless the squash
         job makes one), one instance, the checkpoint to mount, the command, its tasks spread over the nodes."""
-        from nemotron_eval.deploy.images import needs_squash
+        from nemotron_eval.deploy.images import enroot_problem, needs_squash
 
         dep = cfg.get("deployment") or {}
         execution = cfg.get("execution") or {}
@@ -244,9 +244,9 @@ class Generic(Deployment):
         # before compiling, a registry image the squash job will make a file of is fine; eval.yaml names the file
         # (and its `source_image`) or the image as the user gave it
         squashed_later = needs_squash(cfg, runs_image=True) and "source_image" not in dep
-        if runner == "enroot" and not str(image).endswith(".sqsh") and not squashed_later:
-            raise UserError(f"execution.container_runner=enroot starts a squashed image; deployment.image={image} is not "
-                            "a .sqsh file (a registry image is squashed for execution.type=slurm)")
+        problem = enroot_problem(runner, image, "deployment.image", squashed_later=squashed_later)
+        if problem:
+            raise UserError(problem)
         if runner != "none":
             _required(dep, "checkpoint_path")
         one_instance(execution)

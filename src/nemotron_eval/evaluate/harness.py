@@ -38,7 +38,7 @@ from nemotron_eval.deploy.process import die_with_parent
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.context import check_context, context_length
 from nemotron_eval.evaluate.output import RESULTS, HarnessError
-from nemotron_eval.evaluate.overrides import deep_merge, harness_overrides
+from nemotron_eval.evaluate.overrides import deep_merge, harness_overrides, in_container
 from nemotron_eval.evaluate.task_yamls import INCLUDE_DIR, write_task_yamls
 from nemotron_eval.core.io import log_tail
 from nemotron_eval.data.stage import hub_off
@@ -83,17 +83,18 @@ def run_harness(
     log = Path(log) if log else output_dir / "harness.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = Path(tokenizer_dir).resolve()
-    n_ctx = context_length_tokens or context_length(tokenizer_dir)
+    n_ctx = context_length_tokens or (context_length(tokenizer_dir) if container is None else 0)
     include_dir: Path | None = None
     lm_name: str | None = None
     if staged_dir is not None:
         include_dir = output_dir / INCLUDE_DIR
         lm_name = write_task_yamls(task, Path(staged_dir), include_dir)
-    else:
+    elif container is None:  # in its container, where its data comes from is its harness's business
         check_hub_reachable(task)
 
     user_extra = dict(params.get("extra") or {})
     with tempfile.TemporaryDirectory(prefix="nemotron-harness-") as work:
+        # in its container, the task runs as its harness there defines it (its NeMo Evaluator's defaults)
         run = harness_overrides(
             task,
             include_dir,
@@ -102,7 +103,7 @@ def run_harness(
             lm_eval_task=lm_name,
             extra_args=user_extra.get("args"),
             cache_dir=Path(work) / "hf_datasets" if include_dir is not None else None,
-        )
+        ) if container is None else in_container(task)
         run_config = {
             "config": {
                 "type": run.eval_type,
@@ -120,7 +121,7 @@ def run_harness(
         cfg_path.write_text(yaml.safe_dump(run_config, sort_keys=False))
         cmd = [sys.executable, "-c", _ENTRYPOINT, "run_eval", "--run_config", str(cfg_path)]
         if container is not None:
-            cmd = container.argv(cfg_path, binds=(output_dir, tokenizer_dir), env_names=[*run.env, "ADAPTER_PORT"])
+            cmd = container.argv(cfg_path, binds=(output_dir,), env_names=[*run.env, "ADAPTER_PORT"])
         # cwd empty: a folder named like a task there would be read as a task path
         try:
             rc = _run_child(cmd, cwd=Path(work), env={**os.environ, **run.env}, log=log,
@@ -131,14 +132,15 @@ def run_harness(
                 f"log {log}:\n{log_tail(log)}"
             ) from None
     if rc != 0:
-        if include_dir is None and _hub_unreachable(log):
+        if include_dir is None and container is None and _hub_unreachable(log):
             raise UserError(_no_offline_data(task, "the harness could not reach the Hugging Face hub"))
         raise HarnessError(
             f"{task.short}: nemo-evaluator exited with status {rc}; log {log}:\n{log_tail(log)}"
         )
     if not (output_dir / RESULTS).is_file():
         raise HarnessError(f"{task.short}: harness wrote no {RESULTS}; log {log}:\n{log_tail(log)}")
-    check_context(task.short, output_dir, log, tokenizer_dir=tokenizer_dir, n_ctx=n_ctx)
+    if container is None:  # lm-eval's requests, checked against the model's context
+        check_context(task.short, output_dir, log, tokenizer_dir=tokenizer_dir, n_ctx=n_ctx)
 
 
 def progress_tracking(url: str | None) -> dict[str, Any]:
@@ -174,18 +176,27 @@ def harness_container(task: Task, entry: Mapping[str, Any], container_runner: st
     return str(entry.get("container") or task.container) or None
 
 
-def refusal(task: Task, container_runner: str, has_data: bool, entry: Mapping[str, Any] | None = None) -> str | None:
+def refusal(task: Task, execution: Mapping[str, Any], has_data: bool, entry: Mapping[str, Any] | None = None) -> str | None:
     """Why this pipeline cannot evaluate `task` (None: it can), said when the plan is made, before any deployment
-    starts. A task's harness runs in this environment, or in its container (`harness_container`) where a
-    container runner starts one: a task whose harness is not installed here needs one; a task without data
-    (`has_data`: staged from a mirror, or staged before) needs the hub, and HF_HUB_OFFLINE switches it off."""
-    if not installed_here(task) and harness_container(task, entry or {}, container_runner) is None:
+    starts. A task's harness runs in this environment, or in its container (`harness_container`) where
+    execution.container_runner starts one: a task whose harness is not installed here needs one the runner can
+    start; a task that runs here without data (`has_data`: staged from a mirror, or staged before) needs the
+    hub, and HF_HUB_OFFLINE switches it off."""
+    from nemotron_eval.deploy.images import enroot_problem, squashes
+
+    runner = str(execution.get("container_runner") or "none")
+    container = harness_container(task, entry or {}, runner)
+    if not installed_here(task) and container is None:
         where = (
-            f"execution.container_runner={container_runner} starts no harness container"
-            if container_runner == "none" else
+            f"execution.container_runner={runner} starts no harness container"
+            if runner == "none" else
             "neither its evaluation.tasks entry nor the launcher's catalog names its container (set `container`)"
         )
         return f"task {task.short!r} cannot run: its harness {task.harness} is not installed here and {where}"
+    if container:
+        problem = enroot_problem(runner, container, f"evaluation.tasks.{task.short}.container",
+                                 squashed_later=squashes(execution, container))
+        return f"task {task.short!r} cannot run in its harness container: {problem}" if problem else None
     if not has_data and hub_off():
         if task.offline:
             return (f"task {task.short!r} cannot be staged: no data mirror (data.mirror or NEMOTRON_DATA_MIRROR) "
@@ -233,8 +244,7 @@ IN_CONTAINER = (
 @dataclass(frozen=True)
 class HarnessContainer:
     """Where a harness that is not installed here runs: its image (as `runner` names it, job.yaml's
-    `run.tasks.<task>.container`), with the harness folder and the tokenizer mounted at their own paths, the
-    evaluation's mounts (`execution.mounts.evaluation`), and the environment passed by name."""
+    `run.tasks.<task>.container`), with the harness folder mounted at its own path, the evaluation's mounts (`execution.mounts.evaluation`), and the environment passed by name."""
 
     runner: str
     image: str

@@ -1,4 +1,5 @@
-"""The harness's settings for one task (`HarnessRun`), and the deep merge of `config.params`.
+"""The harness's settings for one task (`HarnessRun`; in its harness's container: `in_container`), and the deep
+merge of `config.params`.
 
 * `config.params` (`HarnessRun.params`): the pipeline's params are passed through (deep-merged,
   nested `extra` included); on top `harness_overrides` sets `task` (the staged name), `extra.args` (the
@@ -85,6 +86,16 @@ def harness_overrides(
         include_dir=Path(include_dir) if include_dir is not None else None,
         env=env,
         params=params,
+    )
+
+
+def in_container(task: Task) -> HarnessRun:
+    """The harness run of a task in its harness's container: as that harness defines it (the container's NeMo
+    Evaluator applies its own defaults; this environment's would not know the task), telemetry off; PATH and the
+    rest of the environment are the image's."""
+    return HarnessRun(
+        task_short=task.short, eval_type=task.launcher, lm_eval_task=task.launcher, is_group=False, include_dir=None,
+        env={"NEMO_EVALUATOR_TELEMETRY_LEVEL": "0"}, params={},
     )
 
 

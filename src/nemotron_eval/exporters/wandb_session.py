@@ -158,25 +158,19 @@ def session() -> Iterator[tuple[Any, str, str]]:
     holds it, so its files cannot contain it); wandb is silent."""
     mode_set = user_mode()
     changes = {"WANDB_MODE": mode_set, "WANDB_SILENT": "true", **({"WANDB_API_KEY": None} if mode_set in OFFLINE_MODES else {})}
-    wandb_service.drop_token()
-    with environ_changed(changes):
-        try:
-            wandb = import_wandb()
-            mode, reason, source = choose_mode(wandb, mode_set)
-            if mode not in OFFLINE_MODES:
-                verify_login(wandb, source)
-            yield wandb, mode, reason
-        finally:
-            wandb_service.drop_token()
+    with wandb_service.private(), environ_changed(changes):
+        wandb = import_wandb()
+        mode, reason, source = choose_mode(wandb, mode_set)
+        if mode not in OFFLINE_MODES:
+            verify_login(wandb, source)
+        yield wandb, mode, reason
 
 
 def login_host(wandb: Any) -> str:
     """The W&B host wandb logs in to (its settings files and environment), the service it starts for that kept
     to this process (`core.wandb_service`)."""
-    try:
+    with wandb_service.private():
         return str(wandb.setup().settings.base_url)
-    finally:
-        wandb_service.drop_token()
 
 
 def run_settings(wandb: Any) -> Any:

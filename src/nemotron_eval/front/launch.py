@@ -144,7 +144,7 @@ def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
         # the exporters' credentials (W&B's key, from WANDB_API_KEY or `wandb login`; none: one line, nothing
         # submitted) into this environment; the head job gets them and the variables the config names
         shipped = exporters.login_for_submission(plan.execution.get("auto_export"))
-        carried = carry.present([*shipped, *secrets.variables_by_name(plan.merged)], ssh=remote_profile.is_ssh)
+        carried = carry.present([*shipped, *secrets.secret_variables(plan.merged)], ssh=remote_profile.is_ssh)
         remote.check(remote_profile)  # the host answers, keys, sbatch: before anything is recorded or shipped
     run = runs.Run(
         id=runs.new_id(), created_at=runs.now(), command=["nemotron", *sys.argv[1:]], config=request.eval_config,

@@ -290,10 +290,12 @@ def compile_job(resolved_cfg: dict[str, Any], tasks: list[Task], *, images_dir: 
     # scores depend on) and, where its harness is not installed here, the container it runs in
     from nemotron_eval.evaluate.harness import harness_container
 
+    # (the Snakemake engine's evaluation step: the launcher's jobs start a task's container themselves)
     runner = str((job.get("execution") or {}).get("container_runner") or "none")
+    engine = str(job["run"].get("engine") or "snakemake")
     job["run"]["tasks"] = {}
     for task, entry in zip(tasks, entries):
-        container = harness_container(task, entry, runner)
+        container = harness_container(task, entry, runner) if engine == "snakemake" else None
         item = {"name": entry["name"], "offline": task.offline, "fingerprint": fingerprint(scoring, entry["name"], digest, container)}
         if container:
             item["container"] = _container(job["execution"], runner, container, images_dir)

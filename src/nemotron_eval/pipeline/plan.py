@@ -135,10 +135,9 @@ class Plan:
     def check_tasks(self) -> None:
         """A task this pipeline cannot evaluate (its harness neither installed here nor in a container the runner
         starts, its data unreachable) is refused in one line naming it and why, before any deployment starts."""
-        runner = str(self.execution.get("container_runner") or "none")
-        for task, entry in zip(self.tasks, self.resolved["evaluation"]["tasks"]):
+        for task, entry in zip(self.tasks, self.resolved["evaluation"]["tasks"], strict=True):
             staged = task.offline and (self.mirror_for(task.short) is not None or Path(layout.STAGED.format(task=task.short)).is_dir())
-            why = harness.refusal(task, runner, has_data=staged, entry=entry)
+            why = harness.refusal(task, self.execution, has_data=staged, entry=entry)
             if why:
                 raise UserError(why)
 
@@ -147,7 +146,7 @@ class Plan:
         (before the deployment starts: its job waits for every image of the plan)."""
         runner = str(self.execution.get("container_runner") or "none")
         found = {}
-        for task, entry in zip(self.tasks, self.resolved["evaluation"]["tasks"]):
+        for task, entry in zip(self.tasks, self.resolved["evaluation"]["tasks"], strict=True):
             reference = harness.harness_container(task, entry, runner)
             image = comp.harness_image(self.execution, reference) if reference else None
             if image is not None:

@@ -234,8 +234,9 @@ def evaluate(
     os.environ["ADAPTER_PORT"] = str(_free_port())
     harness_env = harness_environment(cfg)
     os.environ.update(harness_env)
-    # a harness that is not installed here runs in its container: the variables it reads passed by name
-    passed = [*harness_env, *(n for n in secrets.variables_by_name(cfg) if n in os.environ)]
+    # a harness that is not installed here runs in its container: the variables the config gives it and the
+    # endpoint's key passed by name (none of the pipeline's other secrets)
+    passed = [*harness_env, *(n for n in secrets.api_key_names(cfg) if n in os.environ)]
     container = HarnessContainer.of(entry["container"], cfg.get("execution") or {}, passed) if entry.get("container") else None
     kind = types.get(cfg["deployment"]["type"])
     at_once = job["run"].get("tasks_at_once") or kind.tasks_at_once(available_cores())

@@ -58,7 +58,7 @@ the host's key in ~/.ssh/known_hosts (connect once with ssh). On the host: sbatc
 and rsync on the PATH of non-interactive SSH commands. `Transport.check` verifies all of it up front.
 Secrets are not copied as files. `nemotron eval` puts the W&B key into its environment (from WANDB_API_KEY or
 `wandb login`, see exporters.login_for_submission) and names what the head job gets: the exporters' credentials,
-HF_TOKEN and the variables the config names (`secrets.variables_by_name`) that are set here. With tunnel =
+HF_TOKEN and the secrets the config names (`secrets.secret_variables`) that are set here. With tunnel =
 "local" the head job inherits them through sbatch; over SSH they reach the remote sbatch on the session's
 standard input, never on a command line (`carry`).
 

@@ -11,6 +11,8 @@ So the values travel on the session's standard input: NeMo-Run's `sbatch ...` co
 command line names the variables, never their values; nothing is written on either side (Slurm keeps a batch
 job's environment with the job, as for any sbatch). Only the variable names travel with the tunnel object,
 which NeMo-Run serialises into its experiment folder; the values are read from the environment at sbatch time.
+The session runs without a pty and without echo. NeMo-Run's `pre_command` (not set here) would run before the
+program and could read the input first.
 """
 
 from __future__ import annotations

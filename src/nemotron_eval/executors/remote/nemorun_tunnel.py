@@ -21,6 +21,8 @@ class CarryingSSHTunnel(SSHTunnel):
 
     def run(self, command: str, hide: bool = True, warn: bool = False, **kwargs: Any) -> Any:
         if self.carry and command.startswith("sbatch "):
-            kwargs["in_stream"] = io.StringIO(carrying.stdin_text(self.carry))
+            # no pty (it would echo the input into the output NeMo-Run reads the job id from), no local echo,
+            # whatever the user's Fabric config says
+            kwargs.update(in_stream=io.StringIO(carrying.stdin_text(self.carry)), pty=False, echo_stdin=False)
             command = carrying.wrap(command, self.carry)
         return super().run(command, hide=hide, warn=warn, **kwargs)

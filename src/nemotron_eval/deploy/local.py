@@ -17,6 +17,7 @@ from nemotron_eval.deploy.types import (
     Deployment, DeploymentPlan, Runtime, _positive, _required, environment, is_healthy, one_instance, read_endpoint,
 )  # fmt: skip
 from nemotron_eval.core.errors import UserError
+from nemotron_eval.executors.runners import runner_of
 from nemotron_eval.artifacts.model import DTYPES
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class Local(Deployment):
         if nodes > 1:
             raise UserError(f"execution.num_nodes={nodes}: the local deployment is one CPU server on one node; valid: 1 "
                             "(a generic deployment spans nodes)")
-        runner = execution.get("container_runner") or "none"
+        runner = runner_of(execution)
         if runner != "none":
             raise UserError(f"execution.container_runner={runner}: the local deployment runs this project's CPU server "
                             "on the host, in its own environment; valid: none (a vllm or generic deployment runs an image)")

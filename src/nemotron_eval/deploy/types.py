@@ -32,7 +32,7 @@ from nemotron_eval import executors
 from nemotron_eval.core import layout
 from nemotron_eval.deploy import process as proc
 from nemotron_eval.config.validators import Rule, integer, text
-from nemotron_eval.executors.runners import check_runner, container_runner_wrap, unescape_dollars
+from nemotron_eval.executors.runners import check_runner, container_runner_wrap, runner_of, unescape_dollars
 from nemotron_eval.core.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class Generic(Deployment):
         dep = cfg.get("deployment") or {}
         execution = cfg.get("execution") or {}
         _required(dep, "command")
-        runner = check_runner(str(execution.get("container_runner") or "none"))
+        runner = check_runner(runner_of(execution))
         executors.for_execution(execution).check_runner(runner, execution.get("type"))
         image = None if runner == "none" else _required(dep, "image")
         # before compiling, a registry image the squash job will make a file of is fine; eval.yaml names the file
@@ -259,7 +259,7 @@ class Generic(Deployment):
         dep = eval_cfg.get("deployment") or {}
         execution = eval_cfg.get("execution") or {}
         self.check(eval_cfg)
-        runner = str(execution.get("container_runner") or "none")
+        runner = runner_of(execution)
         executor = executors.for_execution(execution)
         image = None if runner == "none" else _required(dep, "image")
         nodes = _positive(execution, "num_nodes")

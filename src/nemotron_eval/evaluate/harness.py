@@ -183,8 +183,9 @@ def refusal(task: Task, execution: Mapping[str, Any], has_data: bool, entry: Map
     start; a task that runs here without data (`has_data`: staged from a mirror, or staged before) needs the
     hub, and HF_HUB_OFFLINE switches it off."""
     from nemotron_eval.deploy.images import enroot_problem, squashes
+    from nemotron_eval.executors.runners import runner_of
 
-    runner = str(execution.get("container_runner") or "none")
+    runner = runner_of(execution)
     container = harness_container(task, entry or {}, runner)
     if not installed_here(task) and container is None:
         where = (

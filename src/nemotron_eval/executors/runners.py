@@ -18,10 +18,16 @@ all the job's GPUs without asking); `--ntasks` because that step's SLURM_NTASKS 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from nemotron_eval.core.errors import UserError, did_you_mean
 
 RUNNERS = ("pyxis", "enroot", "apptainer", "none")
+
+
+def runner_of(execution: Mapping[str, Any]) -> str:
+    """The container runner an execution section names (`execution.container_runner`; unset: none)."""
+    return str(execution.get("container_runner") or "none")
 
 
 def check_runner(runner: str) -> str:

@@ -289,9 +289,10 @@ def compile_job(resolved_cfg: dict[str, Any], tasks: list[Task], *, images_dir: 
     # per task: what its evaluation step reads (its name, whether its data is staged, the fingerprint of what its
     # scores depend on) and, where its harness is not installed here, the container it runs in
     from nemotron_eval.evaluate.harness import harness_container
+    from nemotron_eval.executors.runners import runner_of
 
     # (the Snakemake engine's evaluation step: the launcher's jobs start a task's container themselves)
-    runner = str((job.get("execution") or {}).get("container_runner") or "none")
+    runner = runner_of(job.get("execution") or {})
     engine = str(job["run"].get("engine") or "snakemake")
     job["run"]["tasks"] = {}
     for task, entry in zip(tasks, entries):

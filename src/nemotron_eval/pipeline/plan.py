@@ -19,6 +19,7 @@ from typing import Any
 
 from nemotron_eval.artifacts import embedded
 from nemotron_eval import executors, exporters
+from nemotron_eval.executors.runners import runner_of
 from nemotron_eval.data import tasks as task_table
 from nemotron_eval.artifacts import Resolved, expand_models
 from nemotron_eval.pipeline import compile as comp
@@ -144,7 +145,7 @@ class Plan:
     def harness_images(self) -> dict[str, comp.Image]:
         """The containers of the tasks whose harness is not installed here, squashed like the deployment's image
         (before the deployment starts: its job waits for every image of the plan)."""
-        runner = str(self.execution.get("container_runner") or "none")
+        runner = runner_of(self.execution)
         found = {}
         for task, entry in zip(self.tasks, self.resolved["evaluation"]["tasks"], strict=True):
             reference = harness.harness_container(task, entry, runner)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from nemotron_eval.core.errors import UserError
 
@@ -35,10 +35,10 @@ def present(names: Iterable[str], *, ssh: bool) -> list[str]:
     return found
 
 
-def check(names: Sequence[str], environ: Mapping[str, str] | None = None) -> None:
+def check(names: Sequence[str]) -> None:
     """One UserError line (naming the variable, never its value) if a name cannot be carried: not a shell
     variable name, unset here, or a value of more than one line."""
-    env = os.environ if environ is None else environ
+    env = os.environ
     for name in names:
         if not _NAME.fullmatch(name):
             raise UserError(f"environment variable name {name!r} for the head job: use letters, digits and _ only")

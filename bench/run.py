@@ -69,9 +69,12 @@ def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, flo
     if "P4" in parts or "P5" in parts:
         steps += [(f"DAG workspace: {large} checkpoints registered", large * 0.2)]
     if "P4" in parts:
-        steps += [("P4 compiled-config preview", 3), (f"P4 dry run, {small} checkpoints", 3),
-                  (f"P4 dry run, {large} checkpoints", 3 + large * 0.03),
-                  (f"P4 build fingerprints, {large} checkpoints", 5 + large * 0.5),
+        steps += [("P4 compiled-config preview", 3),
+                  (f"P4 dry run, {small} checkpoints, plan cache cold", 3 + small * 0.06),
+                  (f"P4 dry run, {large} checkpoints, plan cache cold", 3 + large * 0.06),
+                  (f"P4 build fingerprints, {large} checkpoints", 5 + large * 0.2),
+                  (f"P4 dry run, {small} checkpoints, plan cache warm", 3 + small * 0.015),
+                  (f"P4 dry run, {large} checkpoints, plan cache warm", 3 + large * 0.015),
                   (f"P4 no-op rerun, {small} checkpoints", 3), (f"P4 no-op rerun, {large} checkpoints", 3 + large * 0.02)]
     elif "P5" in parts:
         steps += [(f"P4 build fingerprints, {large} checkpoints", 5 + large * 0.5)]

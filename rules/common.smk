@@ -28,7 +28,8 @@ envvars:
 SEARCH_PATH = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), SEARCH_PATH])
 REQUEST = smk.or_exit(from_config, config, snakemake_adapter.given_config(workflow))
-PLAN = smk.or_exit(plan_for, REQUEST, Path(workflow.basedir) / "configs")
+# a dry run writes nothing, compiled plans included (it reads those a real run kept)
+PLAN = smk.or_exit(plan_for, REQUEST, Path(workflow.basedir) / "configs", not snakemake_adapter.dry_run(workflow))
 if snakemake_adapter.given_config(workflow) and not snakemake_adapter.dry_run(workflow):
     # Jobs Snakemake starts by re-invoking itself through a shell get the request as a file, not as values;
     # written only once the plan accepted it (a refused request, a secret among them, leaves no file), and

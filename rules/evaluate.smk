@@ -14,7 +14,7 @@ rule serve_model:
     log:
         layout.SERVE_LOG,
     params:
-        eval=lambda wildcards: layout.EVAL.format(model=wildcards.model),
+        eval=layout.EVAL,  # a string param: Snakemake fills in the wildcards
     group:
         "evaluate"
     threads: 1
@@ -54,8 +54,8 @@ rule evaluate_task:
         # the deployment's endpoint when it is an input (only while the evaluation is due: evaluation_inputs in
         # rules/common.smk), else "-" and the step stops at once; derived from input: no rerun trigger
         endpoint=lambda wildcards, input: input.get("endpoint", "-"),
-        deployment_log=lambda wildcards: layout.SERVE_LOG.format(model=wildcards.model),
-        data=lambda wildcards: layout.STAGED.format(task=wildcards.task),
+        deployment_log=layout.SERVE_LOG,  # string params: Snakemake fills in the wildcards
+        data=layout.STAGED,
     log:
         layout.TASK_LOG,
     group:

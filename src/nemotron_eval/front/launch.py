@@ -83,7 +83,7 @@ def plan_request(args: argparse.Namespace, root: Path, config: str | None) -> tu
         eval_config=config or ("default" if profile else "local"), env_profile=profile,
         overrides=tuple(args.overrides), tasks=tuple(args.task) if args.task else None, force_squash=args.force_squash,
     )
-    plan = Plan(request, root / "configs")
+    plan = Plan(request, root / "configs", keep_plans=not args.dry_run)  # a dry run writes nothing
     return request, plan, plan.models, plan.targets(per_task=bool(args.task))
 
 

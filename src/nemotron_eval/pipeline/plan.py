@@ -23,6 +23,7 @@ from nemotron_eval.executors.runners import runner_of
 from nemotron_eval.data import tasks as task_table
 from nemotron_eval.artifacts import Resolved, expand_models
 from nemotron_eval.pipeline import compile as comp
+from nemotron_eval.pipeline import plan_cache
 from nemotron_eval.config import schema
 from nemotron_eval.config.validators import PATH_SAFE
 from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
@@ -32,6 +33,7 @@ from nemotron_eval.evaluate import harness
 from nemotron_eval.core import layout
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import dump_yaml, sha256_bytes
+from nemotron_eval.core.safeload import load_yaml_text
 from nemotron_eval.pipeline.request import Request
 from nemotron_eval.core.spec import ModelSpec, parse_spec, parse_wildcard
 
@@ -52,18 +54,22 @@ class ModelPlan:
     resolved_text: str
     job_text: str
     eval_text: str
-    job: dict[str, Any]
-    eval: dict[str, Any]
+    tasks: dict[str, dict[str, Any]]  # per task short name: its name in evaluation.tasks, staged or not, fingerprint
     merged: dict[str, Any]
 
     @property
     def embedded(self) -> embedded.Embedded | None:
         return embedded.lookup(self.spec.name) if self.artifact.registry == "embedded" else None
 
-    @property
-    def tasks(self) -> dict[str, dict[str, Any]]:
-        """Per task short name: its name in evaluation.tasks, whether it is staged, its fingerprint."""
-        return self.job["run"]["tasks"]  # type: ignore[no-any-return]
+    @functools.cached_property
+    def job(self) -> dict[str, Any]:
+        """job.yaml as data (read from its text: a plan may come from the cache)."""
+        return load_yaml_text(self.job_text, layout.JOB.format(model=self.wildcard))  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def eval(self) -> dict[str, Any]:
+        """eval.yaml as data."""
+        return load_yaml_text(self.eval_text, layout.EVAL.format(model=self.wildcard))  # type: ignore[no-any-return]
 
     def digest(self, which: str) -> str:
         """sha256 of one file's content ("merged", "resolved", "job", "eval")."""
@@ -84,8 +90,12 @@ def _under_the_project(e: schema.BadValue) -> UserError:
 
 
 class Plan:
-    def __init__(self, request: Request, configs_dir: Path) -> None:
+    """`keep_plans`: compiled models are kept in the plan cache (pipeline/plan_cache.py); a dry run reads it and
+    writes nothing."""
+
+    def __init__(self, request: Request, configs_dir: Path, *, keep_plans: bool = True) -> None:
         self.request = request
+        self.keep_plans = keep_plans
         self.merged = compose(
             ComposeRequest(
                 eval_config=request.eval_config, configs_dir=Path(configs_dir), env_profile=request.env_profile,
@@ -181,8 +191,24 @@ class Plan:
 
     @functools.cache
     def model(self, wildcard: str) -> ModelPlan:
+        """One model's plan: the checkpoint resolved now (aliases move), the rest compiled, or read from the plan
+        cache when nothing it is computed from changed (pipeline/plan_cache.py)."""
         spec = parse_wildcard(wildcard)
         artifact = comp.resolve_model(self.merged, spec)
+        key = plan_cache.key(
+            merged_text=self.merged_text, env_file=((self.merged["run"].get("compose") or {}).get("env_file")),
+            artifact=artifact.as_dict(), installed=[harness.installed_here(t) for t in self.tasks],
+        )
+        fields = plan_cache.load(wildcard, key)
+        if fields is None:
+            fields = self._compile(spec, artifact)
+            if self.keep_plans:
+                plan_cache.store(wildcard, key, fields)
+        return ModelPlan(wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
+                         merged=self.merged, **{f: fields[f] for f in plan_cache.FIELDS})
+
+    def _compile(self, spec: ModelSpec, artifact: Resolved) -> dict[str, Any]:
+        """A model's configs compiled and checked: the fields plan_cache.FIELDS names."""
         resolved = comp.resolve_artifacts(self.merged, spec, artifact)
         job, eval_cfg = comp.compile_job(resolved, self.tasks)
         # now with the checkpoint path, the profile's mounts and the image the runner starts
@@ -191,12 +217,10 @@ class Plan:
         except schema.BadValue as e:
             raise _under_the_project(e) from None
         self.deployment.check(eval_cfg)
-        return ModelPlan(
-            wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
-            resolved_text=dump_yaml(resolved), job_text=dump_yaml(job), eval_text=dump_yaml(eval_cfg),
-            job=job, eval=eval_cfg, merged=self.merged,
-        )
+        return {"resolved_text": dump_yaml(resolved), "job_text": dump_yaml(job), "eval_text": dump_yaml(eval_cfg),
+                "tasks": job["run"]["tasks"]}
 
+    @functools.cache
     def evaluation(self, wildcard: str, short: str) -> dict[str, Any]:
         """A task of a model as its evaluation job sees it (name, staged or not, fingerprint); a task or a
         checkpoint the deployment cannot serve (the local CPU server: a chat task, no tokenizer, ...) is refused
@@ -262,8 +286,8 @@ class Plan:
 
 
 @functools.cache
-def plan_for(request: Request, configs_dir: Path) -> Plan:
-    return Plan(request, configs_dir)
+def plan_for(request: Request, configs_dir: Path, keep_plans: bool = True) -> Plan:
+    return Plan(request, configs_dir, keep_plans=keep_plans)
 
 
 __all__ = ["ENGINES", "ModelPlan", "Plan", "plan_for"]

@@ -1,0 +1,105 @@
+"""One model's compiled plan kept between runs: `.snakemake/nemotron/plans/<model>.json`.
+
+Composing and compiling a model's configs (two OmegaConf resolutions and three YAML dumps) costs ~50 ms; Snakemake
+builds its DAG from the plan of every model it is asked for, in every process it starts, so `snakemake -n` over 200
+checkpoints spent most of its time recompiling what had not changed. An entry holds what `Plan.model` computes
+(the texts of resolved.yaml, job.yaml and eval.yaml, the per-task table) under a key of everything it is computed
+from:
+
+* the merged config's text (the YAML, Hydra defaults, env.toml profile and overrides already applied) and the
+  env.toml file's content (its [artifacts] section names the registry);
+* the checkpoint as the registry resolves it now (name, version, digest, path): a moved alias is a new key;
+* what the compilation reads from this machine: the project folder (absolute paths), the environment variables a
+  config may read (`${oc.env:...}`, the non-secret names of secrets.ENV_READABLE, hashed), which task harnesses
+  are installed here;
+* the code: the content of every file of this package and the versions of the libraries that shape the output
+  (OmegaConf, PyYAML, NeMo Evaluator Launcher, Python).
+
+The resolution of the checkpoint itself is never cached (aliases move): it runs every time, and only what follows
+from it is looked up. Only plans that passed every check are kept, so a hit needs none run again. A missing,
+unreadable or foreign entry is recomputed and replaced; a cache that cannot be written is skipped (logged).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval.core import secrets
+from nemotron_eval.core.io import write_text_atomic
+
+CACHE_DIR = Path(".snakemake") / "nemotron" / "plans"
+FORMAT = 1  # the entry's layout; a new one is a new key
+LIBRARIES = ("omegaconf", "PyYAML", "nemo-evaluator-launcher", "nemo-evaluator")
+FIELDS = ("resolved_text", "job_text", "eval_text", "tasks")
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def code_version(package: Path | None = None) -> str:
+    """sha256 over every file of the package (path and content) and the versions of the libraries in LIBRARIES:
+    an edited checkout or an upgrade is a new code version."""
+    root = package or Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(f"{FORMAT} {sys.version}".encode())
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in LIBRARIES:
+        try:
+            h.update(f"{name}={metadata.version(name)}\0".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{name}=-\0".encode())
+    return h.hexdigest()
+
+
+def key(*, merged_text: str, env_file: str | None, artifact: Mapping[str, Any], installed: list[bool],
+        environ: Mapping[str, str] | None = None) -> str:
+    """The digest of everything one model's plan is computed from (see the module docstring)."""
+    env = environ if environ is not None else os.environ
+    env_text = None
+    if env_file:
+        try:
+            env_text = Path(env_file).read_text()
+        except OSError:
+            env_text = "<unreadable>"
+    readable = {name: env.get(name) for name in sorted(secrets.ENV_READABLE)}
+    parts = {
+        "code": code_version(), "cwd": str(Path.cwd()), "merged": merged_text, "env_toml": env_text,
+        "artifact": dict(artifact), "installed": installed, "environ": readable,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def path_of(wildcard: str) -> Path:
+    return CACHE_DIR / f"{wildcard}.json"
+
+
+def load(wildcard: str, digest: str) -> dict[str, Any] | None:
+    """The entry stored under `digest`, or None (none, another key, unreadable)."""
+    try:
+        entry = json.loads(path_of(wildcard).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != digest or any(f not in entry for f in FIELDS):
+        return None
+    return entry
+
+
+def store(wildcard: str, digest: str, fields: Mapping[str, Any]) -> None:
+    """Keep a plan's fields under `digest` (atomically); values that JSON would not give back equal are not kept."""
+    entry = {"key": digest, **{f: fields[f] for f in FIELDS}}
+    text = json.dumps(entry, sort_keys=False)
+    if json.loads(text) != entry:
+        return
+    try:
+        write_text_atomic(path_of(wildcard), text)
+    except OSError as e:
+        log.info("plan cache not written (%s): the next run compiles %s again", e, wildcard)

@@ -37,6 +37,10 @@ def compiled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
+def entries(model: str = MODEL) -> list[Path]:
+    return sorted(plan_cache.folder_of(model).glob("*.json"))
+
+
 def fields(plan: Plan, model: str = MODEL) -> dict[str, object]:
     mp = plan.model(model)
     return {f: getattr(mp, f) for f in FIELDS}
@@ -44,12 +48,12 @@ def fields(plan: Plan, model: str = MODEL) -> dict[str, object]:
 
 def test_a_plan_read_back_is_the_plan_compiled(planner, compiled: list[str]) -> None:
     first = fields(planner("local"))
-    assert compiled == [MODEL] and plan_cache.path_of(MODEL).is_file()
+    assert compiled == [MODEL] and len(entries()) == 1
     again = planner("local")
     assert fields(again) == first and compiled == [MODEL]  # the second plan compiled nothing
     assert again.model(MODEL).job["run"]["tasks"] == first["tasks"]  # job.yaml's data from its text
     assert again.model(MODEL).eval == {k: v for k, v in again.model(MODEL).job.items() if k != "run"}
-    mode = plan_cache.path_of(MODEL).stat().st_mode & 0o777
+    mode = entries()[0].stat().st_mode & 0o777
     assert mode == 0o666 & ~_umask()
 
 
@@ -96,6 +100,44 @@ def test_an_environment_variable_the_config_reads_compiles_again(planner, tmp_pa
     assert compiled == [MODEL, MODEL]
 
 
+def test_an_environment_variable_the_config_does_not_read_changes_nothing(planner, monkeypatch: pytest.MonkeyPatch,
+                                                                         compiled: list[str]) -> None:
+    """Every Slurm job has its own SLURM_JOB_ID: a plan that does not read it is the same in all of them."""
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    planner("local").model(MODEL)
+    monkeypatch.setenv("SLURM_JOB_ID", "2")
+    planner("local").model(MODEL)
+    assert compiled == [MODEL]
+
+
+def test_which_harnesses_are_installed_counts(planner, monkeypatch: pytest.MonkeyPatch, compiled: list[str]) -> None:
+    """A task whose harness is not installed here runs in its container (a different job.yaml on a cluster)."""
+    from nemotron_eval.evaluate import harness
+
+    planner("local").model(MODEL)
+    monkeypatch.setattr(harness, "installed_here", lambda task: False)
+    planner("local").model(MODEL)
+    assert compiled == [MODEL, MODEL]
+
+
+def test_a_config_that_reads_the_clock_is_never_kept(planner, compiled: list[str]) -> None:
+    overrides = ["execution.output_dir=/tmp/nemotron-${now:%H%M%S%f}"]
+    first = planner("local", overrides).model(MODEL).eval_text
+    second = planner("local", overrides).model(MODEL).eval_text
+    assert first != second and compiled == [MODEL, MODEL] and entries() == []
+
+
+def test_a_model_keeps_an_entry_per_config(planner, compiled: list[str]) -> None:
+    """Two configs of one model used in turn (the login node's and a profile's, local and default) both stay kept;
+    at most KEEP entries per model."""
+    for n in range(plan_cache.KEEP + 2):
+        planner("local", [f"execution.output_dir=/tmp/out{n}"]).model(MODEL)
+    assert len(entries()) == plan_cache.KEEP and len(compiled) == plan_cache.KEEP + 2
+    planner("local", [f"execution.output_dir=/tmp/out{plan_cache.KEEP + 1}"]).model(MODEL)
+    planner("local", [f"execution.output_dir=/tmp/out{plan_cache.KEEP}"]).model(MODEL)
+    assert len(compiled) == plan_cache.KEEP + 2  # the newest ones are read back
+
+
 def in_folder(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Plan:
     """The planner's request in another project folder that sees the same registry (a link to it)."""
     folder = tmp_path / name
@@ -131,7 +173,7 @@ def test_a_new_code_version_compiles_again(planner, tmp_path: Path, monkeypatch:
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign key", "missing field"])
 def test_a_damaged_entry_is_compiled_again_and_replaced(planner, compiled: list[str], damage: str) -> None:
     good = fields(planner("local"))
-    path = plan_cache.path_of(MODEL)
+    [path] = entries()
     entry = json.loads(path.read_text())
     path.write_text({
         "garbage": "\x00not json",

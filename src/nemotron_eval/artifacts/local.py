@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,7 +92,9 @@ class LocalRegistry:
         return out
 
     def resolve(self, spec: ModelSpec) -> Resolved:
-        if not (self.root / spec.name / ALIASES).exists():  # the registry's listing only for the error (O(1) else)
+        # one folder's entries, not each one's metadata (the listing below only for the error); the exact name, also
+        # on a case-insensitive file system
+        if not (self.root / spec.name / ALIASES).exists() or spec.name not in os.listdir(self.root):
             names = self.names()
             have = ", ".join(names) or "none; register one with `nemotron artifacts add NAME PATH`"
             raise UserError(

@@ -197,15 +197,21 @@ class Plan:
         artifact = comp.resolve_model(self.merged, spec)
         key = plan_cache.key(
             merged_text=self.merged_text, env_file=((self.merged["run"].get("compose") or {}).get("env_file")),
-            artifact=artifact.as_dict(), installed=[harness.installed_here(t) for t in self.tasks],
+            artifact=artifact.as_dict(), env_names=self._env_names,
+            # the Snakemake engine runs a task whose harness is not installed here in its container
+            installed=[harness.installed_here(t) for t in self.tasks] if self.engine == "snakemake" else [],
         )
         fields = plan_cache.load(wildcard, key)
         if fields is None:
             fields = self._compile(spec, artifact)
-            if self.keep_plans:
+            if self.keep_plans and plan_cache.cacheable(self.merged_text):
                 plan_cache.store(wildcard, key, fields)
         return ModelPlan(wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
                          merged=self.merged, **{f: fields[f] for f in plan_cache.FIELDS})
+
+    @functools.cached_property
+    def _env_names(self) -> list[str]:
+        return plan_cache.env_names(self.merged, self.merged_text)
 
     def _compile(self, spec: ModelSpec, artifact: Resolved) -> dict[str, Any]:
         """A model's configs compiled and checked: the fields plan_cache.FIELDS names."""

@@ -430,39 +430,37 @@ class Engine:
     def _project(self, batch: list[Job], hidden: torch.Tensor) -> tuple[list[Scores | None], list[torch.Tensor]]:
         """The output projection over the rows of a pass that need one, packed into HEAD_ROWS blocks whatever prompt
         they belong to (a short suffix does not pay a block of its own): every new position of a scoring prompt
-        (its log-prob and top entries; log-softmax only over blocks that hold such rows), the last position of the
-        others. Returns per prompt its computed scores (positions reuse+1.., None when it scores nothing) and the
+        (its log-probs and top entries, log-softmax over those rows only), the last position of the others. A block
+        is gathered from `hidden` when it is projected (a model whose `hidden` are already logits is not copied
+        whole). Returns per prompt its computed scores (positions reuse+1.., None when it scores nothing) and the
         logits after its last token."""
         torch = self.torch
-        segments = []  # per prompt: where its rows start in the packed tensor, how many
+        segments = []  # per prompt: its rows' first index in the packed order, how many, where they are in `hidden`
         start = 0
-        for job in batch:
+        for row, job in enumerate(batch):
             count = job.new_tokens if job.score_prompt else 1
-            segments.append((start, count))
+            segments.append((start, count, row, job.new_tokens - count))
             start += count
-        packed = torch.cat([hidden[row, job.new_tokens - count:job.new_tokens]
-                            for row, (job, (_, count)) in enumerate(zip(batch, segments))])
         targets = [torch.tensor(job.ids[job.reuse + 1:] + [0], dtype=torch.long) if job.score_prompt else None
                    for job in batch]  # the last position's target is a placeholder, dropped below
         parts: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in batch]
         next_logits: list[torch.Tensor | None] = [None] * len(batch)
-        for block_start in range(0, packed.shape[0], HEAD_ROWS):
-            logits = self._logits(packed[block_start:block_start + HEAD_ROWS])
-            block_end = block_start + logits.shape[0]
-            logprobs = None
-            for row, (job, (first, count)) in enumerate(zip(batch, segments)):
-                a, b = max(first, block_start), min(first + count, block_end)
-                if a >= b:
-                    continue
+        for block_start in range(0, start, HEAD_ROWS):
+            block_end = min(block_start + HEAD_ROWS, start)
+            spans = [(first, count, row, column, max(first, block_start), min(first + count, block_end))
+                     for first, count, row, column in segments]
+            spans = [span for span in spans if span[4] < span[5]]
+            logits = self._logits(torch.cat([hidden[row, column + a - first:column + b - first]
+                                             for first, _, row, column, a, b in spans]))
+            for first, count, row, _, a, b in spans:
+                own = logits[a - block_start:b - block_start]
                 target = targets[row]
                 if target is not None:
-                    if logprobs is None:
-                        logprobs = torch.log_softmax(logits, dim=-1)
-                    own = logprobs[a - block_start:b - block_start]
-                    values, ids = own.topk(job.top_logprobs or 0, dim=-1)
-                    parts[row].append((own.gather(1, target[a - first:b - first, None])[:, 0], ids, values))
+                    logprobs = torch.log_softmax(own, dim=-1)
+                    values, ids = logprobs.topk(batch[row].top_logprobs or 0, dim=-1)
+                    parts[row].append((logprobs.gather(1, target[a - first:b - first, None])[:, 0], ids, values))
                 if b == first + count:  # the prompt's last position: the next token's distribution
-                    next_logits[row] = logits[b - 1 - block_start].clone()
+                    next_logits[row] = own[-1].clone()
         computed: list[Scores | None] = []
         for job, own_parts in zip(batch, parts):
             if not job.score_prompt:

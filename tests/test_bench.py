@@ -62,6 +62,8 @@ def test_quick_dag_parts_measure_and_report(tmp_path: Path) -> None:
     for key in ("preview_s", "dry_run_s", "noop_s"):
         assert rows[key]["measured"] and rows[key]["ours"] > 0
     assert rows["dry_run_growth"]["reference"] > 0 and rows["noop_growth"]["reference"] > 0
+    # the dry run with no plan kept (each model compiled) against the same after a run kept every plan
+    assert rows["dry_run_cold_s"]["ours"] > 0 and rows["dry_run_cold_s"]["reference"] == rows["dry_run_s"]["ours"]
     assert rows["alias_move_expected"]["met"] is True and rows["alias_move_unexpected"]["ours"] == 0
     assert rows["task_change_dag_expected"]["met"] is True and rows["task_change_dag_unexpected"]["ours"] == 0
     assert "needs the pipeline run" in rows["task_change_results"]["not_measured"]
@@ -104,6 +106,8 @@ def test_quick_pipeline_parts(tmp_path: Path, request: pytest.FixtureRequest) ->
     assert rows["task_wall_winogrande"]["measured"] and rows["task_wall_winogrande"]["reference"] > 0
     assert "task_wall_openbookqa" not in rows and "--quick" in rows["wall_over_tasks_alone"]["not_measured"]
     assert rows["throughput_float32"]["ours"] > 0  # ours is measured even when vLLM-CPU is not
+    if rows["throughput_float32"]["measured"]:  # engine against engine too: our prefix cache off
+        assert rows["throughput_cache_off_float32"]["reference"] == rows["throughput_float32"]["reference"]
     for mode in ("on", "off"):  # the server against the model's own ceiling, measured in the same run
         assert rows[f"ceiling_cache_{mode}_float32"]["ours"] > 0 and rows[f"ceiling_cache_{mode}_float32"]["reference"] > 0
     assert rows["task_change_results_expected"]["met"] is True and rows["task_change_results_unexpected"]["ours"] == 0

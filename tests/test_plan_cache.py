@@ -115,8 +115,9 @@ def test_which_harnesses_are_installed_counts(planner, monkeypatch: pytest.Monke
     from nemotron_eval.evaluate import harness
 
     planner("local").model(MODEL)
+    plan = planner("local")  # its tasks checked while their harness is installed
     monkeypatch.setattr(harness, "installed_here", lambda task: False)
-    planner("local").model(MODEL)
+    plan.model(MODEL)
     assert compiled == [MODEL, MODEL]
 
 

@@ -102,8 +102,12 @@ def vllm_replay(python: Path, checkpoint: Path, requests: list[Any], dtype: str,
             "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "m",
             "--max-num-seqs", str(CONCURRENCY)]
     # VLLM_CPU_NUM_OF_RESERVED_CPU=0: by default vLLM-CPU keeps one core for its front end, which on this 2-core
-    # machine halves its compute; both engines get every core (the log's "threads" lines say what it used)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_LOGGING_LEVEL": "INFO", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    # machine halves its compute; OMP_NUM_THREADS: without it vLLM 0.32 also reduces torch to 1 thread ("Reducing
+    # Torch threads from 2 to 1 for serving", measured on 2026-12-03). Both engines get every core; the log's
+    # thread lines (in the row's details) say what it used.
+    cores = str(os.cpu_count() or 1)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_LOGGING_LEVEL": "INFO",
+           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "OMP_NUM_THREADS": cores}
     proc = start(argv, log_file=log, env=env)
     try:
         load_started = time.monotonic()

@@ -35,8 +35,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def stranger() -> Iterator[subprocess.Popen[bytes]]:
-    """A real process that has nothing to do with any run."""
-    proc = subprocess.Popen(["sleep", "120"])
+    """A real process that has nothing to do with any run. SIGINT has its default action in it, as in a run's own
+    process (which handles it): a test session started in the background of a non-interactive shell ignores SIGINT,
+    and `sleep` would inherit that."""
+    proc = subprocess.Popen(["sleep", "120"], preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         yield proc
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import pwd
 import subprocess
 import time
@@ -133,15 +134,17 @@ def our_processes(work: Path) -> list[str]:
 
 @pytest.mark.slow
 @needs_mirror
-def test_kill_cancels_a_local_run_and_leaves_no_server(work: Path) -> None:
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["from a terminal", "started with SIGINT ignored"])
+def test_kill_cancels_a_local_run_and_leaves_no_server(work: Path, sigint: Any) -> None:
     """`nemotron kill` of a local run in the middle of its task: cancelled, its record says so, and no deployment,
     step or harness is left. Against the stub deployment: the run's life is the point, not the model's numbers;
-    each request takes 0.5 s (deployment.latency_ms) so that the task is still running when it is killed."""
+    each request takes 0.5 s (deployment.latency_ms) so that the task is still running when it is killed. Also for
+    a run started where SIGINT is ignored (`nemotron eval &` in a script): Snakemake must not inherit that."""
     register_stub(work)
     proc = subprocess.Popen([str(BIN / "nemotron"), "eval", "-c", "local", "-t", "openbookqa", f"{LIMIT}=200", *STUB,
                              "deployment.latency_ms=500"], cwd=work,
                             env={**os.environ, "NEMOTRON_DATA_MIRROR": str(MIRROR)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     try:
         run_id = wait_for(lambda: (os.listdir(work / "runs") or [None])[0] if (work / "runs").is_dir() else None, 60)
         running = wait_for(lambda: "requests" in (s := nemotron(work, "status", run_id).stdout) and s, 300, 3)

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, make_checkpoint
 from nemotron_eval.artifacts import LocalRegistry
+from nemotron_eval.core.io import current_umask
 from nemotron_eval.pipeline import plan_cache
 from nemotron_eval.pipeline.plan import Plan
 from nemotron_eval.pipeline.request import Request
@@ -54,7 +55,7 @@ def test_a_plan_read_back_is_the_plan_compiled(planner, compiled: list[str]) -> 
     assert again.model(MODEL).job["run"]["tasks"] == first["tasks"]  # job.yaml's data from its text
     assert again.model(MODEL).eval == {k: v for k, v in again.model(MODEL).job.items() if k != "run"}
     mode = entries()[0].stat().st_mode & 0o777
-    assert mode == 0o666 & ~_umask()
+    assert mode == 0o666 & ~current_umask()
 
 
 def test_a_moved_alias_compiles_again(planner, tmp_path: Path, compiled: list[str]) -> None:
@@ -213,9 +214,3 @@ def test_a_dry_run_reads_the_cache_and_writes_nothing(planner, tmp_path: Path, c
     planner("local").model(MODEL)  # a real run keeps it
     assert Plan(request, REPO / "configs", keep_plans=False).model(MODEL).eval_text == compiled_text
     assert compiled == [MODEL, MODEL]  # the second dry run read what the real run kept
-
-
-def _umask() -> int:
-    from nemotron_eval.core.io import current_umask
-
-    return current_umask()

@@ -78,17 +78,18 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+def _files(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(part in skip for part in p.parts))
 
 
-def sha256_tree(folder: Path) -> str:
-    """Content digest of a folder: relative paths and file contents, in sorted order."""
+def sha256_tree(folder: Path, skip: tuple[str, ...] = ()) -> str:
+    """Content digest of a folder: relative paths and file contents, in sorted order; files under a folder named
+    in `skip` (e.g. __pycache__) left out."""
     folder = Path(folder)
     if folder.is_file():
         return sha256_file(folder)
     h = hashlib.sha256()
-    for p in _files(folder):
+    for p in _files(folder, skip):
         h.update(p.relative_to(folder).as_posix().encode() + b"\0")
         h.update(sha256_file(p).encode() + b"\n")
     return h.hexdigest()

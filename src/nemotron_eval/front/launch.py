@@ -141,8 +141,7 @@ def prepare(args: argparse.Namespace) -> int | tuple[runs.Run, Any, Path]:
         from nemotron_eval import exporters
         from nemotron_eval.executors.remote import carry
 
-        # the exporters' credentials (W&B's key, from WANDB_API_KEY or `wandb login`; none: one line, nothing
-        # submitted) into this environment; the head job gets them and the variables the config names
+        # the exporters' credentials (W&B's key; none: one line, nothing submitted) into this environment
         shipped = exporters.login_for_submission(plan.execution.get("auto_export"))
         carried = carry.present([*shipped, *secrets.secret_variables(plan.merged)], ssh=remote_profile.is_ssh)
         remote.check(remote_profile)  # the host answers, keys, sbatch: before anything is recorded or shipped
@@ -227,6 +226,7 @@ def supervise(run_id: str) -> int:
     argv = snakemake_argv(run.snakemake_profile, run.targets, run.request_file)
     signals: list[int] = []
     with open(run.log_file, "ab", buffering=0) as log:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # not inherited ignored (`nemotron eval &`): Snakemake must stop on it
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         run.pid, run.pid_started = os.getpid(), started(os.getpid())

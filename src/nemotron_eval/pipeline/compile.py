@@ -71,9 +71,14 @@ def registry_of(merged: dict[str, Any]) -> Registry:
     return registry_from_env(env_of(merged), (merged.get("run") or {}).get("wandb") or {})
 
 
+def env_path(merged: dict[str, Any]) -> str | None:
+    """The path of the env.toml the composition read (recorded in run.compose.env_file), or None."""
+    return ((merged.get("run") or {}).get("compose") or {}).get("env_file")
+
+
 def env_of(merged: dict[str, Any]) -> EnvFile:
-    """The env.toml the composition read (recorded in run.compose.env_file), or none."""
-    path = ((merged.get("run") or {}).get("compose") or {}).get("env_file")
+    """The env.toml the composition read, or none."""
+    path = env_path(merged)
     return load_env_file(Path(path)) if path else EnvFile(None)
 
 

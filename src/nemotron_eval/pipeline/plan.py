@@ -196,7 +196,7 @@ class Plan:
         spec = parse_wildcard(wildcard)
         artifact = comp.resolve_model(self.merged, spec)
         key = plan_cache.key(
-            merged_text=self.merged_text, env_file=((self.merged["run"].get("compose") or {}).get("env_file")),
+            merged_text=self.merged_text, env_file=comp.env_path(self.merged),
             artifact=artifact.as_dict(), env_names=self._env_names,
             # the Snakemake engine runs a task whose harness is not installed here in its container
             installed=[harness.installed_here(t) for t in self.tasks] if self.engine == "snakemake" else [],

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from nemotron_eval.core import secrets
-from nemotron_eval.core.io import write_text_atomic
+from nemotron_eval.core.io import sha256_file, sha256_tree, write_text_atomic
 
 CACHE_DIR = Path(".snakemake") / "nemotron" / "plans"
 FORMAT = 1  # the entry's layout; a new one is a new key
@@ -51,9 +51,7 @@ def code_version(package: Path | None = None) -> str:
     """sha256 over every file of the package (path and content) and the versions of the libraries in LIBRARIES:
     an edited checkout or an upgrade is a new code version."""
     root = package or Path(__file__).resolve().parents[1]
-    h = hashlib.sha256(f"{FORMAT} {sys.version}".encode())
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    h = hashlib.sha256(f"{FORMAT} {sys.version} {sha256_tree(root, skip=('__pycache__',))}\0".encode())
     for name in LIBRARIES:
         try:
             h.update(f"{name}={metadata.version(name)}\0".encode())
@@ -71,7 +69,7 @@ def key(*, merged_text: str, env_file: str | None, artifact: Mapping[str, Any], 
     env_text = None
     if env_file:
         try:
-            env_text = Path(env_file).read_text()
+            env_text = sha256_file(Path(env_file))
         except OSError:
             env_text = "<unreadable>"
     parts = {

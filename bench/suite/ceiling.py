@@ -46,6 +46,35 @@ def ceiling(checkpoint: Path, dtype: str, shapes: tuple[tuple[int, int], ...] = 
             "threads": torch.get_num_threads()}
 
 
+def on_prompts(checkpoint: Path, dtype: str, prompts: list[list[int]]) -> dict[str, Any]:
+    """Tokens per second of the same plain forward + log-softmax over the mix's own prompts, each alone (no padding,
+    causal attention as transformers calls it): the ceiling for the mix's lengths, long-context attention included.
+    The 8x128 ceiling attends over at most 128 keys; a 25-shot prompt's tokens attend over up to ~1,900."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
+    with torch.inference_mode():
+        torch.log_softmax(model(input_ids=torch.tensor([prompts[0]]), use_cache=False).logits.float(), dim=-1)
+        started = time.perf_counter()
+        for ids in prompts:
+            torch.log_softmax(model(input_ids=torch.tensor([ids]), use_cache=False).logits.float(), dim=-1)
+        seconds = time.perf_counter() - started
+    tokens = sum(len(ids) for ids in prompts)
+    return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "prompts": len(prompts)}
+
+
+def matched_row(matched: dict[str, Any], off: dict[str, Any], dtype: str) -> Row:
+    """Our server without the prefix cache against the ceiling on the mix's own prompts (`on_prompts`)."""
+    busy = off["busy_s"]
+    return Row("P3", f"ceiling_matched_cache_off_{dtype}",
+               f"computed tokens per busy second, real request mix, prefix cache off, {dtype}, against the same "
+               "prompts' ceiling", ours=off["computed_tokens"] / busy if busy else None,
+               reference=matched["tokens_per_s"], unit="tokens/s", ours_is="our server, prefix cache off",
+               reference_is="transformers forward + log-softmax of each of the mix's prompts alone",
+               details={k: round(v, 2) if isinstance(v, float) else v for k, v in matched.items()})
+
+
 def rows(top: dict[str, Any], runs: dict[str, dict[str, Any]], dtype: str) -> list[Row]:
     """One row per server run (`runs`: label -> bench/request_mix.py's replay result): computed tokens per busy
     second against the ceiling `top`."""

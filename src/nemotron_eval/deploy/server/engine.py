@@ -19,6 +19,7 @@ from nemotron_eval.deploy.scheduler import FairScheduler
 from nemotron_eval.deploy.server import checks
 from nemotron_eval.deploy.server.decoding import Decoding, Layers, advance, tops
 from nemotron_eval.deploy.server.jobs import Cancelled, Job, Result
+from nemotron_eval.deploy.server.packed import pack_linears
 from nemotron_eval.deploy.server.prefilled import prefilled_cache
 from nemotron_eval.deploy.stats import ServerStats
 
@@ -83,6 +84,7 @@ class Engine:
         self.batch_wait_s = batch_wait_s
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
+        self.packed_linears = pack_linears(self.model)
         self.row_exact = checks.use_row_exact_attention(self)
         config = self.model.config
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)

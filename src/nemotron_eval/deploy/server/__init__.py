@@ -25,7 +25,7 @@ well under a second; heavy imports happen inside `Engine` and `build_app`.
 
 Modules: `jobs` (a prompt's work and its result, as the worker sees them), `engine` (the model, batching, the
 forward passes), `decoding` (the generating rows, stepped together; picking tokens), `checks` (what the engine
-checks about a model at load), `protocol` (OpenAI's completion request and response: parsing, tokenizing, answer choices), `app`
+checks about a model at load), `packed` (the linear layers on oneDNN-packed weights), `protocol` (OpenAI's completion request and response: parsing, tokenizing, answer choices), `app`
 (the HTTP routes), `main` (arguments, the socket, the endpoint file, start-up and shutdown; `__main__` runs it).
 Importing any of them does not import torch.
 """

@@ -22,12 +22,22 @@ WARMUP, REPS = 2, 5
 GOAL = 0.8
 
 
-def ceiling(checkpoint: Path, dtype: str, shapes: tuple[tuple[int, int], ...] = SHAPES) -> dict[str, Any]:
-    """Tokens per second of forward + log-softmax at each of `shapes`; `best` is the highest."""
+def _plain_model(checkpoint: Path, dtype: str) -> tuple[Any, Any]:
+    """torch and the checkpoint loaded as transformers loads it; `forward(ids)` below is what both ceilings time."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
+    return torch, AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
+
+
+def _forward(torch: Any, model: Any, ids: Any) -> None:
+    """One plain forward pass (no KV cache) and log-softmax over the vocabulary."""
+    torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+
+
+def ceiling(checkpoint: Path, dtype: str, shapes: tuple[tuple[int, int], ...] = SHAPES) -> dict[str, Any]:
+    """Tokens per second of forward + log-softmax at each of `shapes`; `best` is the highest."""
+    torch, model = _plain_model(checkpoint, dtype)
     vocab = model.config.vocab_size
     speeds: dict[str, float] = {}
     generator = torch.Generator().manual_seed(0)
@@ -37,7 +47,7 @@ def ceiling(checkpoint: Path, dtype: str, shapes: tuple[tuple[int, int], ...] = 
             seconds = []
             for i in range(WARMUP + REPS):
                 started = time.perf_counter()
-                torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+                _forward(torch, model, ids)
                 if i >= WARMUP:
                     seconds.append(time.perf_counter() - started)
             speeds[f"{batch}x{length}"] = batch * length / sorted(seconds)[len(seconds) // 2]
@@ -50,15 +60,12 @@ def on_prompts(checkpoint: Path, dtype: str, prompts: list[list[int]]) -> dict[s
     """Tokens per second of the same plain forward + log-softmax over the mix's own prompts, each alone (no padding,
     causal attention as transformers calls it): the ceiling for the mix's lengths, long-context attention included.
     The 8x128 ceiling attends over at most 128 keys; a 25-shot prompt's tokens attend over up to ~1,900."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).eval()
+    torch, model = _plain_model(checkpoint, dtype)
     with torch.inference_mode():
-        torch.log_softmax(model(input_ids=torch.tensor([prompts[0]]), use_cache=False).logits.float(), dim=-1)
+        _forward(torch, model, torch.tensor([prompts[0]]))  # warm-up
         started = time.perf_counter()
         for ids in prompts:
-            torch.log_softmax(model(input_ids=torch.tensor([ids]), use_cache=False).logits.float(), dim=-1)
+            _forward(torch, model, torch.tensor([ids]))
         seconds = time.perf_counter() - started
     tokens = sum(len(ids) for ids in prompts)
     return {"tokens_per_s": tokens / seconds, "tokens": tokens, "seconds": seconds, "prompts": len(prompts)}

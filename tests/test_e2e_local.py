@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_BENCHMARKS, copy_workflow, snakemake
+from nemotron_eval.core.machine import available_cores
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 pytestmark = [
@@ -58,10 +59,12 @@ def test_results_have_scores_and_provenance(evaluated) -> None:
 
 def test_the_deployment_reports_what_it_did(evaluated) -> None:
     """Each task asked under its own name, so the server counts per task; the figures reach the results and,
-    when the deployment stops, run/{model}/stats.json."""
+    when the deployment stops, run/{model}/stats.json. The server computes on every core the machine gives."""
     work, _ = evaluated
     stats = json.loads((work / "run/smollm2_latest/stats.json").read_text())
     assert stats["loads"] == 1 and set(stats["clients"]) == set(TASKS)
+    # every core, though Snakemake runs the service with OMP_NUM_THREADS=1 (its `threads: 1`)
+    assert stats["threads"] == available_cores()
     assert stats["cache_hit_tokens"] > 0 and stats["computed_tokens"] + stats["cache_hit_tokens"] == stats["prompt_tokens"]
     assert 0 < stats["busy_s"] < stats["wall_s"]
     for task in TASKS:

@@ -399,3 +399,19 @@ def test_a_hub_task_without_the_hub_fails_in_one_line(tmp_path: Path, checkpoint
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
     with pytest.raises(UserError, match=rf"task 'gsm8k' has no offline data .*127.0.0.1:{closed} does not answer"):
         run_harness(resolve("gsm8k"), None, **kwargs)
+
+
+def test_the_progress_receiver_counts_answers_and_says_so() -> None:
+    """The interceptor posts its count after each answer: the receiver keeps the largest and calls `on_answer`
+    (which frees the task's starting slot); a body it cannot read changes nothing."""
+    import httpx
+
+    from nemotron_eval.evaluate.progress import Receiver
+
+    calls: list[int] = []
+    with Receiver(on_answer=lambda: calls.append(1)) as receiver, httpx.Client(trust_env=False, timeout=10) as c:
+        assert c.post(receiver.url, content=b"not json").status_code == 204
+        assert receiver.count == 0 and not calls
+        for n in (1, 3, 2):
+            assert c.post(receiver.url, json={"samples_processed": n}).status_code == 204
+    assert receiver.count == 3 and len(calls) == 3

@@ -478,7 +478,7 @@ def test_stats_endpoint_and_stats_file(checkpoint: Path, tmp_path: Path) -> None
     """/stats while serving; --stats-file written once ready, every ~10 s while serving, and at SIGTERM."""
     stats_file = tmp_path / "stats.json"
     process = start_server(checkpoint, endpoint_file=tmp_path / "endpoint.json", log_file=tmp_path / "server.log",
-                           extra_args=["--stats-file", str(stats_file)])
+                           extra_args=["--stats-file", str(stats_file), "--threads", "1"])
     try:
         info = wait_for_endpoint(tmp_path / "endpoint.json", pid=process.pid, log_file=tmp_path / "server.log",
                                  timeout_s=180)
@@ -500,7 +500,7 @@ def test_stats_endpoint_and_stats_file(checkpoint: Path, tmp_path: Path) -> None
     assert returncode == 0
     final = json.loads(stats_file.read_text())
     for stats in (live, final):
-        assert stats["requests"] == 4 and stats["prompts"] == 5 and stats["loads"] == 1
+        assert stats["requests"] == 4 and stats["prompts"] == 5 and stats["loads"] == 1 and stats["threads"] == 1
         assert set(stats["clients"]) == {"taskA", "taskB", "default"}
         assert stats["prompt_tokens"] == sum(c["prompt_tokens"] for c in stats["clients"].values())
         assert stats["computed_tokens"] + stats["cache_hit_tokens"] == stats["prompt_tokens"]
@@ -511,6 +511,20 @@ def test_stats_endpoint_and_stats_file(checkpoint: Path, tmp_path: Path) -> None
         assert a["requests"] == 2 and 0 < a["first_answer_s"] <= a["last_answer_s"]
         assert stats["clients"]["default"]["prompts"] == 2 and stats["generated_tokens"] >= 3
     assert final["wall_s"] >= live["wall_s"]
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--threads", "-1"], "--threads"), (["--max-batch-size", "0"], "--max-batch-size"),
+    (["--prefix-cache-mb", "-5"], "--prefix-cache-mb"), (["--max-request-mb", "0"], "--max-request-mb"),
+])
+def test_a_bad_setting_is_one_line_naming_it(args: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from nemotron_eval.deploy.server.main import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--checkpoint", "ckpt", *args])
+    assert exit_.value.code == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("python -m nemotron_eval.deploy.server: error:") and named in said, said
 
 
 def test_stats_file_in_a_missing_folder_fails_at_once(tmp_path: Path) -> None:

@@ -23,7 +23,10 @@ from nemotron_eval.artifacts.model import DTYPES
 if TYPE_CHECKING:
     from nemotron_eval.data.tasks import Task
 
-TASKS_PER_CORE = 1.0  # the CPU server's tasks at once per core (Local.tasks_at_once)
+# The CPU server's harnesses per core: running at once (Local.tasks_at_once; ~0.9 GB of memory each) and starting
+# at once (a starting harness takes ~10-15 s of a core from the server; pipeline/slots.py)
+TASKS_PER_CORE = 1.0
+STARTING_PER_CORE = 0.5
 
 
 class Local(Deployment):
@@ -69,8 +72,12 @@ class Local(Deployment):
             check_checkpoint(checkpoint)
 
     def tasks_at_once(self, cores: int) -> int | None:
-        """The server shares the cores with the harnesses: TASKS_PER_CORE tasks per core (measured in bench/)."""
+        """The server shares the cores with the harnesses: TASKS_PER_CORE tasks per core; enough that a task
+        that starts finds the server busy with the others."""
         return max(1, int(cores * TASKS_PER_CORE))
+
+    def harnesses_starting_at_once(self, cores: int) -> int | None:
+        return max(1, int(cores * STARTING_PER_CORE))
 
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         self.check(eval_cfg)

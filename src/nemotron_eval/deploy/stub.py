@@ -405,6 +405,9 @@ class Stub(Local):
     def tasks_at_once(self, cores: int) -> int | None:
         return None
 
+    def harnesses_starting_at_once(self, cores: int) -> int | None:
+        return None
+
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:
         plan = super().plan(eval_cfg, runtime)
         latency = (eval_cfg.get("deployment") or {}).get("latency_ms") or 0

@@ -159,7 +159,7 @@ class Deployment:
         start(plan, log_file)      the process (None when nothing runs: `none`)
         wait_ready(plan, process)  the endpoint once it answers (None when stopped first)
         stop(process)              the process and everything it started
-    In the evaluation steps: readiness_timeout(dep), tasks_at_once(cores).
+    In the evaluation steps: readiness_timeout(dep), tasks_at_once(cores), harnesses_starting_at_once(cores).
     """
 
     runs_image: ClassVar[bool] = False
@@ -195,6 +195,10 @@ class Deployment:
     def tasks_at_once(self, cores: int) -> int | None:
         """How many of a model's tasks run their harness together when `run.tasks_at_once` is not set (None: all
         of them). A deployment on its own GPUs leaves the job's cores to the harnesses: all at once."""
+        return None
+
+    def harnesses_starting_at_once(self, cores: int) -> int | None:
+        """How many harnesses start together (each until the deployment first answers it; None: no limit)."""
         return None
 
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:

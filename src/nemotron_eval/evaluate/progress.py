@@ -15,6 +15,7 @@ import http.server
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,10 @@ def read(harness_dir: Path, log: Path | None = None) -> Progress:
 
 class Receiver:
     """A local endpoint for the interceptor's progress posts (it posts every count to a URL; without a listener
-    each post would fail and be logged). Runs on a free port of 127.0.0.1 in a thread while the harness runs."""
+    each post would fail and be logged). Runs on a free port of 127.0.0.1 in a thread while the harness runs;
+    `on_answer` is called after each count it takes."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_answer: Callable[[], None] = lambda: None) -> None:
         self.count = 0
         self.last = time.time()
         receiver = self
@@ -105,6 +107,8 @@ class Receiver:
                     receiver.last = time.time()
                 except (ValueError, TypeError, AttributeError):
                     pass
+                else:
+                    on_answer()
                 self.send_response(204)
                 self.end_headers()
 

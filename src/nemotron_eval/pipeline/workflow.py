@@ -25,9 +25,12 @@ from nemotron_eval.evaluate import progress
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import sha256_bytes, write_text_atomic
 from nemotron_eval.pipeline.plan import ModelPlan
-from nemotron_eval.pipeline.slots import available_cores, task_slot
+from nemotron_eval.core.machine import available_cores
+from nemotron_eval.pipeline.slots import task_slot
 
 log = logging.getLogger("nemotron_eval")
+# tasks that found their deployment ready in the same poll (every 0.5 s) all queue for a slot within this time
+SETTLE_S = 1.0
 
 
 class _ThisThread(logging.Filter):
@@ -240,6 +243,9 @@ def evaluate(
     container = HarnessContainer.of(entry["container"], cfg.get("execution") or {}, passed) if entry.get("container") else None
     kind = types.get(cfg["deployment"]["type"])
     at_once = job["run"].get("tasks_at_once") or kind.tasks_at_once(available_cores())
+    starting_at_once = kind.harnesses_starting_at_once(available_cores())
+    names = [t.get("name") for t in (cfg.get("evaluation") or {}).get("tasks") or []]
+    rank = names.index(entry["name"]) if entry["name"] in names else len(names)
     said: list[str] = []
 
     def gone() -> str | None:
@@ -256,12 +262,17 @@ def evaluate(
         return UserError(f"{task.short}: stopped: {reason.splitlines()[0]}")
 
     try:
-        with task_slot(endpoint_file.parent / "slots", at_once, gone=gone,
-                       waiting=lambda: log.info("%s: waiting: %d task(s) at once against this deployment", task.short, at_once)):
+        with (  # the tasks start in the config's order (SETTLE_S: for the tasks that found the deployment ready together)
+            task_slot(endpoint_file.parent / "slots", at_once, gone=gone, rank=rank, settle_s=SETTLE_S,
+                      waiting=lambda: log.info("%s: waiting: %d task(s) at once against this deployment", task.short, at_once)),
+            task_slot(endpoint_file.parent / "starting", starting_at_once, gone=gone, rank=rank,
+                      waiting=lambda: log.info("%s: waiting: %d harness(es) start at once", task.short, starting_at_once)) as starting,
+        ):
             started = results.now()
             # the staged data as it is right before the harness reads it: what the result records
             read = verify_staged(staged_dir) if staged_dir is not None else None
-            with progress.Receiver() as receiver, _heartbeat(task.short, raw):
+            # the starting slot is free once the deployment first answers this harness (or when it ends)
+            with progress.Receiver(on_answer=starting.release) as receiver, _heartbeat(task.short, raw):
                 run_harness(
                     task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
                     tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=receiver.url,

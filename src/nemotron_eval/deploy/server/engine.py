@@ -69,6 +69,7 @@ class Engine:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         batch_wait_s: float = 0.005,
         prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB,
+        threads: int | None = None,
     ) -> None:
         started = time.monotonic()
         import torch
@@ -77,6 +78,11 @@ class Engine:
 
         hf_logging.disable_progress_bar()
         self.torch = torch
+        # torch's threads: `threads`, else what the environment says (OMP_NUM_THREADS; a Snakemake job sets it to
+        # the job's `threads`). Set again on the worker thread, which computes every batch.
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.threads: int = torch.get_num_threads()
         self.checkpoint = checkpoint
         self.dtype = dtype
         self.max_batch_size = max_batch_size
@@ -136,7 +142,7 @@ class Engine:
         """The statistics of `ServerStats`, with the prefix cache's state and the settings they depend on."""
         cache = self.cache.stats() if self.cache is not None else None
         return self.stats.snapshot(
-            model=str(self.checkpoint), dtype=self.dtype, kv_bytes_per_token=self.kv_bytes_per_token,
+            model=str(self.checkpoint), dtype=self.dtype, threads=self.threads, kv_bytes_per_token=self.kv_bytes_per_token,
             prefix_cache=cache, pending=len(self.scheduler) + self._queue.qsize() + len(self.decoding),
             decoding=len(self.decoding), cancelled_prompts=self.cancelled_prompts,
         )
@@ -156,6 +162,7 @@ class Engine:
     # -- the worker thread
 
     def _work(self) -> None:
+        self.torch.set_num_threads(self.threads)
         with self.torch.inference_mode():
             while self._gather():
                 self._tick()

@@ -24,6 +24,7 @@ from nemotron_eval.deploy.server.protocol import DEFAULT_MAX_REQUEST_MB
 from nemotron_eval.deploy.stats import StatsWriter
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import write_json_atomic
+from nemotron_eval.core.machine import available_cores
 from nemotron_eval.artifacts.model import DTYPES, check_checkpoint
 
 log = logging.getLogger(__package__)
@@ -80,9 +81,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"memory for the exact prefix cache, MiB (default {DEFAULT_PREFIX_CACHE_MB}; 0: off)")
     parser.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_MB,
                         help=f"the largest request body, MiB (default {DEFAULT_MAX_REQUEST_MB}; larger: HTTP 413)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch's compute threads (default 0: every core this process may run on, whatever "
+                             "OMP_NUM_THREADS says: a Snakemake job sets it to the job's `threads`, 1 for a service)")
     parser.add_argument("--stats-file", type=Path,
                         help="JSON statistics, written atomically every ~10 s while serving and at shutdown")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (every core this process may run on) or a positive number, got {args.threads}")
     if args.max_batch_size < 1 or args.max_batch_tokens < 1:
         parser.error("--max-batch-size and --max-batch-tokens must be at least 1")
     if not args.max_request_mb > 0:
@@ -120,13 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         engine = Engine(args.checkpoint, dtype=args.dtype, max_batch_size=args.max_batch_size,
                         max_batch_tokens=args.max_batch_tokens, batch_wait_s=args.batch_wait_ms / 1000,
-                        prefix_cache_mb=args.prefix_cache_mb)
+                        prefix_cache_mb=args.prefix_cache_mb, threads=args.threads or available_cores())
     except Exception as exc:
         log.debug("loading failed", exc_info=True)
         print(f"error: checkpoint {args.checkpoint} could not be loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    log.info("loaded %s (%s, context %s) in %.1fs; prefix cache %s (%d bytes of KV a token)", args.checkpoint,
-             args.dtype, engine.context_length, time.monotonic() - started,
+    log.info("loaded %s (%s, context %s, %d threads) in %.1fs; prefix cache %s (%d bytes of KV a token)",
+             args.checkpoint, args.dtype, engine.context_length, engine.threads, time.monotonic() - started,
              f"{args.prefix_cache_mb} MiB" if engine.cache is not None else "off", engine.kv_bytes_per_token)
     engine.start()
     writer = StatsWriter(args.stats_file, engine.snapshot) if args.stats_file else None

@@ -110,6 +110,26 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert left is None, f"the test left WANDB_SERVICE={left} in the environment (wandb.setup() without wandb.teardown())"
 
 
+@pytest.fixture
+def said() -> Iterator[list[str]]:
+    """What the package's logger says at INFO and above during the test, caught at the logger itself: a run's log
+    set-up (pipeline.workflow.log_to) turns its propagation off, so caplog, at the root, hears nothing after one."""
+    import logging
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage() + (f"\n{record.exc_info[1]}" if record.exc_info else ""))  # type: ignore[method-assign]
+    logger = logging.getLogger("nemotron_eval")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def copy_workflow(parent: Path) -> Path:
     """The workflow (Snakefile, rules, configs, profiles) copied into an empty working directory."""
     work = parent / "work"

@@ -20,7 +20,7 @@ MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
 pytestmark = pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(),
                                 reason=f"no benchmark mirror at {MIRROR} (set NEMOTRON_DATA_MIRROR)")
 TASKS = ("openbookqa", "winogrande")
-CONFIG = ['overrides=["deployment=stub","run.model=stub:latest",'
+CONFIG = ['overrides=["deployment=stub","run.model=stub:latest","run.tasks_starting_at_once=1","deployment.latency_ms=700",'
           '"evaluation.nemo_evaluator_config.config.params.limit_samples=3"]', f"tasks={json.dumps(list(TASKS))}"]
 
 
@@ -45,6 +45,16 @@ def test_the_whole_dag_against_the_stub(tmp_path: Path) -> None:
         ids.add(result["deployment"]["id"])
         assert (work / f"results/stub_latest/{task}.items.jsonl.gz").stat().st_size > 0
     assert len(ids) == 1  # one deployment served both tasks
+    # one harness starts at a time (run.tasks_starting_at_once): one task waited for the other's first answer
+    # (the config's order decides only between tasks that wait together), and both then ran against the
+    # deployment together (each answer takes 0.7 s: deployment.latency_ms)
+    line = "waiting for a starting slot (1 harness(es) start at once; tasks earlier in the config first)"
+    waited = [t for t in TASKS if line in (work / f"logs/evaluate_task/stub_latest/{t}.log").read_text()]
+    assert len(waited) == 1, waited
+    second = waited[0]
+    first = next(t for t in TASKS if t != second)
+    results = {t: json.loads((work / f"results/stub_latest/{t}.json").read_text()) for t in TASKS}
+    assert results[first]["started_at"] < results[second]["started_at"] < results[first]["finished_at"]
     stats = json.loads((work / "run/stub_latest/stats.json").read_text())
     assert stats["stub"] is True and set(stats["clients"]) == set(TASKS)  # each task asked under its own name
     again = snakemake(work, "results/stub_latest/summary.md", "--config", *CONFIG, env=env)

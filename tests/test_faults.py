@@ -258,7 +258,8 @@ def test_five_tasks_at_parallelism_8_get_each_answer_once(work: Path) -> None:
     and HellaSwag's 10, with two items each; test_e2e_local checks OpenBookQA and Winogrande in depth)."""
     done = nemotron_eval(work, f"{LIMIT}=2", "evaluation.tasks.0.nemo_evaluator_config.config.params.limit_samples=1",
                          "+evaluation.tasks.0.nemo_evaluator_config.config.params.extra.num_fewshot=0",
-                         "evaluation.nemo_evaluator_config.config.params.parallelism=8", "run.tasks_at_once=5")
+                         "evaluation.nemo_evaluator_config.config.params.parallelism=8", "run.tasks_at_once=5",
+                         "run.tasks_starting_at_once=5")
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads((work / "run/smollm2_latest/stats.json").read_text())
     tasks = ("mmlu", "arc_challenge", "winogrande", "hellaswag", "openbookqa")

@@ -401,9 +401,10 @@ def test_a_hub_task_without_the_hub_fails_in_one_line(tmp_path: Path, checkpoint
         run_harness(resolve("gsm8k"), None, **kwargs)
 
 
-def test_the_progress_receiver_counts_answers_and_says_so() -> None:
+def test_the_progress_receiver_counts_answers_and_says_so(said: list[str]) -> None:
     """The interceptor posts its count after each answer: the receiver keeps the largest and calls `on_answer`
-    (which frees the task's starting slot); a body it cannot read changes nothing."""
+    (which frees the task's starting slot); a body it cannot read or a count of 0 calls nothing, and a callback
+    that fails is logged while the harness still gets its reply."""
     import httpx
 
     from nemotron_eval.evaluate.progress import Receiver
@@ -411,7 +412,17 @@ def test_the_progress_receiver_counts_answers_and_says_so() -> None:
     calls: list[int] = []
     with Receiver(on_answer=lambda: calls.append(1)) as receiver, httpx.Client(trust_env=False, timeout=10) as c:
         assert c.post(receiver.url, content=b"not json").status_code == 204
+        assert c.post(receiver.url, json={"samples_processed": 0}).status_code == 204
+        assert c.post(receiver.url, json=["a list"]).status_code == 204
         assert receiver.count == 0 and not calls
         for n in (1, 3, 2):
             assert c.post(receiver.url, json={"samples_processed": n}).status_code == 204
     assert receiver.count == 3 and len(calls) == 3
+
+    def fails() -> None:
+        raise RuntimeError("the slot is gone")
+
+    with Receiver(on_answer=fails) as receiver, httpx.Client(trust_env=False, timeout=10) as c:
+        assert c.post(receiver.url, json={"samples_processed": 1}).status_code == 204
+    assert receiver.count == 1
+    assert any("the callback after an answer failed" in line and "the slot is gone" in line for line in said), said

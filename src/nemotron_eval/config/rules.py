@@ -38,6 +38,7 @@ RULES: list[tuple[str, Rule]] = [
     ("run.launcher", mapping),
     ("run.launcher.dry_run", boolean),
     ("run.tasks_at_once", integer(1, null=True)),
+    ("run.tasks_starting_at_once", integer(1, null=True)),
     ("run.env", mapping),
     ("run.env.time", walltime),
     ("run.env.build_time", walltime),
@@ -107,7 +108,7 @@ RULES: list[tuple[str, Rule]] = [
 ]
 
 CLOSED: dict[str, tuple[str, ...]] = {
-    "run": ("model", "engine", "launcher", "tasks_at_once", "env", "wandb", "compose", "artifacts", "tasks"),
+    "run": ("model", "engine", "launcher", "tasks_at_once", "tasks_starting_at_once", "env", "wandb", "compose", "artifacts", "tasks"),
     "run.launcher": ("dry_run",),
     "run.wandb": ("entity", "project"),
     "data": ("mirror",),

@@ -23,8 +23,9 @@ from nemotron_eval.artifacts.model import DTYPES
 if TYPE_CHECKING:
     from nemotron_eval.data.tasks import Task
 
-# The CPU server's harnesses per core: running at once (Local.tasks_at_once; ~0.9 GB of memory each) and starting
-# at once (a starting harness takes ~10-15 s of a core from the server; pipeline/slots.py)
+# The CPU server's harnesses per core (pipeline/slots.py): running at once (Local.tasks_at_once; each holds ~0.9 GB;
+# measured in the default run: ~60 s of CPU for five tasks' harnesses against ~320 s for the server) and starting
+# at once (a starting harness imports lm-eval and indexes and formats its task: ~10-15 s of a core)
 TASKS_PER_CORE = 1.0
 STARTING_PER_CORE = 0.5
 
@@ -77,6 +78,8 @@ class Local(Deployment):
         return max(1, int(cores * TASKS_PER_CORE))
 
     def harnesses_starting_at_once(self, cores: int) -> int | None:
+        """A starting harness takes a core from the server: STARTING_PER_CORE per core (one on two cores), so
+        the server computes for the running harnesses while the next one starts."""
         return max(1, int(cores * STARTING_PER_CORE))
 
     def plan(self, eval_cfg: Mapping[str, Any], runtime: Runtime) -> DeploymentPlan:

@@ -79,6 +79,7 @@ def serve(eval_yaml: Path, model: str, endpoint_file: Path, log_file: Path) -> i
 
 
 CONSUMERS_GRACE_S = 60.0
+POLL_S = 0.5  # how often a consumer looks at the endpoint file until its deployment is ready
 
 
 def _failed(endpoint_file: Path, base: dict[str, Any], message: str, stop: threading.Event) -> int:
@@ -123,4 +124,4 @@ def wait_for_service(endpoint_file: Path, timeout_s: float) -> dict[str, Any]:
         if time.monotonic() >= deadline:
             log = info.get("log") or str(endpoint_file.parent)
             raise EndpointNotReady(f"no deployment answered at {endpoint_file} within {timeout_s:g} s; last lines of {log}:\n{log_tail(log)}")
-        time.sleep(0.5)
+        time.sleep(POLL_S)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
+import logging
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROGRESS_FILE = "progress"
+log = logging.getLogger("nemotron_eval")
 _REMAINING = re.compile(rb"^(\d{4}-\d\d-\d\d:\d\d:\d\d:\d\d) .*Cached requests: (\d+), Requests remaining: (\d+)", re.M)
 
 
@@ -65,15 +67,23 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def answered(harness_dir: Path) -> int:
+    """The interceptor's count of answers in `harness_dir` (0 before its first)."""
+    return _counter(Path(harness_dir))[0]
+
+
+def _counter(harness_dir: Path) -> tuple[int, float | None]:
+    counter = harness_dir / PROGRESS_FILE
+    try:
+        return int(counter.read_text().strip() or 0), counter.stat().st_mtime
+    except (OSError, ValueError):
+        return 0, None
+
+
 def read(harness_dir: Path, log: Path | None = None) -> Progress:
     """The progress of the harness run in `harness_dir` (its log: `harness_dir/harness.log` by default)."""
     harness_dir = Path(harness_dir)
-    counter = harness_dir / PROGRESS_FILE
-    try:
-        answered = int(counter.read_text().strip() or 0)
-        updated: float | None = counter.stat().st_mtime
-    except (OSError, ValueError):
-        answered, updated = 0, None
+    answered, updated = _counter(harness_dir)
     total, started = None, None
     try:
         text = (log or harness_dir / "harness.log").read_bytes()
@@ -89,10 +99,12 @@ def read(harness_dir: Path, log: Path | None = None) -> Progress:
 class Receiver:
     """A local endpoint for the interceptor's progress posts (it posts every count to a URL; without a listener
     each post would fail and be logged). Runs on a free port of 127.0.0.1 in a thread while the harness runs;
-    `on_answer` is called after each count it takes."""
+    `on_answer` is called after each post that counts at least one answer (after the reply: a slow or failing
+    callback never holds the harness's post; its failure is logged)."""
 
     def __init__(self, on_answer: Callable[[], None] = lambda: None) -> None:
         self.count = 0
+        owner = threading.get_ident()  # a rule's log (pipeline.workflow.logged) takes what its handlers say
         self.last = time.time()
         receiver = self
 
@@ -103,14 +115,19 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")
-                    receiver.count = max(receiver.count, int(body.get("samples_processed", 0)))
-                    receiver.last = time.time()
+                    count = int(body.get("samples_processed", 0))
                 except (ValueError, TypeError, AttributeError):
-                    pass
-                else:
-                    on_answer()
+                    count = 0
                 self.send_response(204)
                 self.end_headers()
+                if count <= 0:
+                    return
+                receiver.count = max(receiver.count, count)
+                receiver.last = time.time()
+                try:
+                    on_answer()
+                except Exception:  # noqa: BLE001 - the harness goes on; the callback's failure is in the log
+                    log.exception("progress receiver: the callback after an answer failed", extra={"for_thread": owner})
 
             do_POST = do_PATCH = do_PUT = _take
 
@@ -118,6 +135,7 @@ class Receiver:
                 pass
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = False  # leaving waits for the posts in flight (and their callbacks)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/progress"
         self._thread = threading.Thread(target=self._server.serve_forever, name="progress-receiver", daemon=True)
 

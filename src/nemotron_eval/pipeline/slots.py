@@ -1,17 +1,17 @@
 """How many of a model's tasks run their harness at once against its deployment, and how many start at once.
 
-Each harness process costs CPU of its own while it starts (importing lm-eval, indexing and formatting its task:
-~10-15 s of a core) and less once it only sends requests (measured in the default run: ~60 s of CPU for five
-tasks' harnesses against ~320 s for the server). On a CPU deployment every core a harness takes is one the model
-server does not get, and a server waiting for harnesses that are all starting is idle. So the evaluate step of
-each task takes two slots in turn:
+A harness process costs CPU of its own, most of it while it starts, and memory while it runs (the figures, for
+the CPU server: `deploy.local`). On a CPU deployment every core a harness takes is one the model server does not
+get, and a server waiting for harnesses that are all starting is idle. So the evaluate step of each task takes
+two slots in turn:
 
-* a running slot, one of `run/{model}/slots/<i>.lock`, held until its harness ends: at most R harnesses at once
-  (each holds ~0.9 GB). R is `run.tasks_at_once` when set, else what the deployment type says for this machine's
-  cores (a GPU deployment: all tasks at once; the CPU server: `deploy.local.Local.tasks_at_once`);
+* a running slot, one of `run/{model}/slots/<i>.lock`, held until its harness ends: at most R harnesses at once.
+  R is `run.tasks_at_once` when set, else what the deployment type says for this machine's cores
+  (`deploy.types.Deployment.tasks_at_once`: a GPU deployment all tasks at once);
 * a starting slot, one of `run/{model}/starting/<i>.lock`, held from the harness's start until the deployment's
-  first answer to it (`Slot.release`): at most S harnesses start together
-  (`deploy.types.Deployment.harnesses_starting_at_once`). Later tasks start while earlier ones keep the server busy.
+  first answer to it (`Slot.release`; `pipeline.workflow.until_first_answer`): at most S harnesses start
+  together, S being `run.tasks_starting_at_once` when set, else the deployment type's
+  (`Deployment.harnesses_starting_at_once`). Later tasks start while earlier ones keep the server busy.
 
 Waiting tasks take free slots in the config's order (`rank`; a marker in `<slots>/queue/` held while waiting): a
 long task listed first starts first and the short ones fill in around it, instead of the longest running alone
@@ -79,7 +79,10 @@ def _ahead(queue: Path, rank: int) -> bool:
     for marker in queue.glob("*.lock"):
         if not marker.stem.isdigit() or int(marker.stem) >= rank:
             continue
-        fd = os.open(marker, os.O_RDWR)
+        try:
+            fd = os.open(marker, os.O_RDONLY)  # flock needs no write access
+        except FileNotFoundError:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,22 +27,24 @@ from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import sha256_bytes, write_text_atomic
 from nemotron_eval.pipeline.plan import ModelPlan
 from nemotron_eval.core.machine import available_cores
-from nemotron_eval.pipeline.slots import task_slot
+from nemotron_eval.pipeline.slots import Slot, task_slot
 
 log = logging.getLogger("nemotron_eval")
-# tasks that found their deployment ready in the same poll (every 0.5 s) all queue for a slot within this time
-SETTLE_S = 1.0
+# a harness with no answer from its deployment after this long frees its starting slot all the same (a task whose
+# every request is in its cache, a harness that never posts its count)
+STARTING_TIMEOUT_S = 120.0
 
 
 class _ThisThread(logging.Filter):
-    """Rules of one Snakemake process run in threads at once: each rule's log gets its own thread's lines."""
+    """Rules of one Snakemake process run in threads at once: each rule's log gets its own thread's lines, and
+    those a helper thread says for it (logged with `extra={"for_thread": <the rule's thread ident>}`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.thread = threading.get_ident()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.thread == self.thread
+        return getattr(record, "for_thread", record.thread) == self.thread
 
 
 @contextmanager
@@ -192,7 +195,7 @@ def evaluate(
     from nemotron_eval.deploy import types
     from nemotron_eval.deploy.process import EndpointNotReady
     from nemotron_eval.core.io import log_tail
-    from nemotron_eval.deploy.serve import deployment_gone, wait_for_service
+    from nemotron_eval.deploy.serve import POLL_S, deployment_gone, wait_for_service
     from nemotron_eval.evaluate.harness import HarnessAborted, HarnessContainer, run_harness
     from nemotron_eval.evaluate.output import HarnessError, parse_harness_output
 
@@ -243,9 +246,8 @@ def evaluate(
     container = HarnessContainer.of(entry["container"], cfg.get("execution") or {}, passed) if entry.get("container") else None
     kind = types.get(cfg["deployment"]["type"])
     at_once = job["run"].get("tasks_at_once") or kind.tasks_at_once(available_cores())
-    starting_at_once = kind.harnesses_starting_at_once(available_cores())
-    names = [t.get("name") for t in (cfg.get("evaluation") or {}).get("tasks") or []]
-    rank = names.index(entry["name"]) if entry["name"] in names else len(names)
+    starting_at_once = job["run"].get("tasks_starting_at_once") or kind.harnesses_starting_at_once(available_cores())
+    rank = [t.get("name") for t in cfg["evaluation"]["tasks"]].index(entry["name"])  # its place in the config
     said: list[str] = []
 
     def gone() -> str | None:
@@ -262,20 +264,23 @@ def evaluate(
         return UserError(f"{task.short}: stopped: {reason.splitlines()[0]}")
 
     try:
-        with (  # the tasks start in the config's order (SETTLE_S: for the tasks that found the deployment ready together)
-            task_slot(endpoint_file.parent / "slots", at_once, gone=gone, rank=rank, settle_s=SETTLE_S,
-                      waiting=lambda: log.info("%s: waiting: %d task(s) at once against this deployment", task.short, at_once)),
+        # the tasks take their slots in the config's order; those that found the deployment ready in the same poll
+        # of its endpoint file queue within two polls (every task waits that long before it takes its slot)
+        with (
+            task_slot(endpoint_file.parent / "slots", at_once, gone=gone, rank=rank, settle_s=2 * POLL_S,
+                      waiting=lambda: log.info("%s: waiting for a slot (%d task(s) at once against this deployment; "
+                                               "tasks earlier in the config first)", task.short, at_once)),
             task_slot(endpoint_file.parent / "starting", starting_at_once, gone=gone, rank=rank,
-                      waiting=lambda: log.info("%s: waiting: %d harness(es) start at once", task.short, starting_at_once)) as starting,
+                      waiting=lambda: log.info("%s: waiting for a starting slot (%d harness(es) start at once; "
+                                               "tasks earlier in the config first)", task.short, starting_at_once)) as starting,
         ):
             started = results.now()
             # the staged data as it is right before the harness reads it: what the result records
             read = verify_staged(staged_dir) if staged_dir is not None else None
-            # the starting slot is free once the deployment first answers this harness (or when it ends)
-            with progress.Receiver(on_answer=starting.release) as receiver, _heartbeat(task.short, raw):
+            with until_first_answer(starting, raw, task.short) as progress_url, _heartbeat(task.short, raw):
                 run_harness(
                     task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
-                    tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=receiver.url,
+                    tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=progress_url,
                     abort=gone, container=container,
                 )
     except HarnessAborted as e:
@@ -344,13 +349,44 @@ def _free_port() -> int:
 
 
 @contextmanager
+def until_first_answer(starting: Slot, harness_dir: Path, what: str, timeout_s: float = STARTING_TIMEOUT_S,
+                       poll_s: float = 0.5) -> Iterator[str]:
+    """Hold the task's starting slot until the deployment first answers its harness, then free it for the next
+    task: at the interceptor's first post of a count (to the URL this yields), when its count file in
+    `harness_dir` grows (a post that did not arrive), after `timeout_s` without either (said in the log), or when
+    the harness ends."""
+    before = progress.answered(harness_dir)  # a rerun's folder keeps the count of the run before
+    stop = threading.Event()
+    owner = threading.get_ident()  # the rule's log takes the watcher's line
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not stop.wait(poll_s) and progress.answered(harness_dir) <= before:
+            if time.monotonic() >= deadline:
+                log.info("%s: no answer from the deployment after %g s; its starting slot goes to the next task",
+                         what, timeout_s, extra={"for_thread": owner})
+                break
+        starting.release()
+
+    thread = threading.Thread(target=watch, name="starting-slot", daemon=True)
+    with progress.Receiver(on_answer=starting.release) as receiver:
+        thread.start()
+        try:
+            yield receiver.url
+        finally:
+            stop.set()
+            thread.join()
+
+
+@contextmanager
 def _heartbeat(what: str, harness_dir: Path, every_s: float = 30.0) -> Iterator[None]:
     """Long work shows progress: every `every_s`, the harness's requests answered / total, rate and ETA."""
     stop = threading.Event()
+    owner = threading.get_ident()  # the rule's log takes the heartbeat's lines
 
     def beat() -> None:
         while not stop.wait(every_s):
-            log.info("%s: %s", what, progress.read(harness_dir).line())
+            log.info("%s: %s", what, progress.read(harness_dir).line(), extra={"for_thread": owner})
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()

@@ -163,6 +163,7 @@ class Engine:
 
     def _work(self) -> None:
         self.torch.set_num_threads(self.threads)
+        self.threads = self.torch.get_num_threads()  # the statistics say what the thread computing the batches has
         with self.torch.inference_mode():
             while self._gather():
                 self._tick()

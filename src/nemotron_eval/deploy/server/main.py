@@ -83,7 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"the largest request body, MiB (default {DEFAULT_MAX_REQUEST_MB}; larger: HTTP 413)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch's compute threads (default 0: every core this process may run on, whatever "
-                             "OMP_NUM_THREADS says: a Snakemake job sets it to the job's `threads`, 1 for a service)")
+                             "OMP_NUM_THREADS says, yours too: a Snakemake job sets it to the job's `threads`, 1 for "
+                             "a service)")
     parser.add_argument("--stats-file", type=Path,
                         help="JSON statistics, written atomically every ~10 s while serving and at shutdown")
     args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from nemotron_eval.pipeline.plan_cache import CACHE_DIR
+from nemotron_eval.pipeline.plan_cache import CACHE_DIR, COMPOSED_DIR
 
 from .core import BIN, Progress, Row, Timed, copy_workflow, jobs_in_dry_run, snakemake, timed
 
@@ -142,7 +142,8 @@ def p4(ws: Workspace, sizes: tuple[int, int], progress: Progress) -> list[Row]:
                                    f"not {n * len(ws.tasks)}")
             dry[state][n] = run.seconds
 
-    shutil.rmtree(ws.work / CACHE_DIR, ignore_errors=True)
+    for kept in (CACHE_DIR, COMPOSED_DIR):
+        shutil.rmtree(ws.work / kept, ignore_errors=True)
     dry_runs("cold")
     build_s = build(ws, large, progress)
     dry_runs("warm")

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nemotron_eval.data import tasks as task_registry
+from nemotron_eval.config import hydra_cache
 from nemotron_eval.config.defaults_tree import read_tree
 from nemotron_eval.config.envtoml import EnvFile, load_env_file, local_host, local_user
 from nemotron_eval.core.errors import UserError, did_you_mean, shown
@@ -37,6 +38,9 @@ class ComposeRequest:
     overrides: list[str] = field(default_factory=list)
     tasks: list[str] | None = None
     env_file: Path | None = None  # default: NEMOTRON_ENV_FILE or walk up from cwd
+    # where Hydra's composition is kept between processes (config/hydra_cache.py); None: composed every time
+    hydra_cache: Path | None = None
+    keep_composition: bool = True  # False (a dry run): an entry is read, none written
 
 
 def find_config(name_or_path: str, configs_dir: Path) -> Path:
@@ -373,7 +377,8 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
     # Every file Hydra will read is read here first, through the safe reader: a malformed, oversized or
     # alias-bomb group file, or a defaults tree too deep, gets one line instead of failing inside Hydra.
     read_tree(primary, raw, req.configs_dir, chosen)
-    cfg = _hydra_compose(primary, req.configs_dir, choices)
+    cfg = hydra_cache.composed(req.hydra_cache, primary, req.configs_dir, choices,
+                               lambda: _hydra_compose(primary, req.configs_dir, choices), keep=req.keep_composition)
     env = load_env_file(req.env_file)
     _apply_profile(cfg, env, req.env_profile)
     for item in req.overrides:

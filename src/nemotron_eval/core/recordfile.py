@@ -15,6 +15,7 @@ checks after loading, with `problem(...)` for the same wording.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -69,11 +70,17 @@ def _advice(what: str) -> str:
     return f"this {what} was edited or cut short: restore it, or remove it"
 
 
+@functools.cache
+def _shape(cls: type) -> tuple[dict[str, Any], list[dataclasses.Field[Any]]]:
+    """A record class's field annotations (evaluated once: a registry of 200 versions reads 200 records) and its
+    fields set by the constructor."""
+    return typing.get_type_hints(cls), [f for f in dataclasses.fields(cls) if f.init]
+
+
 def from_dict(cls: type[T], data: Any, path: Path | str, what: str, fix: str = "", *, at: str = "") -> T:
     """`cls` (a dataclass) from a decoded record, each field checked against its annotation (see the module);
     `at`: where this object sits in the file (e.g. "versions.v1."), put before the field names it reports."""
-    hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    hints, fields = _shape(cls)
     advice = fix or _advice(what)
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a {what} (a JSON object of {', '.join(f.name for f in fields)}); {advice}")

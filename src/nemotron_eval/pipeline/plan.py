@@ -101,6 +101,7 @@ class Plan:
                 eval_config=request.eval_config, configs_dir=Path(configs_dir), env_profile=request.env_profile,
                 overrides=list(request.overrides), tasks=list(request.tasks) if request.tasks is not None else None,
                 env_file=Path(request.env_file) if request.env_file else None,
+                hydra_cache=plan_cache.COMPOSED_DIR, keep_composition=keep_plans,
             )
         )
         # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.

@@ -38,6 +38,7 @@ from nemotron_eval.core import secrets
 from nemotron_eval.core.io import sha256_file, sha256_tree, write_text_atomic
 
 CACHE_DIR = Path(".snakemake") / "nemotron" / "plans"
+COMPOSED_DIR = CACHE_DIR.parent / "composed"  # Hydra's compositions (config/hydra_cache.py)
 FORMAT = 1  # the entry's layout; a new one is a new key
 LIBRARIES = ("omegaconf", "PyYAML", "nemo-evaluator-launcher", "nemo-evaluator")
 FIELDS = ("resolved_text", "job_text", "eval_text", "tasks")

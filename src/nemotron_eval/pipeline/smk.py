@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -137,13 +138,24 @@ def evaluation_due(plan: Any, model: str, task: str, workflow: Any) -> bool:
     return max(p.stat().st_mtime for p in (staged, *staged.rglob("*"))) > done_at
 
 
+# the workflows (one per process; by id, a Workflow is not hashable) whose triggers passed
+_TRIGGERS_FINE: dict[int, weakref.ref[Any]] = {}
+
+
+def _triggers_fine(workflow: Any) -> bool:
+    known = _TRIGGERS_FINE.get(id(workflow))
+    return known is not None and known() is workflow
+
+
 def check_rerun_triggers(workflow: Any) -> None:
     """Refuse, in one line and before anything runs, a run whose rerun triggers would rerun evaluations for no
     reason or miss a changed setting (`--workflow-profile none` without --profile, or --rerun-triggers)."""
-    if not snakemake.is_main_process(workflow):
+    if _triggers_fine(workflow) or not snakemake.is_main_process(workflow):
         return
     active = snakemake.rerun_triggers(workflow)
     if RERUN_TRIGGERS_NEEDED <= active and not active & RERUN_TRIGGERS_REFUSED:
+        # asked once per input function call: thousands of times in a large DAG
+        _TRIGGERS_FINE[id(workflow)] = weakref.ref(workflow)
         return
     fail(f"Snakemake's rerun triggers here are {' '.join(sorted(active))}; this pipeline needs "
          f"{' and '.join(sorted(RERUN_TRIGGERS_NEEDED))} and none of {' or '.join(sorted(RERUN_TRIGGERS_REFUSED))}: "

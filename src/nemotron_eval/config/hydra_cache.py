@@ -1,0 +1,109 @@
+"""Hydra's composition of a config's defaults tree, kept between processes: `<folder>/<key>.json`.
+
+Composing through Hydra (its import and its config loader) is the largest part of planning a run that the plan
+cache (pipeline/plan_cache.py) does not already keep: every Snakemake process composes once before it builds its
+DAG (a dry run, a preview, each job a cluster submits). What Hydra returns depends only on the files it can read
+and the group choices passed, so an entry is kept under a key of:
+
+* the primary config's path, the configs folder, and the group choices (`deployment=vllm`);
+* the path and content of every YAML file under the configs folder (a new, edited or deleted option is a new
+  key), which is where the primary lives when an entry is kept at all: a primary elsewhere (its folder is
+  searched too, and could be any folder) is composed every time;
+* the code that composes: this package's compose module, Python, hydra-core, OmegaConf, and the Hydra plugins
+  installed (a search-path plugin adds folders).
+
+An entry that is missing, unreadable or foreign is composed again and replaced; a folder that cannot be written
+is skipped. A composition that fails is never kept (its error is said every time), nor one holding a literal
+secret (compose refuses it; no copy of it reaches a file). KEEP entries are kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from importlib import metadata, util
+from pathlib import Path
+from typing import Any
+
+from nemotron_eval.core.io import write_text_atomic
+from nemotron_eval.core.secrets import literal_secret
+
+KEEP = 16  # configs composed in one project (local, default, each deployment choice) each keep theirs
+LIBRARIES = ("hydra-core", "omegaconf")
+MAX_FILES = 2000  # YAML files under a configs folder whose composition is kept; a larger folder is composed each time
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _code() -> str:
+    h = hashlib.sha256(sys.version.encode())
+    h.update(Path(__file__).with_name("compose.py").read_bytes())
+    for name in LIBRARIES:
+        try:
+            h.update(f"\0{name}={metadata.version(name)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"\0{name}=-".encode())
+    spec = util.find_spec("hydra_plugins")
+    for folder in sorted(spec.submodule_search_locations or []) if spec else []:
+        h.update(f"\0plugins {folder}: {sorted(os.listdir(folder)) if os.path.isdir(folder) else '-'}".encode())
+    return h.hexdigest()
+
+
+def key(primary: Path, configs_dir: Path, choices: list[str]) -> str | None:
+    """The digest of everything Hydra's result is computed from, or None when it is not kept (a primary outside
+    the configs folder, a folder too large or unreadable)."""
+    folder = configs_dir.resolve()
+    if primary.resolve().parent != folder:
+        return None
+    h = hashlib.sha256(json.dumps([_code(), str(primary.resolve()), str(folder), choices]).encode())
+    count = 0
+    try:
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                if not name.endswith((".yaml", ".yml")):
+                    continue
+                count += 1
+                if count > MAX_FILES:
+                    return None
+                path = Path(root, name)
+                h.update(f"\0{path.relative_to(folder)}\0".encode())
+                h.update(hashlib.sha256(path.read_bytes()).digest())
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def composed(cache_dir: Path | None, primary: Path, configs_dir: Path, choices: list[str],
+             compose: Callable[[], dict[str, Any]], *, keep: bool = True) -> dict[str, Any]:
+    """`compose()` (Hydra's result, a plain dict), read from `cache_dir` when an entry has this key, else computed
+    and, when `keep`, kept there; with no `cache_dir`, always computed."""
+    digest = key(primary, configs_dir, choices) if cache_dir is not None else None
+    if digest is None or cache_dir is None:
+        return compose()
+    path = cache_dir / f"{digest[:32]}.json"
+    try:
+        entry = json.loads(path.read_text())
+        if isinstance(entry, dict) and entry.get("key") == digest and isinstance(entry.get("cfg"), dict):
+            return entry["cfg"]
+    except (OSError, ValueError):
+        pass
+    cfg = compose()
+    if not keep or literal_secret(cfg) is not None:  # a secret is refused by compose and never copied to a file
+        return cfg
+    text = json.dumps({"key": digest, "cfg": cfg})
+    if json.loads(text)["cfg"] != cfg:  # a value JSON would not give back equal: not kept
+        return cfg
+    try:
+        write_text_atomic(path, text)
+        for older in sorted(cache_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
+            older.unlink(missing_ok=True)
+    except OSError as e:
+        log.info("composition not kept (%s): the next run composes %s again", e, primary)
+    return cfg

@@ -42,9 +42,14 @@ def configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "configs"
 
 
-def request(configs: Path, *overrides: str, keep: bool = True, primary: str = "local") -> ComposeRequest:
-    return ComposeRequest(eval_config=primary, configs_dir=configs, overrides=list(overrides),
-                          env_file=configs.parent / "env.toml", hydra_cache=Path("kept"), keep_composition=keep)
+def composed(configs: Path, *overrides: str, keep: bool = True, primary: str = "local", passed: bool = True) -> dict:  # type: ignore[type-arg]
+    """The merged config composed as a plan composes it; `passed`: the plan's checks passed (Kept.keep called)."""
+    kept = hydra_cache.Kept(Path("kept"), keep=keep)
+    cfg = compose(ComposeRequest(eval_config=primary, configs_dir=configs, overrides=list(overrides),
+                                 env_file=configs.parent / "env.toml", kept=kept))
+    if passed:
+        kept.keep()
+    return cfg
 
 
 def kept() -> list[Path]:
@@ -52,40 +57,47 @@ def kept() -> list[Path]:
 
 
 def test_a_composition_read_back_is_what_hydra_composed(configs: Path, hydra_calls: list[str]) -> None:
-    first = compose(request(configs))
+    first = composed(configs)
     assert hydra_calls == ["local"] and len(kept()) == 1
-    assert compose(request(configs)) == first and hydra_calls == ["local"]  # the second run composed nothing
+    assert composed(configs) == first and hydra_calls == ["local"]  # the second run composed nothing
     assert kept()[0].stat().st_mode & 0o777 == 0o666 & ~current_umask()
     # what follows Hydra (profile, overrides) is applied every time, on top of the kept composition
-    assert compose(request(configs, "run.tasks_at_once=2"))["run"]["tasks_at_once"] == 2 and hydra_calls == ["local"]
+    assert composed(configs, "run.tasks_at_once=2")["run"]["tasks_at_once"] == 2 and hydra_calls == ["local"]
+
+
+def test_nothing_is_written_before_the_plan_passes_its_checks(configs: Path, hydra_calls: list[str]) -> None:
+    composed(configs, passed=False)  # the plan failed a later check: bad input writes nothing
+    assert not Path("kept").exists()
+    composed(configs)
+    assert hydra_calls == ["local", "local"] and len(kept()) == 1
 
 
 def test_an_edited_option_file_composes_again(configs: Path, hydra_calls: list[str]) -> None:
     choice = "deployment=local"
-    before = compose(request(configs, choice))
+    before = composed(configs, choice)
     option = configs / "deployment" / "local.yaml"
     text = option.read_text()
     assert "readiness_timeout_s:" in text
     option.write_text(text.replace("readiness_timeout_s:", "readiness_timeout_s: 77 #", 1))
-    after = compose(request(configs, choice))
+    after = composed(configs, choice)
     assert after["deployment"]["readiness_timeout_s"] == 77 != before["deployment"]["readiness_timeout_s"]
     assert hydra_calls == ["local", "local"]
 
 
 def test_a_new_or_deleted_option_file_composes_again(configs: Path, hydra_calls: list[str]) -> None:
-    first = compose(request(configs))
+    first = composed(configs)
     (configs / "deployment" / "mine.yaml").write_text("type: stub\n")
-    compose(request(configs))
+    composed(configs)
     assert hydra_calls == ["local", "local"]
     (configs / "deployment" / "mine.yaml").unlink()  # the folder as it was first: its composition read back
-    assert compose(request(configs)) == first and hydra_calls == ["local", "local"]
+    assert composed(configs) == first and hydra_calls == ["local", "local"]
 
 
 def test_each_group_choice_and_primary_keeps_its_own(configs: Path, hydra_calls: list[str]) -> None:
     for _ in range(2):
-        stub = compose(request(configs, "deployment=stub"))
-        local = compose(request(configs))
-        default = compose(request(configs, primary="default"))
+        stub = composed(configs, "deployment=stub")
+        local = composed(configs)
+        default = composed(configs, primary="default")
     assert stub["deployment"]["type"] == "stub" != local["deployment"]["type"]
     assert default["run"]["compose"]["eval_config"].endswith("default.yaml")
     assert hydra_calls == ["local", "local", "default"] and len(kept()) == 3
@@ -94,13 +106,13 @@ def test_each_group_choice_and_primary_keeps_its_own(configs: Path, hydra_calls:
 def test_another_configs_folder_or_code_version_composes_again(configs: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                hydra_calls: list[str]) -> None:
-    compose(request(configs))
+    composed(configs)
     other = tmp_path / "other" / "configs"
     shutil.copytree(configs, other)
     (other.parent / "env.toml").write_text("")
-    compose(request(other))
+    composed(other)
     monkeypatch.setattr(hydra_cache, "_code", lambda: "another version of the code")
-    compose(request(configs))
+    composed(configs)
     assert hydra_calls == ["local"] * 3
 
 
@@ -109,39 +121,42 @@ def test_a_primary_outside_the_configs_folder_is_composed_every_time(configs: Pa
     mine = tmp_path / "mine.yaml"
     mine.write_text((configs / "local.yaml").read_text())
     for _ in range(2):
-        compose(request(configs, primary=str(mine)))
+        composed(configs, primary=str(mine))
     assert hydra_calls == ["mine", "mine"] and not kept()
 
 
 def test_a_dry_run_reads_and_writes_nothing(configs: Path, hydra_calls: list[str]) -> None:
-    dry = compose(request(configs, keep=False))
+    dry = composed(configs, keep=False)
     assert not Path("kept").exists()
-    compose(request(configs))  # a real run keeps it
-    assert compose(request(configs, keep=False)) == dry and hydra_calls == ["local", "local"]
+    composed(configs)  # a real run keeps it
+    assert composed(configs, keep=False) == dry and hydra_calls == ["local", "local"]
 
 
 def test_a_secret_or_a_failure_is_never_kept(configs: Path, hydra_calls: list[str]) -> None:
     text = (configs / "local.yaml").read_text()
     (configs / "local.yaml").write_text(text + "\nenv_vars:\n  HF_TOKEN: hf_abcdefghijklmnopqrstuvwxyz0123456789\n")
     for _ in range(2):
+        held = hydra_cache.Kept(Path("kept"))
         with pytest.raises(UserError, match="holds a secret value"):
-            compose(request(configs))
+            compose(ComposeRequest(eval_config="local", configs_dir=configs, env_file=configs.parent / "env.toml",
+                                   kept=held))
+        held.keep()  # even asked to: the composition holds a literal secret
     assert not kept() and hydra_calls == ["local", "local"]
     (configs / "local.yaml").write_text(text.replace("defaults:", "defaults:\n  - deployment: nowhere", 1))
     with pytest.raises(UserError, match="cannot compose its defaults list"):
-        compose(request(configs))
+        composed(configs)
     assert not kept()
 
 
 @pytest.mark.parametrize("damage", ["", "{not json", '{"key": "another", "cfg": {}}', '{"cfg": []}'])
 def test_a_damaged_entry_is_composed_again_and_replaced(configs: Path, hydra_calls: list[str], damage: str) -> None:
-    first = compose(request(configs))
+    first = composed(configs)
     kept()[0].write_text(damage)
-    assert compose(request(configs)) == first and hydra_calls == ["local", "local"]
-    assert compose(request(configs)) == first and hydra_calls == ["local", "local"]  # replaced
+    assert composed(configs) == first and hydra_calls == ["local", "local"]
+    assert composed(configs) == first and hydra_calls == ["local", "local"]  # replaced
 
 
 def test_a_folder_that_cannot_be_written_is_skipped(configs: Path, hydra_calls: list[str]) -> None:
     Path("kept").write_text("a file where the folder would be")
-    first = compose(request(configs))
-    assert compose(request(configs)) == first and hydra_calls == ["local", "local"]
+    first = composed(configs)
+    assert composed(configs) == first and hydra_calls == ["local", "local"]

@@ -38,9 +38,8 @@ class ComposeRequest:
     overrides: list[str] = field(default_factory=list)
     tasks: list[str] | None = None
     env_file: Path | None = None  # default: NEMOTRON_ENV_FILE or walk up from cwd
-    # where Hydra's composition is kept between processes (config/hydra_cache.py); None: composed every time
-    hydra_cache: Path | None = None
-    keep_composition: bool = True  # False (a dry run): an entry is read, none written
+    # Hydra's compositions kept between processes (config/hydra_cache.py); None: composed every time
+    kept: hydra_cache.Kept | None = None
 
 
 def find_config(name_or_path: str, configs_dir: Path) -> Path:
@@ -377,8 +376,10 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
     # Every file Hydra will read is read here first, through the safe reader: a malformed, oversized or
     # alias-bomb group file, or a defaults tree too deep, gets one line instead of failing inside Hydra.
     read_tree(primary, raw, req.configs_dir, chosen)
-    cfg = hydra_cache.composed(req.hydra_cache, primary, req.configs_dir, choices,
-                               lambda: _hydra_compose(primary, req.configs_dir, choices), keep=req.keep_composition)
+    def hydra() -> dict[str, Any]:
+        return _hydra_compose(primary, req.configs_dir, choices)
+
+    cfg = req.kept(primary, req.configs_dir, choices, hydra) if req.kept is not None else hydra()
     env = load_env_file(req.env_file)
     _apply_profile(cfg, env, req.env_profile)
     for item in req.overrides:

@@ -12,8 +12,9 @@ and the group choices passed, so an entry is kept under a key of:
 * the code that composes: this package's compose module, Python, hydra-core, OmegaConf, and the Hydra plugins
   installed (a search-path plugin adds folders).
 
-An entry that is missing, unreadable or foreign is composed again and replaced; a folder that cannot be written
-is skipped. A composition that fails is never kept (its error is said every time), nor one holding a literal
+An entry is written only once the plan has passed every check (`Kept.keep`): bad input writes nothing. An entry
+that is missing, unreadable or foreign is composed again and replaced; a folder that cannot be written is
+skipped. A composition that fails is never kept (its error is said every time), nor one holding a literal
 secret (compose refuses it; no copy of it reaches a file). KEEP entries are kept.
 """
 
@@ -80,30 +81,46 @@ def key(primary: Path, configs_dir: Path, choices: list[str]) -> str | None:
     return h.hexdigest()
 
 
-def composed(cache_dir: Path | None, primary: Path, configs_dir: Path, choices: list[str],
-             compose: Callable[[], dict[str, Any]], *, keep: bool = True) -> dict[str, Any]:
-    """`compose()` (Hydra's result, a plain dict), read from `cache_dir` when an entry has this key, else computed
-    and, when `keep`, kept there; with no `cache_dir`, always computed."""
-    digest = key(primary, configs_dir, choices) if cache_dir is not None else None
-    if digest is None or cache_dir is None:
-        return compose()
-    path = cache_dir / f"{digest[:32]}.json"
-    try:
-        entry = json.loads(path.read_text())
-        if isinstance(entry, dict) and entry.get("key") == digest and isinstance(entry.get("cfg"), dict):
-            return entry["cfg"]
-    except (OSError, ValueError):
-        pass
-    cfg = compose()
-    if not keep or literal_secret(cfg) is not None:  # a secret is refused by compose and never copied to a file
+class Kept:
+    """Hydra's compositions read from `folder`, and the one composed here written there only when `keep()` is
+    called: the plan calls it once the config has passed every check (bad input writes nothing). With
+    `keep=False` (a dry run) entries are read and none written."""
+
+    def __init__(self, folder: Path, *, keep: bool = True) -> None:
+        self.folder = folder
+        self.writes = keep
+        self._pending: tuple[Path, str, str] | None = None  # (entry's path, its text, the primary named in a log)
+
+    def __call__(self, primary: Path, configs_dir: Path, choices: list[str],
+                 compose: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """`compose()` (Hydra's result, a plain dict), or the entry kept under its key."""
+        digest = key(primary, configs_dir, choices)
+        if digest is None:
+            return compose()
+        path = self.folder / f"{digest[:32]}.json"
+        try:
+            entry = json.loads(path.read_text())
+            if isinstance(entry, dict) and entry.get("key") == digest and isinstance(entry.get("cfg"), dict):
+                return entry["cfg"]
+        except (OSError, ValueError):
+            pass
+        cfg = compose()
+        text = json.dumps({"key": digest, "cfg": cfg})
+        # a value JSON would not give back equal is not kept; nor a literal secret (compose refuses it: no copy of
+        # it reaches a file)
+        if self.writes and json.loads(text)["cfg"] == cfg and literal_secret(cfg) is None:
+            self._pending = (path, text, str(primary))
         return cfg
-    text = json.dumps({"key": digest, "cfg": cfg})
-    if json.loads(text)["cfg"] != cfg:  # a value JSON would not give back equal: not kept
-        return cfg
-    try:
-        write_text_atomic(path, text)
-        for older in sorted(cache_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
-            older.unlink(missing_ok=True)
-    except OSError as e:
-        log.info("composition not kept (%s): the next run composes %s again", e, primary)
-    return cfg
+
+    def keep(self) -> None:
+        """Write the composition made here, if any (once), and keep the folder's KEEP newest entries."""
+        if self._pending is None:
+            return
+        path, text, primary = self._pending
+        self._pending = None
+        try:
+            write_text_atomic(path, text)
+            for older in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
+                older.unlink(missing_ok=True)
+        except OSError as e:
+            log.info("composition not kept (%s): the next run composes %s again", e, primary)

@@ -24,7 +24,7 @@ from nemotron_eval.data import tasks as task_table
 from nemotron_eval.artifacts import Resolved, expand_models
 from nemotron_eval.pipeline import compile as comp
 from nemotron_eval.pipeline import plan_cache
-from nemotron_eval.config import schema
+from nemotron_eval.config import hydra_cache, schema
 from nemotron_eval.config.validators import PATH_SAFE
 from nemotron_eval.config.compose import ComposeRequest, compose, resolve_pending
 from nemotron_eval.data import stage
@@ -96,12 +96,13 @@ class Plan:
     def __init__(self, request: Request, configs_dir: Path, *, keep_plans: bool = True) -> None:
         self.request = request
         self.keep_plans = keep_plans
+        self._composition = hydra_cache.Kept(plan_cache.COMPOSED_DIR, keep=keep_plans)
         self.merged = compose(
             ComposeRequest(
                 eval_config=request.eval_config, configs_dir=Path(configs_dir), env_profile=request.env_profile,
                 overrides=list(request.overrides), tasks=list(request.tasks) if request.tasks is not None else None,
                 env_file=Path(request.env_file) if request.env_file else None,
-                hydra_cache=plan_cache.COMPOSED_DIR, keep_composition=keep_plans,
+                kept=self._composition,
             )
         )
         # Every interpolation resolved but ${art:...} (per model): what is read before any model, and checked.
@@ -207,6 +208,7 @@ class Plan:
             fields = self._compile(spec, artifact)
             if self.keep_plans and plan_cache.cacheable(self.merged_text):
                 plan_cache.store(wildcard, key, fields)
+        self._composition.keep()  # the config passed every check (a model's plan kept or read back)
         return ModelPlan(wildcard=wildcard, spec=spec, artifact=artifact, merged_text=self.merged_text,
                          merged=self.merged, **{f: fields[f] for f in plan_cache.FIELDS})
 

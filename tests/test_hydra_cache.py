@@ -111,9 +111,46 @@ def test_another_configs_folder_or_code_version_composes_again(configs: Path, tm
     shutil.copytree(configs, other)
     (other.parent / "env.toml").write_text("")
     composed(other)
-    monkeypatch.setattr(hydra_cache, "_code", lambda: "another version of the code")
-    composed(configs)
-    assert hydra_calls == ["local"] * 3
+    assert hydra_calls == ["local"] * 2
+    real = hydra_cache.metadata.version
+    monkeypatch.setattr(hydra_cache.metadata, "version", lambda name: "9.9" if name == "hydra-core" else real(name))
+    hydra_cache._code.cache_clear()
+    try:
+        composed(configs)  # another Hydra
+        assert hydra_calls == ["local"] * 3
+        monkeypatch.setattr(hydra_cache.util, "find_spec", lambda name: object() if name == "hydra_plugins" else None)
+        hydra_cache._code.cache_clear()
+        composed(configs)
+        composed(configs)  # a plugin installed: nothing kept, composed every time
+        assert hydra_calls == ["local"] * 5
+    finally:
+        hydra_cache._code.cache_clear()
+
+
+def test_a_linked_option_folder_is_followed(configs: Path, tmp_path: Path, hydra_calls: list[str]) -> None:
+    """configs/deployment a link to a folder elsewhere (shared options): an edit there composes again."""
+    shared = tmp_path / "shared-deployment"
+    shutil.move(str(configs / "deployment"), shared)
+    (configs / "deployment").symlink_to(shared)
+    (shared / "loop").symlink_to(configs)  # a link back up the tree is walked once
+    assert composed(configs, "deployment=local")["deployment"]["readiness_timeout_s"] == 300
+    option = shared / "local.yaml"
+    option.write_text(option.read_text().replace("readiness_timeout_s: 300", "readiness_timeout_s: 301", 1))
+    assert composed(configs, "deployment=local")["deployment"]["readiness_timeout_s"] == 301
+    assert hydra_calls == ["local", "local"]
+
+
+def test_an_interpolated_defaults_entry_is_composed_every_time(configs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               hydra_calls: list[str]) -> None:
+    """`- deployment: ${oc.env:DEPLOY,local}` picks its option from the environment, which no key holds."""
+    text = (configs / "local.yaml").read_text()
+    assert "  - deployment: local\n" in text
+    (configs / "local.yaml").write_text(text.replace("  - deployment: local\n", "  - deployment: ${oc.env:DEPLOY,local}\n", 1))
+    monkeypatch.setenv("DEPLOY", "stub")
+    assert composed(configs)["deployment"]["type"] == "stub"
+    monkeypatch.setenv("DEPLOY", "local")
+    assert composed(configs)["deployment"]["type"] == "local"
+    assert hydra_calls == ["local", "local"] and not kept()
 
 
 def test_a_primary_outside_the_configs_folder_is_composed_every_time(configs: Path, tmp_path: Path,
@@ -125,7 +162,7 @@ def test_a_primary_outside_the_configs_folder_is_composed_every_time(configs: Pa
     assert hydra_calls == ["mine", "mine"] and not kept()
 
 
-def test_a_dry_run_reads_and_writes_nothing(configs: Path, hydra_calls: list[str]) -> None:
+def test_a_dry_run_reads_entries_and_writes_none(configs: Path, hydra_calls: list[str]) -> None:
     dry = composed(configs, keep=False)
     assert not Path("kept").exists()
     composed(configs)  # a real run keeps it
@@ -160,3 +197,23 @@ def test_a_folder_that_cannot_be_written_is_skipped(configs: Path, hydra_calls: 
     Path("kept").write_text("a file where the folder would be")
     first = composed(configs)
     assert composed(configs) == first and hydra_calls == ["local", "local"]
+
+
+def test_a_plan_keeps_its_composition_only_once_a_model_passed(tmp_path: Path, planner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real Plan: a model whose compile fails leaves nothing under .snakemake/nemotron/composed; one that
+    compiles keeps the composition (read back by the next plan)."""
+    from nemotron_eval.pipeline import plan_cache
+    from nemotron_eval.pipeline.plan import Plan
+
+    original = Plan._compile
+
+    def failing(self, spec, artifact):  # type: ignore[no-untyped-def]
+        raise UserError("this checkpoint cannot be served here")
+
+    monkeypatch.setattr(Plan, "_compile", failing)
+    with pytest.raises(UserError):
+        planner("local").model("demo_latest")
+    assert not plan_cache.COMPOSED_DIR.exists()
+    monkeypatch.setattr(Plan, "_compile", original)
+    planner("local").model("demo_latest")
+    assert len(list(plan_cache.COMPOSED_DIR.glob("*.json"))) == 1

@@ -47,6 +47,13 @@ def _entries(data: Any, group: str) -> list[str]:
     return found
 
 
+def interpolated(data: Any) -> bool:
+    """Whether a file's `defaults:` list holds an interpolation (`- deployment: ${oc.env:DEPLOY}`), which Hydra
+    resolves from outside the files (the environment, a resolver)."""
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    return "${" in repr(defaults)
+
+
 def read_tree(primary: Path, primary_data: Any, configs_dir: Path, chosen: list[Path]) -> list[Path]:
     """Read every file of the composition's defaults tree (the primary's, and the config group options `chosen`
     by overrides, with theirs) through the safe reader; the files, in the order found. A UserError names the

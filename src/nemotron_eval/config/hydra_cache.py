@@ -9,8 +9,9 @@ and the group choices passed, so an entry is kept under a key of:
 * the path and content of every YAML file under the configs folder (a new, edited or deleted option is a new
   key), which is where the primary lives when an entry is kept at all: a primary elsewhere (its folder is
   searched too, and could be any folder) is composed every time;
-* the code that composes: this package's compose module, Python, hydra-core, OmegaConf, and the Hydra plugins
-  installed (a search-path plugin adds folders).
+* the code that composes: this package's compose module, Python, hydra-core and OmegaConf. With Hydra plugins
+  installed nothing is kept (a search-path plugin adds folders no key holds), nor is a config whose defaults lists
+  hold an interpolation (`- deployment: ${oc.env:DEPLOY}`: Hydra resolves it from the environment).
 
 An entry is written only once the plan has passed every check (`Kept.keep`): bad input writes nothing. An entry
 that is missing, unreadable or foreign is composed again and replaced; a folder that cannot be written is
@@ -42,7 +43,11 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def _code() -> str:
+def _code() -> str | None:
+    """The composing code's digest; None (nothing kept) when Hydra plugins are installed: a search-path plugin
+    adds folders (`pkg://` configs) whose files no key here holds."""
+    if util.find_spec("hydra_plugins") is not None:
+        return None
     h = hashlib.sha256(sys.version.encode())
     h.update(Path(__file__).with_name("compose.py").read_bytes())
     for name in LIBRARIES:
@@ -50,22 +55,27 @@ def _code() -> str:
             h.update(f"\0{name}={metadata.version(name)}".encode())
         except metadata.PackageNotFoundError:
             h.update(f"\0{name}=-".encode())
-    spec = util.find_spec("hydra_plugins")
-    for folder in sorted(spec.submodule_search_locations or []) if spec else []:
-        h.update(f"\0plugins {folder}: {sorted(os.listdir(folder)) if os.path.isdir(folder) else '-'}".encode())
     return h.hexdigest()
 
 
 def key(primary: Path, configs_dir: Path, choices: list[str]) -> str | None:
     """The digest of everything Hydra's result is computed from, or None when it is not kept (a primary outside
-    the configs folder, a folder too large or unreadable)."""
+    the configs folder, a folder too large or unreadable, Hydra plugins installed). Folders linked into the
+    configs folder are followed, as Hydra follows them."""
     folder = configs_dir.resolve()
-    if primary.resolve().parent != folder:
+    code = _code()
+    if primary.resolve().parent != folder or code is None:
         return None
-    h = hashlib.sha256(json.dumps([_code(), str(primary.resolve()), str(folder), choices]).encode())
+    h = hashlib.sha256(json.dumps([code, str(primary.resolve()), str(folder), choices]).encode())
     count = 0
+    seen: set[tuple[int, int]] = set()
     try:
-        for root, dirs, files in os.walk(folder):
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            here = os.stat(root)
+            if (here.st_dev, here.st_ino) in seen:  # a link back up the tree: walked once
+                dirs.clear()
+                continue
+            seen.add((here.st_dev, here.st_ino))
             dirs.sort()
             for name in sorted(files):
                 if not name.endswith((".yaml", ".yml")):
@@ -92,9 +102,11 @@ class Kept:
         self._pending: tuple[Path, str, str] | None = None  # (entry's path, its text, the primary named in a log)
 
     def __call__(self, primary: Path, configs_dir: Path, choices: list[str],
-                 compose: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """`compose()` (Hydra's result, a plain dict), or the entry kept under its key."""
-        digest = key(primary, configs_dir, choices)
+                 compose: Callable[[], dict[str, Any]], *, dynamic: bool = False) -> dict[str, Any]:
+        """`compose()` (Hydra's result, a plain dict), or the entry kept under its key. `dynamic`: the defaults
+        lists hold an interpolation (`- deployment: ${oc.env:DEPLOY}`), which Hydra resolves from outside the
+        files: composed every time."""
+        digest = None if dynamic else key(primary, configs_dir, choices)
         if digest is None:
             return compose()
         path = self.folder / f"{digest[:32]}.json"
@@ -108,7 +120,9 @@ class Kept:
         text = json.dumps({"key": digest, "cfg": cfg})
         # a value JSON would not give back equal is not kept; nor a literal secret (compose refuses it: no copy of
         # it reaches a file)
-        if self.writes and json.loads(text)["cfg"] == cfg and literal_secret(cfg) is None:
+        # kept only when no file changed while Hydra read them (the key is taken again)
+        if (self.writes and json.loads(text)["cfg"] == cfg and literal_secret(cfg) is None
+                and key(primary, configs_dir, choices) == digest):
             self._pending = (path, text, str(primary))
         return cfg
 
@@ -120,7 +134,17 @@ class Kept:
         self._pending = None
         try:
             write_text_atomic(path, text)
-            for older in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
-                older.unlink(missing_ok=True)
         except OSError as e:
             log.info("composition not kept (%s): the next run composes %s again", e, primary)
+            return
+        ages: list[tuple[float, Path]] = []
+        for entry in self.folder.glob("*.json"):
+            try:
+                ages.append((entry.stat().st_mtime, entry))
+            except OSError:  # removed by another process meanwhile
+                continue
+        for _, older in sorted(ages, reverse=True)[KEEP:]:
+            try:
+                older.unlink(missing_ok=True)
+            except OSError as e:
+                log.info("old composition %s not removed (%s)", older, e)

@@ -109,6 +109,8 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10  # a client that stalls mid-post cannot hold the receiver's close (it waits for its posts)
+
             def _take(self) -> None:
                 import json
 

@@ -247,7 +247,8 @@ def evaluate(
     kind = types.get(cfg["deployment"]["type"])
     at_once = job["run"].get("tasks_at_once") or kind.tasks_at_once(available_cores())
     starting_at_once = job["run"].get("tasks_starting_at_once") or kind.harnesses_starting_at_once(available_cores())
-    rank = [t.get("name") for t in cfg["evaluation"]["tasks"]].index(entry["name"])  # its place in the config
+    names = [t.get("name") for t in cfg["evaluation"]["tasks"]]
+    rank = names.index(entry["name"]) if entry["name"] in names else len(names)  # its place in the config
     said: list[str] = []
 
     def gone() -> str | None:
@@ -394,6 +395,7 @@ def _heartbeat(what: str, harness_dir: Path, every_s: float = 30.0) -> Iterator[
         yield
     finally:
         stop.set()
+        thread.join(5)  # a line it is writing reaches the rule's log before the log closes
 
 
 def summarize(result_files: list[str], json_out: str, md_out: str, log_file: str) -> None:

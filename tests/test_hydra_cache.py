@@ -14,6 +14,7 @@ from conftest import REPO
 from nemotron_eval.config import compose as compose_module
 from nemotron_eval.config import hydra_cache
 from nemotron_eval.config.compose import ComposeRequest, compose
+from nemotron_eval.core import kept as kept_module
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.core.io import current_umask
 
@@ -57,12 +58,13 @@ def kept() -> list[Path]:
 
 
 def test_a_composition_read_back_is_what_hydra_composed(configs: Path, hydra_calls: list[str]) -> None:
-    first = composed(configs)
+    assert composed(configs, "run.tasks_at_once=3")["run"]["tasks_at_once"] == 3
     assert hydra_calls == ["local"] and len(kept()) == 1
-    assert composed(configs) == first and hydra_calls == ["local"]  # the second run composed nothing
     assert kept()[0].stat().st_mode & 0o777 == 0o666 & ~current_umask()
-    # what follows Hydra (profile, overrides) is applied every time, on top of the kept composition
-    assert composed(configs, "run.tasks_at_once=2")["run"]["tasks_at_once"] == 2 and hydra_calls == ["local"]
+    # kept as Hydra made it: the overrides and the profile are applied in every run, on top of it
+    plain = composed(configs)
+    assert plain["run"]["tasks_at_once"] is None and hydra_calls == ["local"]  # the second run composed nothing
+    assert composed(configs) == plain and hydra_calls == ["local"]
 
 
 def test_nothing_is_written_before_the_plan_passes_its_checks(configs: Path, hydra_calls: list[str]) -> None:
@@ -112,8 +114,8 @@ def test_another_configs_folder_or_code_version_composes_again(configs: Path, tm
     (other.parent / "env.toml").write_text("")
     composed(other)
     assert hydra_calls == ["local"] * 2
-    real = hydra_cache.metadata.version
-    monkeypatch.setattr(hydra_cache.metadata, "version", lambda name: "9.9" if name == "hydra-core" else real(name))
+    real = kept_module.metadata.version
+    monkeypatch.setattr(kept_module.metadata, "version", lambda name: "9.9" if name == "hydra-core" else real(name))
     hydra_cache._code.cache_clear()
     try:
         composed(configs)  # another Hydra

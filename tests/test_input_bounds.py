@@ -91,7 +91,8 @@ def test_a_defaults_cycle_and_a_short_tree(tmp_path: Path) -> None:
     primary = defaults_chain(configs, 4, "relative name")
     (configs / "local.yaml").write_text("run: {}\n")
     found = read_tree(primary, load_yaml(primary), configs, [])
-    assert [p.name for p in found] == ["local.yaml", "c0.yaml", "c1.yaml", "c2.yaml", "c3.yaml"]
+    assert [p.name for p in found.files] == ["local.yaml", "c0.yaml", "c1.yaml", "c2.yaml", "c3.yaml"]
+    assert not found.interpolated
     (configs / "chain" / "c3.yaml").write_text("defaults:\n  - c1\n")
     with pytest.raises(UserError, match=r"a cycle in its defaults lists: deep -> chain/c0 -> chain/c1 -> chain/c2 -> chain/c3 -> chain/c1"):
         read_tree(primary, load_yaml(primary), configs, [])

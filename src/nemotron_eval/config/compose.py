@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nemotron_eval.data import tasks as task_registry
 from nemotron_eval.config import hydra_cache
-from nemotron_eval.config.defaults_tree import interpolated, read_tree
+from nemotron_eval.config.defaults_tree import read_tree
 from nemotron_eval.config.envtoml import EnvFile, load_env_file, local_host, local_user
 from nemotron_eval.core.errors import UserError, did_you_mean, shown
 from nemotron_eval.core.safeload import check_depth, load_yaml, load_yaml_text
@@ -375,15 +375,15 @@ def compose(req: ComposeRequest) -> dict[str, Any]:
     chosen = [req.configs_dir / k.lstrip("+") / f"{v}.yaml" for k, _, v in (c.partition("=") for c in choices)]
     # Every file Hydra will read is read here first, through the safe reader: a malformed, oversized or
     # alias-bomb group file, or a defaults tree too deep, gets one line instead of failing inside Hydra.
-    files = read_tree(primary, raw, req.configs_dir, chosen)
+    tree = read_tree(primary, raw, req.configs_dir, chosen)
+
     def hydra() -> dict[str, Any]:
         return _hydra_compose(primary, req.configs_dir, choices)
 
     if req.kept is None:
         cfg = hydra()
     else:
-        dynamic = interpolated(raw) or any(interpolated(load_yaml(f, "config file")) for f in files)
-        cfg = req.kept(primary, req.configs_dir, choices, hydra, dynamic=dynamic)
+        cfg = req.kept(primary, req.configs_dir, choices, hydra, dynamic=tree.interpolated)
     env = load_env_file(req.env_file)
     _apply_profile(cfg, env, req.env_profile)
     for item in req.overrides:

@@ -14,6 +14,7 @@ in the primary's folder, then in configs/ (the search path `compose` gives Hydra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +48,19 @@ def _entries(data: Any, group: str) -> list[str]:
     return found
 
 
-def interpolated(data: Any) -> bool:
-    """Whether a file's `defaults:` list holds an interpolation (`- deployment: ${oc.env:DEPLOY}`), which Hydra
-    resolves from outside the files (the environment, a resolver)."""
-    defaults = data.get("defaults") if isinstance(data, dict) else None
-    return "${" in repr(defaults)
+@dataclass(frozen=True)
+class Tree:
+    """What `read_tree` found: the files read, in the order found, and whether a defaults list holds an
+    interpolation (`- deployment: ${oc.env:DEPLOY}`), an option Hydra resolves from outside the files."""
+
+    files: list[Path]
+    interpolated: bool
 
 
-def read_tree(primary: Path, primary_data: Any, configs_dir: Path, chosen: list[Path]) -> list[Path]:
+def read_tree(primary: Path, primary_data: Any, configs_dir: Path, chosen: list[Path]) -> Tree:
     """Read every file of the composition's defaults tree (the primary's, and the config group options `chosen`
-    by overrides, with theirs) through the safe reader; the files, in the order found. A UserError names the
-    chain that is too deep, the cycle, or the file that cannot be read."""
+    by overrides, with theirs) through the safe reader. A UserError names the chain that is too deep, the cycle,
+    or the file that cannot be read."""
     search = [primary.parent, configs_dir]
 
     def locate(name: str) -> Path | None:
@@ -74,6 +77,7 @@ def read_tree(primary: Path, primary_data: Any, configs_dir: Path, chosen: list[
         return ""
 
     read: list[Path] = []
+    interpolated = False
     stack: list[tuple[Path, Any, tuple[str, ...]]] = [(primary, primary_data, (primary.stem,))]
     stack += [(p, None, (primary.stem, f"{group_of(p)}/{p.stem}")) for p in reversed(chosen) if p.is_file()]
     while stack:
@@ -84,6 +88,7 @@ def read_tree(primary: Path, primary_data: Any, configs_dir: Path, chosen: list[
             if len(read) > MAX_FILES:
                 raise UserError(f"{primary}: its defaults lists name more than {MAX_FILES} config files; a config needs a few")
         group = group_of(path)
+        interpolated = interpolated or "${" in repr(data.get("defaults") if isinstance(data, dict) else None)
         for name in reversed(_entries(data, group)):
             found = locate(name)
             if found is None:
@@ -96,4 +101,4 @@ def read_tree(primary: Path, primary_data: Any, configs_dir: Path, chosen: list[
                     f"({' -> '.join(chain[:3])} -> ...); a config needs two or three"
                 )
             stack.append((found, None, (*chain, name)))
-    return read
+    return Tree(read, interpolated)

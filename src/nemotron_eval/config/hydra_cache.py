@@ -9,7 +9,7 @@ and the group choices passed, so an entry is kept under a key of:
 * the path and content of every YAML file under the configs folder (a new, edited or deleted option is a new
   key), which is where the primary lives when an entry is kept at all: a primary elsewhere (its folder is
   searched too, and could be any folder) is composed every time;
-* the code that composes: this package's compose module, Python, hydra-core and OmegaConf. With Hydra plugins
+* the code that composes: this package's files, Python, hydra-core and OmegaConf. With Hydra plugins
   installed nothing is kept (a search-path plugin adds folders no key holds), nor is a config whose defaults lists
   hold an interpolation (`- deployment: ${oc.env:DEPLOY}`: Hydra resolves it from the environment).
 
@@ -21,18 +21,18 @@ secret (compose refuses it; no copy of it reaches a file). KEEP entries are kept
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable
-from importlib import metadata, util
+from importlib import util
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.core.io import write_text_atomic
+from nemotron_eval.core import kept
 from nemotron_eval.core.secrets import literal_secret
 
 KEEP = 16  # configs composed in one project (local, default, each deployment choice) each keep theirs
@@ -44,18 +44,11 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def _code() -> str | None:
-    """The composing code's digest; None (nothing kept) when Hydra plugins are installed: a search-path plugin
-    adds folders (`pkg://` configs) whose files no key here holds."""
+    """The code's version (core.kept.code_version: this package, Python, hydra-core, OmegaConf); None (nothing
+    kept) when Hydra plugins are installed: a search-path plugin adds folders (`pkg://` configs) no key holds."""
     if util.find_spec("hydra_plugins") is not None:
         return None
-    h = hashlib.sha256(sys.version.encode())
-    h.update(Path(__file__).with_name("compose.py").read_bytes())
-    for name in LIBRARIES:
-        try:
-            h.update(f"\0{name}={metadata.version(name)}".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f"\0{name}=-".encode())
-    return h.hexdigest()
+    return kept.code_version(LIBRARIES)
 
 
 def key(primary: Path, configs_dir: Path, choices: list[str]) -> str | None:
@@ -99,7 +92,7 @@ class Kept:
     def __init__(self, folder: Path, *, keep: bool = True) -> None:
         self.folder = folder
         self.writes = keep
-        self._pending: tuple[Path, str, str] | None = None  # (entry's path, its text, the primary named in a log)
+        self._pending: tuple[Path, str, dict[str, Any]] | None = None  # (entry's path, its key, Hydra's result)
 
     def __call__(self, primary: Path, configs_dir: Path, choices: list[str],
                  compose: Callable[[], dict[str, Any]], *, dynamic: bool = False) -> dict[str, Any]:
@@ -110,41 +103,23 @@ class Kept:
         if digest is None:
             return compose()
         path = self.folder / f"{digest[:32]}.json"
-        try:
-            entry = json.loads(path.read_text())
-            if isinstance(entry, dict) and entry.get("key") == digest and isinstance(entry.get("cfg"), dict):
-                return entry["cfg"]
-        except (OSError, ValueError):
-            pass
+        entry = kept.load(path, digest)
+        if entry is not None and isinstance(entry.get("cfg"), dict):
+            return entry["cfg"]
         cfg = compose()
-        text = json.dumps({"key": digest, "cfg": cfg})
-        # a value JSON would not give back equal is not kept; nor a literal secret (compose refuses it: no copy of
-        # it reaches a file)
-        # kept only when no file changed while Hydra read them (the key is taken again)
-        if (self.writes and json.loads(text)["cfg"] == cfg and literal_secret(cfg) is None
-                and key(primary, configs_dir, choices) == digest):
-            self._pending = (path, text, str(primary))
+        # not kept: a literal secret (compose refuses it; no copy reaches a file), or a file changed while Hydra
+        # read them (the key taken again differs)
+        if self.writes and literal_secret(cfg) is None and key(primary, configs_dir, choices) == digest:
+            self._pending = (path, digest, copy.deepcopy(cfg))  # as Hydra made it: compose goes on to change cfg
         return cfg
 
     def keep(self) -> None:
         """Write the composition made here, if any (once), and keep the folder's KEEP newest entries."""
         if self._pending is None:
             return
-        path, text, primary = self._pending
+        path, digest, cfg = self._pending
         self._pending = None
         try:
-            write_text_atomic(path, text)
+            kept.store(path, digest, {"cfg": cfg}, KEEP)
         except OSError as e:
-            log.info("composition not kept (%s): the next run composes %s again", e, primary)
-            return
-        ages: list[tuple[float, Path]] = []
-        for entry in self.folder.glob("*.json"):
-            try:
-                ages.append((entry.stat().st_mtime, entry))
-            except OSError:  # removed by another process meanwhile
-                continue
-        for _, older in sorted(ages, reverse=True)[KEEP:]:
-            try:
-                older.unlink(missing_ok=True)
-            except OSError as e:
-                log.info("old composition %s not removed (%s)", older, e)
+            log.info("composition not kept (%s): the next run composes it again", e)

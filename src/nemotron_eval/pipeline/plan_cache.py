@@ -28,14 +28,12 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nemotron_eval.core import secrets
-from nemotron_eval.core.io import sha256_file, sha256_tree, write_text_atomic
+from nemotron_eval.core import kept, secrets
+from nemotron_eval.core.io import sha256_file
 
 CACHE_DIR = Path(".snakemake") / "nemotron" / "plans"
 COMPOSED_DIR = CACHE_DIR.parent / "composed"  # Hydra's compositions (config/hydra_cache.py)
@@ -49,16 +47,9 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def code_version(package: Path | None = None) -> str:
-    """sha256 over every file of the package (path and content) and the versions of the libraries in LIBRARIES:
-    an edited checkout or an upgrade is a new code version."""
-    root = package or Path(__file__).resolve().parents[1]
-    h = hashlib.sha256(f"{FORMAT} {sys.version} {sha256_tree(root, skip=('__pycache__',))}\0".encode())
-    for name in LIBRARIES:
-        try:
-            h.update(f"{name}={metadata.version(name)}\0".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f"{name}=-\0".encode())
-    return h.hexdigest()
+    """This package's files and the versions of the libraries in LIBRARIES (core.kept.code_version), with the
+    entry's FORMAT: an edited checkout or an upgrade is a new code version."""
+    return f"{FORMAT}-{kept.code_version(LIBRARIES, package)}"
 
 
 def key(*, merged_text: str, env_file: str | None, artifact: Mapping[str, Any], installed: list[bool],
@@ -105,27 +96,15 @@ def path_of(wildcard: str, digest: str) -> Path:
 
 
 def load(wildcard: str, digest: str) -> dict[str, Any] | None:
-    """The entry stored under `digest`, or None (none, another key, unreadable)."""
-    try:
-        entry = json.loads(path_of(wildcard, digest).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(entry, dict) or entry.get("key") != digest or any(f not in entry for f in FIELDS):
-        return None
-    return entry
+    """The entry stored under `digest`, or None (none, another key, unreadable, a field missing)."""
+    entry = kept.load(path_of(wildcard, digest), digest)
+    return entry if entry is not None and all(f in entry for f in FIELDS) else None
 
 
 def store(wildcard: str, digest: str, fields: Mapping[str, Any]) -> None:
     """Keep a plan's fields under `digest` (atomically), and the model's KEEP newest entries; values that JSON would
     not give back equal are not kept."""
-    entry = {"key": digest, **{f: fields[f] for f in FIELDS}}
-    text = json.dumps(entry, sort_keys=False)
-    if json.loads(text) != entry:
-        return
     try:
-        write_text_atomic(path_of(wildcard, digest), text)
-        older = sorted(folder_of(wildcard).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]
-        for path in older:
-            path.unlink(missing_ok=True)
+        kept.store(path_of(wildcard, digest), digest, {f: fields[f] for f in FIELDS}, KEEP)
     except OSError as e:
         log.info("plan cache not written (%s): the next run compiles %s again", e, wildcard)

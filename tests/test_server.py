@@ -752,3 +752,41 @@ def test_generations_started_at_different_times_equal_each_alone(tiny_engine: An
     for i, a in enumerate(alone):
         assert out[i].gen_ids == a.gen_ids and len(a.gen_ids) == lengths[i]
         assert out[i].gen_logprobs == pytest.approx(a.gen_logprobs, abs=1e-5)
+
+
+def test_the_head_is_padded_only_where_its_rows_depend_on_the_block(tiny_engine: Any) -> None:
+    """A pass projects only the rows it needs where the output head gives a row the same logits whatever the number
+    of rows (oneDNN's packed product, checked at load); a head whose rows depend on it (as a plain matrix product's
+    may, by a few ulps) fails that check and gets blocks padded to HEAD_ROWS. Scores are the same bit for bit
+    either way with the packed head."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nemotron_eval.deploy.server import checks
+    from nemotron_eval.deploy.server.engine import HEAD_ROWS
+
+    assert tiny_engine.packed_linears > 0 and not tiny_engine._pad_head
+    head = tiny_engine._head
+    skewed = SimpleNamespace(torch=torch, model=tiny_engine.model,
+                             _head=lambda x: head(x) + 1e-3 * x.shape[0])  # a row's logits depend on the count
+    assert not checks.head_rows_independent(skewed, HEAD_ROWS)
+    assert checks.head_rows_independent(tiny_engine, HEAD_ROWS)
+
+    projected: list[int] = []
+    tiny_engine._head = lambda x: (projected.append(x.shape[0]), head(x))[1]
+    prompts = [list(b"A short one."), list(b"And a somewhat longer prompt, scored too.")]
+    try:
+        results = {}
+        for pad in (False, True):
+            tiny_engine._pad_head = pad
+            projected.clear()
+            results[pad] = tiny_engine.run([Job(ids=p, max_tokens=1, score_prompt=True, top_logprobs=2)
+                                            for p in prompts])
+            rows = sum(len(p) for p in prompts)  # one batch: every position of both prompts, packed together
+            assert projected == ([HEAD_ROWS] if pad else [rows]), (pad, projected)
+    finally:
+        tiny_engine._head, tiny_engine._pad_head = head, False
+    for padded, unpadded in zip(results[True], results[False]):
+        assert padded.prompt_logprobs == unpadded.prompt_logprobs
+        assert padded.prompt_top == unpadded.prompt_top

@@ -1,6 +1,7 @@
-"""What the engine checks about a model once, at load: whether its output head is a plain projection, whether it
-takes the row-exact attention, the bytes of KV cache a token takes, and whether prompts scored from a cached
-prefix equal prompts scored from scratch (else the prefix cache stays off)."""
+"""What the engine checks about a model once, at load: whether its output head is a plain projection and whether
+a row's logits depend on how many rows are projected together, whether it takes the row-exact attention, the
+bytes of KV cache a token takes, and whether prompts scored from a cached prefix equal prompts scored from
+scratch (else the prefix cache stays off)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,23 @@ def split_matches_full(engine: Engine) -> bool:
     same = bool(torch.allclose(full, split, atol=1e-5, rtol=0))
     if not same:
         log.warning("the model's head is not a plain projection: computing full logits per batch")
+    return same
+
+
+def head_rows_independent(engine: Engine, rows: int) -> bool:
+    """Whether the output head gives a row the same logits, bit for bit, whatever number of rows it is computed
+    with (oneDNN's packed product does, packed.py; a plain matrix product may not): `rows` probe states projected
+    together against slices of them projected alone, of other lengths and offsets. Only then may a pass project
+    just the rows it needs (Engine._logits)."""
+    torch = engine.torch
+    width = getattr(engine._head, "in_features", None) or engine.model.config.hidden_size
+    probe = torch.randn((rows, width), generator=torch.Generator().manual_seed(0)).to(engine.model.dtype)
+    slices = [(0, 1), (3, 2), (5, 3), (1, 13), (7, max(rows - 9, 1))]
+    with torch.inference_mode():
+        whole = engine._head(probe)
+        same = all(torch.equal(engine._head(probe[a:a + n]), whole[a:a + n]) for a, n in slices if a + n <= rows)
+    if not same:
+        log.info("the output head's rows depend on the block's size: each block is padded to %d rows", rows)
     return same
 
 

@@ -39,9 +39,9 @@ DEFAULT_PREFIX_CACHE_MB = 4096
 # about 800 tokens a pass (bench/server_throughput.py --max-batch-tokens 2048,16384).
 DEFAULT_MAX_BATCH_TOKENS = 2048
 MIN_SHARED_TOKENS = 32  # prompts sharing this many tokens not yet cached run one after the other, not together
-# Rows per block of the output projection (Engine._logits; the rows of a pass packed, Engine._project). The vocabulary
-# projection streams its whole weight (113 MB in fp32 for SmolLM2) once per block: measured on a 2-core EPYC, a block
-# of 64 rows takes 79 ms and one of 128 rows 76 ms (1.23 against 0.59 ms a row; 256: 0.82, 512: 0.60).
+# Rows per block of the output projection (Engine._logits, Engine._project). A plain product's rows depend on the
+# row count, so its blocks are padded to HEAD_ROWS; oneDNN's packed one (packed.py, checked at load) needs no padding:
+# 1 row 4.4 ms, 12 rows 4.9, 128 rows 35 (fp32, 2-core EPYC; padding cost the default run ~5 s of 191 s busy).
 HEAD_ROWS = 128
 
 
@@ -102,6 +102,7 @@ class Engine:
         self._head = self.model.get_output_embeddings()
         self._cache_arg = "cache" if "cache" in inspect.signature(self._body.forward).parameters else "past_key_values"
         self._split = checks.split_matches_full(self)
+        self._pad_head = self._split and not checks.head_rows_independent(self, HEAD_ROWS)
         self.kv_bytes_per_token = checks.kv_bytes_per_token(self)
         self.scheduler = FairScheduler(max_batch_size, max_batch_tokens)
         self.decoding = Decoding(self._new_cache)
@@ -421,18 +422,16 @@ class Engine:
         return hidden, getattr(out, self._cache_arg, None) if use_cache else None
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """float32 logits for hidden states of shape [n, hidden], HEAD_ROWS rows at a time (the last block
-        zero-padded): a matrix product's result for one row depends on how many rows it is computed with (by up
-        to 3e-5 in a log-prob), so a fixed block size makes a position's logits the same whether it is computed
-        alone, in a batch or after a cached prefix. Blocks also bound memory: [B, L, vocab] logits of a long
-        batch would take gigabytes."""
+        """float32 logits for hidden states [n, hidden], HEAD_ROWS rows at a time (bounding memory). A plain product's
+        row depends on the row count (by up to 3e-5 in a log-prob): unless the head was found free of that at load,
+        the last block is zero-padded, so a position's logits are the same alone, in a batch or after a prefix."""
         if not self._split:
             return hidden.float()
         blocks = []
         for start in range(0, hidden.shape[0], HEAD_ROWS):
             block = hidden[start:start + HEAD_ROWS]
             rows = block.shape[0]
-            if rows < HEAD_ROWS:
+            if rows < HEAD_ROWS and self._pad_head:
                 block = self.torch.cat([block, block.new_zeros((HEAD_ROWS - rows, block.shape[1]))])
             blocks.append(self._head(block)[:rows].float())
         return blocks[0] if len(blocks) == 1 else self.torch.cat(blocks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -86,3 +87,49 @@ def test_serves_until_terminated_and_takes_the_server_down(request: pytest.Fixtu
     while process_running(server_pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not process_running(server_pid)
+
+
+def test_the_cpu_server_is_published_as_listening_while_it_loads(tmp_path: Path, eval_yaml) -> None:
+    """The CPU server's port takes requests before its model is loaded: the serve step publishes it as `listening`
+    (with its URLs, the server's pid) before `ready`. A consumer that may send early gets it then, and its request
+    is answered once the model is loaded; others still wait for `ready`."""
+    import httpx
+
+    from support.tiny_model import write_tiny_checkpoint
+
+    proc, endpoint, _ = start(tmp_path, eval_yaml(write_tiny_checkpoint(tmp_path / "tiny")))
+    try:
+        states: list[str] = []
+        deadline = time.monotonic() + 120
+        while "listening" not in states and time.monotonic() < deadline:
+            if endpoint.exists():
+                state = json.loads(endpoint.read_text())["state"]
+                if not states or states[-1] != state:
+                    states.append(state)
+            time.sleep(0.02)
+        early = wait_for_service(endpoint, timeout_s=60, listening=True)
+        assert states[-1] == "listening" and "ready" not in states, states
+        assert early["state"] == "listening" and process_running(early["pid"]) and early["pid"] != proc.pid
+        with httpx.Client(timeout=120, trust_env=False) as client:
+            answer = client.post(early["completions_url"], json={"model": "m", "prompt": "Hi", "max_tokens": 1})
+        assert answer.status_code == 200
+        ready = wait_for_service(endpoint, timeout_s=60)
+        assert ready["state"] == "ready" and ready["url"] == early["url"] and ready["pid"] == early["pid"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_a_listening_deployment_whose_server_died_is_gone(tmp_path: Path) -> None:
+    from nemotron_eval.deploy.serve import deployment_gone
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    log = tmp_path / "serve.log"
+    log.write_text("loading the model\nKilled\n")
+    endpoint = tmp_path / "endpoint.json"
+    endpoint.write_text(json.dumps({"state": "listening", "pid": dead.pid, "log": str(log)}))
+    reason = deployment_gone(endpoint)
+    assert reason is not None and f"pid {dead.pid}" in reason and "Killed" in reason
+    endpoint.write_text(json.dumps({"state": "listening", "pid": os.getpid(), "log": str(log)}))
+    assert deployment_gone(endpoint) is None

@@ -790,3 +790,27 @@ def test_the_head_is_padded_only_where_its_rows_depend_on_the_block(tiny_engine:
     for padded, unpadded in zip(results[True], results[False]):
         assert padded.prompt_logprobs == unpadded.prompt_logprobs
         assert padded.prompt_top == unpadded.prompt_top
+
+
+def test_requests_sent_while_the_model_loads_are_answered_once_it_serves(tiny_checkpoint: Path,
+                                                                           tmp_path: Path) -> None:
+    """With --listening-file the port listens (and says so) before torch and the model load: a request sent then
+    waits in the port's queue and gets its answer once the server serves, as the harnesses that start meanwhile
+    rely on."""
+    listening, endpoint, log = tmp_path / "listening.json", tmp_path / "endpoint.json", tmp_path / "server.log"
+    process = start_server(tiny_checkpoint, endpoint_file=endpoint, log_file=log, served_model_name="tiny",
+                           extra_args=["--listening-file", str(listening)])
+    try:
+        early = wait_for(lambda: json.loads(listening.read_text()) if listening.exists() else None, timeout_s=60,
+                         poll_s=0.02)
+        loaded_yet = endpoint.exists()
+        assert early["state"] == "loading" and early["pid"] == process.pid and early["model_id"] == "tiny"
+        with httpx.Client(timeout=120, trust_env=False) as early_client:
+            answer = early_client.post(early["completions_url"],
+                                       json={"model": "tiny", "prompt": "Hello", "max_tokens": 2, "temperature": 0})
+        assert answer.status_code == 200 and len(answer.json()["choices"]) == 1
+        assert not loaded_yet, "the server was ready before it said it listens"
+        ready = json.loads(endpoint.read_text())
+        assert ready["url"] == early["url"] and "state" not in ready
+    finally:
+        stop_server(process)

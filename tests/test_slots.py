@@ -182,3 +182,19 @@ def test_a_rule_log_takes_its_helpers_lines_and_no_other_rules(tmp_path: Path) -
     text = ours.read_text()
     assert "mmlu: 3 requests answered" in text and "the other rule's line" not in text, text
     assert "mmlu:" not in theirs.read_text()
+
+
+def test_harnesses_starting_while_the_deployment_loads_take_no_starting_slot(tmp_path: Path) -> None:
+    """While the deployment is `listening` (its model loading, nothing computing) any number of harnesses start;
+    once it is ready, or when its state cannot be read, the configured number."""
+    import json
+
+    from nemotron_eval.pipeline.workflow import starting_limit
+
+    endpoint = tmp_path / "endpoint.json"
+    assert starting_limit(endpoint, 1) == 1  # not published yet
+    for state, expected in (("starting", 1), ("listening", None), ("ready", 1), ("failed", 1)):
+        endpoint.write_text(json.dumps({"state": state}))
+        assert starting_limit(endpoint, 1) == expected, state
+    endpoint.write_text("{not json")
+    assert starting_limit(endpoint, 1) == 1

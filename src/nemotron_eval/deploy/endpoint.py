@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,6 @@ class Existing(Deployment):
 
     def wait_ready(
         self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
-        stop: threading.Event,
+        stop: threading.Event, on_listening: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any] | None:
         return {**plan.urls(), "model_id": plan.model_id, "api_key_name": plan.api_key_name, "pid": None}

@@ -7,7 +7,7 @@ import shlex
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +89,7 @@ class Local(Deployment):
         if argv and argv[0] == "python":
             argv[0] = sys.executable  # the server runs with this environment's interpreter
         argv += ["--endpoint-file", str(runtime.server_endpoint_file), "--deployment-id", runtime.deployment_id,
-                 "--stats-file", str(runtime.stats_file)]
+                 "--stats-file", str(runtime.stats_file), "--listening-file", str(runtime.server_listening_file)]
         plain, from_host, names = environment(eval_cfg, runtime.environ)
         host, port = str(dep.get("host") or "127.0.0.1"), int(dep.get("port") or 0)
         return DeploymentPlan(
@@ -102,15 +102,24 @@ class Local(Deployment):
 
     def wait_ready(
         self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
-        stop: threading.Event,
+        stop: threading.Event, on_listening: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any] | None:
+        """The server's endpoint once it answers; `on_listening` gets it as soon as the port listens, before the
+        model is loaded (the server writes its listening file first): requests sent from then on wait in the
+        port's queue until it serves, so the harnesses start while it loads."""
         assert process is not None
-        endpoint_file = runtime.server_endpoint_file
+        endpoint_file, listening_file = runtime.server_endpoint_file, runtime.server_listening_file
+        told: list[bool] = []
 
         def ready() -> dict[str, Any] | None:
             info = read_endpoint(endpoint_file)
             if info is not None and info.get("pid") == process.pid and is_healthy(info["health_url"]):
                 return info
+            if on_listening is not None and not told:
+                early = read_endpoint(listening_file)
+                if early is not None and early.get("pid") == process.pid:
+                    told.append(True)
+                    on_listening(early)
             return None
 
         return proc.wait_until(ready, exited=process.poll, timeout_s=plan.readiness_timeout_s, log_file=log_file,

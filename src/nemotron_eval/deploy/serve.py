@@ -2,7 +2,8 @@
 
 Snakemake runs this as a `service()` job in the same group as the model's evaluate_task jobs: it writes
 run/{model}/endpoint.json at once (`starting`), then `ready` once the deployment answers, and keeps serving until
-Snakemake stops the group. If the deployment dies or never becomes ready, the same file says so (with the tail of
+Snakemake stops the group. A deployment whose port takes requests while the model loads (they wait until it
+serves: the CPU server) is published as `listening` in between, with its URLs: the harnesses start meanwhile. If the deployment dies or never becomes ready, the same file says so (with the tail of
 its log), so consumers fail within seconds instead of at a timeout.
 
 What runs is eval.yaml's `deployment`, planned by its type (`deploy.types.TYPES`: local, generic, vllm, none).
@@ -57,8 +58,12 @@ def serve(eval_yaml: Path, model: str, endpoint_file: Path, log_file: Path) -> i
         write_json_atomic(endpoint_file, {"state": "failed", **base, "error": str(e)})
         raise
     try:
+        def listening(info: dict[str, Any]) -> None:
+            write_json_atomic(endpoint_file, {**info, "state": LISTENING, "type": plan.type, **base})
+            _say(f"deployment {deployment_id} listening at {info['url']} while {info['model_id']} loads")
+
         try:
-            info = kind.wait_ready(plan, process, log_file, runtime, stop)
+            info = kind.wait_ready(plan, process, log_file, runtime, stop, on_listening=listening)
         except EndpointNotReady as e:
             return _failed(endpoint_file, base, str(e), stop)
         if info is None:
@@ -78,6 +83,7 @@ def serve(eval_yaml: Path, model: str, endpoint_file: Path, log_file: Path) -> i
         kind.stop(process)  # whatever ended the step: no deployment outlives it
 
 
+LISTENING = "listening"  # the endpoint takes requests, answered once the model has loaded
 CONSUMERS_GRACE_S = 60.0
 POLL_S = 0.5  # how often a consumer looks at the endpoint file until its deployment is ready
 
@@ -101,19 +107,23 @@ def deployment_gone(endpoint_file: Path) -> str | None:
     if info.get("state") == "failed":
         return str(info.get("error") or "the deployment failed")
     pid = info.get("pid")
-    if info.get("state") == "ready" and isinstance(pid, int) and not alive(pid):
+    if info.get("state") in ("ready", LISTENING) and isinstance(pid, int) and not alive(pid):
         return f"the deployment (pid {pid}) has exited; last lines of {info.get('log')}:\n{log_tail(info.get('log'))}"
     return None
 
 
-def wait_for_service(endpoint_file: Path, timeout_s: float) -> dict[str, Any]:
-    """For consumers: the endpoint once it answers; fails at once when the deployment reported a failure."""
+def wait_for_service(endpoint_file: Path, timeout_s: float, listening: bool = False) -> dict[str, Any]:
+    """For consumers: the endpoint once it answers, or with `listening` once it takes requests that it answers
+    when ready (state `listening`: send them, they wait); fails at once when the deployment reported a failure."""
     deadline = time.monotonic() + timeout_s
     while True:
         info: dict[str, Any] = read_json(endpoint_file) if endpoint_file.exists() else {}
         state = info.get("state")
         if state == "failed":
             raise EndpointNotReady(info["error"])
+        if state == LISTENING and listening:
+            if deployment_gone(endpoint_file) is None:
+                return info
         if state == "ready" and (not types.get(info.get("type")).health_checked or types.is_healthy(info["health_url"])):
             return info
         if state == "starting" and not alive(int(info["pid"])):

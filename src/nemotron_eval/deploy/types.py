@@ -23,7 +23,7 @@ import importlib
 import os
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,6 +54,10 @@ class Runtime:
     @property
     def server_endpoint_file(self) -> Path:
         return self.run_dir / ".endpoint.server.json"
+
+    @property
+    def server_listening_file(self) -> Path:
+        return self.run_dir / ".listening.server.json"
 
     @property
     def stats_file(self) -> Path:
@@ -157,7 +161,9 @@ class Deployment:
     In the serve step:
         plan(eval_cfg, runtime)    what runs, where it answers, which environment it gets (calls check first)
         start(plan, log_file)      the process (None when nothing runs: `none`)
-        wait_ready(plan, process)  the endpoint once it answers (None when stopped first)
+        wait_ready(plan, process)  the endpoint once it answers (None when stopped first); a type whose server
+                                   takes requests while it loads (they wait until it is ready) calls
+                                   `on_listening` with the endpoint as soon as the port listens
         stop(process)              the process and everything it started
     In the evaluation steps: readiness_timeout(dep), tasks_at_once(cores), harnesses_starting_at_once(cores).
     """
@@ -209,7 +215,7 @@ class Deployment:
 
     def wait_ready(
         self, plan: DeploymentPlan, process: subprocess.Popen[bytes] | None, log_file: Path, runtime: Runtime,
-        stop: threading.Event,
+        stop: threading.Event, on_listening: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any] | None:
         """The endpoint (url, completions_url, health_url, model_id, ...) once its health URL answers 200."""
         urls = plan.urls(plan.host or executors.get(plan.executor).deployment_host(runtime.environ))

@@ -11,7 +11,9 @@ two slots in turn:
 * a starting slot, one of `run/{model}/starting/<i>.lock`, held from the harness's start until the deployment's
   first answer to it (`Slot.release`; `pipeline.workflow.until_first_answer`): at most S harnesses start
   together, S being `run.tasks_starting_at_once` when set, else the deployment type's
-  (`Deployment.harnesses_starting_at_once`). Later tasks start while earlier ones keep the server busy.
+  (`Deployment.harnesses_starting_at_once`). Later tasks start while earlier ones keep the server busy. A task
+  that starts while its deployment still loads the model (`listening`: the CPU server takes requests then and
+  answers them once loaded) takes no starting slot: nothing computes yet (`workflow.starting_limit`).
 
 Waiting tasks take free slots in the config's order (`rank`; a marker in `<slots>/queue/` held while waiting): a
 long task listed first starts first and the short ones fill in around it, instead of the longest running alone

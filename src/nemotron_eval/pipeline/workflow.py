@@ -195,7 +195,7 @@ def evaluate(
     from nemotron_eval.deploy import types
     from nemotron_eval.deploy.process import EndpointNotReady
     from nemotron_eval.core.io import log_tail
-    from nemotron_eval.deploy.serve import POLL_S, deployment_gone, wait_for_service
+    from nemotron_eval.deploy.serve import LISTENING, POLL_S, deployment_gone, wait_for_service
     from nemotron_eval.evaluate.harness import HarnessAborted, HarnessContainer, run_harness
     from nemotron_eval.evaluate.output import HarnessError, parse_harness_output
 
@@ -225,8 +225,8 @@ def evaluate(
     # the deployment's own readiness timeout, and a minute for its step to start
     timeout = types.get(cfg["deployment"]["type"]).readiness_timeout(cfg["deployment"]) + 60
     log.info("%s: waiting for the deployment (%s)", task.short, endpoint_file)
-    try:
-        endpoint = wait_for_service(endpoint_file, timeout)
+    try:  # a deployment that queues requests while it loads (`listening`) is not waited for: the harness starts
+        endpoint = wait_for_service(endpoint_file, timeout, listening=True)
     except EndpointNotReady as e:
         raise UserError(f"deployment for {model['spec']} is not available: {e}") from None
     # One harness folder per (model content, task, task config), read from job.yaml: a rerun after an
@@ -234,7 +234,8 @@ def evaluate(
     raw = layout.harness_dir(out.parent.name, task.short, entry["fingerprint"])
     # The CPU server schedules its clients fairly: each task asks under its own name (/c/<task>/v1/completions).
     url = str(endpoint.get("client_completions_url") or endpoint["completions_url"]).replace("{client}", task.short)
-    log.info("%s: deployment %s at %s; harness output in %s", task.short, endpoint["deployment_id"], url, raw)
+    log.info("%s: deployment %s at %s%s; harness output in %s", task.short, endpoint["deployment_id"], url,
+             " (loading: its requests wait until it serves)" if endpoint["state"] == LISTENING else "", raw)
     # The harness's adapter proxy probes from port 3825 up, check-then-bind: concurrent tasks race for the
     # same port. Give each run its own free port instead.
     os.environ["ADAPTER_PORT"] = str(_free_port())
@@ -271,7 +272,8 @@ def evaluate(
             task_slot(endpoint_file.parent / "slots", at_once, gone=gone, rank=rank, settle_s=2 * POLL_S,
                       waiting=lambda: log.info("%s: waiting for a slot (%d task(s) at once against this deployment; "
                                                "tasks earlier in the config first)", task.short, at_once)),
-            task_slot(endpoint_file.parent / "starting", starting_at_once, gone=gone, rank=rank,
+            task_slot(endpoint_file.parent / "starting", starting_limit(endpoint_file, starting_at_once),
+                      gone=gone, rank=rank,
                       waiting=lambda: log.info("%s: waiting for a starting slot (%d harness(es) start at once; "
                                                "tasks earlier in the config first)", task.short, starting_at_once)) as starting,
         ):
@@ -309,6 +311,18 @@ def evaluate(
     scores = ", ".join(f"{k} {v['value']:.4f}" for k, v in parsed["metrics"].items())
     log.info("%s: %s over %d samples in %.0f s -> %s", task.short, scores, parsed["n_samples"], result["duration_s"], out)
     return result
+
+
+def starting_limit(endpoint_file: Path, limit: int | None) -> int | None:
+    """How many harnesses may start at once as one more starts: any number while the deployment still loads its
+    model (nothing computes yet: a start takes no core from the server), else `limit`."""
+    from nemotron_eval.core.io import read_json
+    from nemotron_eval.deploy.serve import LISTENING
+
+    try:
+        return None if read_json(endpoint_file).get("state") == LISTENING else limit
+    except (OSError, ValueError):
+        return limit
 
 
 def server_figures(endpoint: dict[str, Any], client: str) -> dict[str, Any] | None:

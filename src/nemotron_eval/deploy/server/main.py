@@ -28,6 +28,7 @@ from nemotron_eval.core.machine import available_cores
 from nemotron_eval.artifacts.model import DTYPES, check_checkpoint
 
 log = logging.getLogger(__package__)
+BACKLOG = 2048  # uvicorn's own
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -75,7 +76,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
                         help=f"padded tokens per forward pass (default {DEFAULT_MAX_BATCH_TOKENS})")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long to wait for a batch to fill")
-    parser.add_argument("--endpoint-file", type=Path, help="JSON written once the server is listening")
+    parser.add_argument("--endpoint-file", type=Path, help="JSON written once the server answers")
+    parser.add_argument("--listening-file", type=Path,
+                        help="JSON written (state: loading) once the port listens, before the model loads: a "
+                             "request sent from then on is answered once it has loaded")
     parser.add_argument("--deployment-id")
     parser.add_argument("--prefix-cache-mb", type=int, default=DEFAULT_PREFIX_CACHE_MB,
                         help=f"memory for the exact prefix cache, MiB (default {DEFAULT_PREFIX_CACHE_MB}; 0: off)")
@@ -123,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     port = sock.getsockname()[1]
     model_id = args.served_model_name or Path(args.checkpoint).resolve().name
+    if args.listening_file:
+        # connections wait in the kernel's queue until the event loop accepts them, once the model is loaded
+        sock.listen(BACKLOG)
+        write_json_atomic(args.listening_file, {**endpoint_info(args, port, model_id), "state": "loading"})
     started = time.monotonic()
     try:
         engine = Engine(args.checkpoint, dtype=args.dtype, max_batch_size=args.max_batch_size,

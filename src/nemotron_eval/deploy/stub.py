@@ -2,7 +2,7 @@
 tests and dry runs of the whole pipeline (the real harness, the real DAG) in seconds instead of minutes.
 
     python -m nemotron_eval.deploy.stub --checkpoint DIR [--host 127.0.0.1] [--port 0] [--served-model-name NAME]
-        [--endpoint-file F] [--deployment-id ID] [--stats-file F] [--latency-ms MS]
+        [--endpoint-file F] [--listening-file F] [--deployment-id ID] [--stats-file F] [--latency-ms MS]
     python -m nemotron_eval.deploy.stub --make-checkpoint DIR      # a stub "checkpoint": config + tokenizer only
 
 How to use it: pick the config group option `deployment=stub` and a checkpoint whose tokenizer is the stub's
@@ -330,6 +330,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="0 (default): a free port")
     parser.add_argument("--served-model-name", default="stub")
     parser.add_argument("--endpoint-file", type=Path, help="JSON written once the server is listening")
+    parser.add_argument("--listening-file", type=Path,
+                        help="JSON written (state: loading) once the port is bound (the local server's contract)")
     parser.add_argument("--deployment-id")
     parser.add_argument("--stats-file", type=Path, help="JSON statistics, written while serving and at shutdown")
     parser.add_argument("--latency-ms", type=int, default=0, metavar="MS",
@@ -371,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if writer is not None:
         writer.start()
     info = endpoint_info(args.host, port, args.served_model_name, args.deployment_id, args.checkpoint)
+    if args.listening_file:
+        write_json_atomic(args.listening_file, {**info, "state": "loading"})
     if args.endpoint_file:
         write_json_atomic(args.endpoint_file, info)
     log.info("stub serving %s at %s", args.served_model_name, info["completions_url"])
@@ -387,10 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class Stub(Local):
     """The `stub` deployment type (`configs/deployment/stub.yaml`): a process on this host with the local
-    server's command-line contract (`--endpoint-file`, `--deployment-id`, `--stats-file`, added by the serve step),
-    so it plans, starts, waits and stops as `local` does. Its own: a short readiness timeout, every task's harness
-    at once (the stub costs nothing), a checkpoint without weights (config and tokenizer are enough), and
-    `deployment.latency_ms` (each request's time, passed as `--latency-ms`: how it is served, never a score)."""
+    server's command-line contract (`--endpoint-file`, `--listening-file`, `--deployment-id`, `--stats-file`, added
+    by the serve step), so it plans, starts, waits and stops as `local` does. Its own: a short readiness timeout,
+    every task's harness at once (the stub costs nothing), a checkpoint without weights (config and tokenizer are
+    enough), and `deployment.latency_ms` (each request's time, passed as `--latency-ms`: how it is served, never a
+    score)."""
 
     readiness_default_s = 30
     rules = (*Local.rules, ("deployment.latency_ms", integer(0)))

@@ -1,8 +1,8 @@
 """An OpenAI-compatible completions server for a Hugging Face causal LM on CPU.
 
     python -m nemotron_eval.deploy.server --checkpoint DIR [--port 0] [--dtype float32|bfloat16] [--endpoint-file F]
-        [--prefix-cache-mb 4096] [--stats-file F] [--max-batch-size 8] [--max-batch-tokens 2048]
-        [--max-request-mb 8]
+        [--listening-file F] [--prefix-cache-mb 4096] [--stats-file F] [--max-batch-size 8]
+        [--max-batch-tokens 2048] [--max-request-mb 8]
 
 Endpoints: `POST /v1/completions`, and `POST /c/<client>/v1/completions` for a client (e.g. a task) that wants its
 own share of the model (`<client>`: 1-64 of A-Z a-z 0-9 . _ -); `GET /v1/models`, `/health`, `/stats`.

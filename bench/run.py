@@ -70,7 +70,7 @@ def plan(parts: list[str], quick: bool, tasks: list[str]) -> list[tuple[str, flo
     if "P4" in parts or "P5" in parts:
         steps += [(f"DAG workspace: {large} checkpoints registered", large * 0.2)]
     if "P4" in parts:
-        steps += [("P4 compiled-config preview", 3),
+        steps += [("P4 compiled-config preview, nemotron eval -d", 8), ("P4 compiled-config preview", 3),
                   (f"P4 dry run, {small} checkpoints, plan cache cold", 3 + small * 0.06),
                   (f"P4 dry run, {large} checkpoints, plan cache cold", 3 + large * 0.06),
                   (f"P4 build fingerprints, {large} checkpoints", 5 + large * 0.2),

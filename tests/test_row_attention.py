@@ -59,7 +59,8 @@ def test_a_position_gives_the_same_bits_whatever_is_computed_with_it() -> None:
     q, k, v = prompt(2 * CHUNK + 40, seed=1)
     (whole,) = run([(q, k, v, 0)], past_width=0)
     other = prompt(CHUNK + 90, seed=2)
-    for reuse in (1, 37, CHUNK - 1, CHUNK, CHUNK + 5, 2 * CHUNK + 30):  # in a chunk, at its edge, in the last one
+    # in a chunk, at its edge, in the last one, tails of 1-3 tokens (their query heads share one padded block)
+    for reuse in (1, 37, CHUNK - 1, CHUNK, CHUNK + 5, 2 * CHUNK + 30, 2 * CHUNK + 37, 2 * CHUNK + 38, 2 * CHUNK + 39):
         for past_width in (reuse, reuse + 50):  # the row's cached keys at another offset of the batch's tensor
             tail, _ = run([(q, k, v, reuse), (*other, min(60, past_width))], past_width)
             assert torch.equal(tail, whole[reuse:]), (reuse, past_width)

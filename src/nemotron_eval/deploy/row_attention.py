@@ -74,13 +74,15 @@ def row_exact_attention(module: Any, query: Any, key: Any, value: Any, attention
         while start < span.keys:
             chunk = start // CHUNK * CHUNK
             n = min(chunk + CHUNK, span.keys) - start
-            rows_n = -(-n // QUERY_PAD) * QUERY_PAD
-            # the query heads that share a key head become more rows of one attention call: no repeated keys
-            q = query.new_zeros((kv_heads, group, rows_n, dim))
-            q[:, :, :n] = query[b, :, start - first:start - first + n].unflatten(0, (kv_heads, group))
-            position = start + torch.arange(rows_n).clamp(max=n - 1)  # padding rows: copies of the last
-            attended = _chunk_attention(q.flatten(1, 2)[None], keys, values, chunk, position.repeat(group), scaling)
-            out[b, start - first:start - first + n] = attended[0].unflatten(1, (group, rows_n))[:, :, :n].flatten(
+            # the query heads that share a key head become more rows of one attention call (no repeated keys),
+            # the rows of all of them padded together: a 2-token tail computes 32 rows, not 32 per query head
+            rows_n = -(-(group * n) // QUERY_PAD) * QUERY_PAD
+            q = query.new_zeros((kv_heads, rows_n, dim))
+            q[:, :group * n] = query[b, :, start - first:start - first + n].unflatten(0, (kv_heads, group)).flatten(1, 2)
+            position = (start + torch.arange(n)).repeat(group)
+            position = torch.cat([position, position[-1:].expand(rows_n - group * n)])  # padding rows: the last
+            attended = _chunk_attention(q[None], keys, values, chunk, position, scaling)
+            out[b, start - first:start - first + n] = attended[0, :, :group * n].unflatten(1, (group, n)).flatten(
                 0, 1).transpose(0, 1)
             start += n
     return out, None

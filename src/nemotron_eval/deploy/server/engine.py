@@ -20,7 +20,7 @@ from nemotron_eval.deploy.server import checks
 from nemotron_eval.deploy.server.decoding import Decoding, Layers, advance, tops
 from nemotron_eval.deploy.server.jobs import Cancelled, Job, Result
 from nemotron_eval.deploy.server.packed import pack_linears
-from nemotron_eval.deploy.server.prefilled import prefilled_cache
+from nemotron_eval.deploy.server.prefilled import Workspace, lay_out_past, prefilled_cache
 from nemotron_eval.deploy.stats import ServerStats
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ class Engine:
         self.cancelled_prompts = 0  # dropped because their client went away
         self.stats = ServerStats(model_load_s=0.0)  # replaced below: the self-check's batches do not count
         self.cache: PrefixCache | None = None
+        self._workspace = Workspace()
         if prefix_cache_mb > 0:
             self.cache = PrefixCache(prefix_cache_mb * 2**20)
             if not checks.prefix_cache_works(self):
@@ -345,7 +346,7 @@ class Engine:
             positions[row] = torch.arange(job.reuse, job.reuse + width)
             spans.append(RowSpan(past_width - job.reuse, len(job.ids), job.new_tokens))
         decoding = any(j.generating for j in batch)
-        past = self._past(batch, past_width, width) if past_width else None
+        past = self._past(batch, past_width, width, decoding) if past_width else None
 
         hidden, kv = self._forward(input_ids, mask, positions, past, decoding or self.cache is not None, spans)
         results = [Result() for _ in batch]
@@ -359,19 +360,13 @@ class Engine:
         layers = [(layer.keys, layer.values) for layer in kv.layers] if decoding else []
         return results, torch.stack(next_logits), layers, mask, len(batch) * width
 
-    def _past(self, batch: list[Job], past_width: int, width: int) -> Any:
+    def _past(self, batch: list[Job], past_width: int, width: int, keep: bool) -> Any:
         """The cached prefixes of a batch's rows, right-aligned in the first `past_width` columns of a KV cache
-        with room for `width` new ones (prefilled.py)."""
+        with room for `width` new ones (prefilled.py). `keep`: the states outlive the pass (decoding)."""
         assert self.cache is not None
-        rows = {row: (job.reuse, self.cache.kv_parts(job.match, job.reuse))
-                for row, job in enumerate(batch) if job.match is not None}
-        layers, _, heads, _, head_dim = next(iter(rows.values()))[1][0].shape
-        past = self.torch.zeros((layers, 2, len(batch), heads, past_width + width, head_dim), dtype=self.model.dtype)
-        for row, (reuse, parts) in rows.items():  # copied node by node, never joined first
-            column = past_width - reuse
-            for part in parts:
-                past[:, :, row, :, column:column + part.shape[3]] = part
-                column += part.shape[3]
+        rows = [(job.reuse, self.cache.kv_parts(job.match, job.reuse) if job.match is not None else [])
+                for job in batch]
+        past = lay_out_past(self._workspace, rows, past_width, width, self.model.dtype, keep)
         return prefilled_cache(past, past_width, self.model.config)
 
     def _new_cache(self, layers: Layers) -> Any:

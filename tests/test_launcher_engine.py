@@ -134,6 +134,30 @@ def test_a_launcher_runs_state_follows_its_jobs(jobs: list[str], run_state: str)
     assert overall([JobState(f"abc.{i}", "t", s) for i, s in enumerate(jobs)]) == run_state
 
 
+@pytest.mark.parametrize(("reads", "states"), [
+    ([["failed", "pending"], ["pending", "pending"]], ["pending", "pending"]),  # a query that failed once
+    ([["failed", "done"], ["failed", "done"]], ["failed", "done"]),  # failed both times: failed
+    ([["running", "done"]], ["running", "done"]),  # nothing failed: read once
+])
+def test_a_job_counts_as_failed_only_when_a_second_read_agrees(reads: list[list[str]], states: list[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher's Slurm executor says "failed" whenever its squeue/sacct query raises; the real transient
+    (an ssh query failing under load) cannot be made to happen on demand, so the launcher's get_status is
+    replaced by a list of answers here."""
+    from nemo_evaluator_launcher.api import functional
+
+    from nemotron_eval.pipeline import launcher
+
+    answers = iter(reads)
+    monkeypatch.setattr(functional, "get_status", lambda ids: [
+        {"job_id": f"{ids[0]}.{i}", "status": {"done": "success"}.get(s, s)} for i, s in enumerate(next(answers))])
+    monkeypatch.setattr(launcher, "_jobs", lambda inv: {f"{inv}.{i}": None for i in range(2)})
+    monkeypatch.setattr(launcher, "_task_name", lambda job: "t")
+    monkeypatch.setattr(launcher, "FAILED_CONFIRM_S", 0.0)
+    assert [s.state for s in launcher.status("abc")] == states
+    assert next(answers, None) is None  # every answer was asked for, no more
+
+
 def test_the_images_eval_yaml_names_are_squashed_before_the_launcher_gets_it(tmp_path: Path) -> None:
     work = copy_workflow(tmp_path)
     assert nemotron(work, "artifacts", "add", "demo", str(make_checkpoint(tmp_path / "ck"))).returncode == 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,8 +85,25 @@ def _task_name(job: Any) -> str:
     return str(job.config["evaluation"]["tasks"][index]["name"])
 
 
+# The launcher's Slurm executor reads a job as failed whenever its squeue/sacct query over ssh raises (a dropped
+# connection under load, a job not yet listed): a failed job is asked about once more, this long after, and
+# counts as failed only if it still reads so (seen on the local Slurm under a full test run: a job held by
+# --begin read "failed" once right after its submission, then pending).
+FAILED_CONFIRM_S = 2.0
+
+
 def status(invocation: str) -> list[JobState]:
-    """Each task's job as the launcher's executor sees it now (on Slurm: squeue/sacct over its ssh)."""
+    """Each task's job as the launcher's executor sees it now (on Slurm: squeue/sacct over its ssh); a job that
+    reads failed is read again (FAILED_CONFIRM_S) before it counts as failed."""
+    states = _read_status(invocation)
+    if any(s.state == "failed" for s in states):
+        time.sleep(FAILED_CONFIRM_S)
+        again = {s.job_id: s for s in _read_status(invocation)}
+        states = [again.get(s.job_id, s) if s.state == "failed" else s for s in states]
+    return states
+
+
+def _read_status(invocation: str) -> list[JobState]:
     from nemo_evaluator_launcher.api.functional import get_status
 
     jobs = _jobs(invocation)

@@ -27,7 +27,7 @@ log-sum-exp (torch is pinned; `register` fails where the op is missing, and the 
 row-exact attention). The query heads that share a key head
 (grouped-query attention) go into one call as more query rows, padded to a multiple of QUERY_PAD together (a
 2-token tail after a long cached prefix computes 32 query rows per key head, not 32 per query head: a short pass
-after 1,900 cached tokens took 150 ms before, 95 ms with this), and each row's keys are a view of the batch's
+after 1,900 cached tokens took 127-173 ms before, 93-112 ms with this), and each row's keys are a view of the batch's
 tensor where it is wide enough: no repeated or copied keys.
 
 Passes without spans (decoding steps) use transformers' SDPA attention with the usual padding mask.

@@ -85,10 +85,12 @@ def _task_name(job: Any) -> str:
     return str(job.config["evaluation"]["tasks"][index]["name"])
 
 
-# The launcher's Slurm executor reads a job as failed whenever its squeue/sacct query over ssh raises (a dropped
-# connection under load, a job not yet listed): a failed job is asked about once more, this long after, and
-# counts as failed only if it still reads so (seen on the local Slurm under a full test run: a job held by
-# --begin read "failed" once right after its submission, then pending).
+# The launcher's Slurm executor says "failed" for a job it could not find as much as for one that failed: when its
+# query over ssh raises, and when the job is in neither squeue's answer (a failed ssh call there is skipped
+# silently) nor sacct's (the accounting database records a job a little after its submission), its state reads
+# UNKNOWN and maps to failed. Seen once in a full test run: a job held by --begin read failed right after its
+# submission. A job that reads failed is asked about once more, this long after, and counts as failed only if it
+# still reads so.
 FAILED_CONFIRM_S = 2.0
 
 

@@ -30,8 +30,8 @@ log = logging.getLogger(__package__)
 
 # 4 GiB holds about 91,000 tokens of SmolLM2-135M's fp32 KV states (46,080 bytes a token, measured at load; 182,000
 # in bf16): more than the 68,000 distinct prefix tokens of the default five-task run, so nothing reusable is ever
-# evicted there. Measured on bench/request_mix.py: peak RSS 1.7 GB without the cache, 3.2 GB holding 0.77 GB of
-# it; with a full cache and five harness processes (~0.7 GB each) the run stays near 10 GB of this 24 GB machine.
+# evicted there. Measured on bench/request_mix.py (2026-12-05): peak RSS 2.6 GB without the cache, 3.9 GB holding
+# 0.77 GB of it and the passes' workspace (prefilled.py, at most 1 GiB); with a full cache and five harness processes (~0.7 GB each) the run stays near 10 GB of this 24 GB machine.
 # Bigger models need more per token: set --prefix-cache-mb (0 turns the cache off).
 DEFAULT_PREFIX_CACHE_MB = 4096
 # A batch holds at most this many padded tokens (the first prompt of a batch always fits): about 6 s of compute on

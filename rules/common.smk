@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from nemotron_eval.core import layout
-from nemotron_eval.pipeline import smk, snakemake_adapter
+from nemotron_eval.pipeline import smk, snakemake_adapter, steps
 from nemotron_eval.pipeline import workflow as wf
 from nemotron_eval.artifacts.embedded import EMBEDDED
 from nemotron_eval.pipeline.plan import plan_for
@@ -25,6 +25,9 @@ envvars:
     "PATH",
 
 
+# A step watches the process that started it and ends with it (pipeline.steps.watch_parent); this names that
+# process for the steps, so that one started just as Snakemake was killed does not run on, unwatched.
+os.environ[steps.SPAWNER_ENV] = steps.spawner_entry()
 SEARCH_PATH = os.environ["PATH"]
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), SEARCH_PATH])
 REQUEST = smk.or_exit(from_config, config, snakemake_adapter.given_config(workflow))

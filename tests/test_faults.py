@@ -52,6 +52,23 @@ def snakemake(work: Path, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def output_once_all_ended(proc: subprocess.Popen[str], work: Path, timeout_s: float = 60) -> str:
+    """Snakemake's output once it and every job that holds its output have ended; fails naming what still runs
+    after `timeout_s` (and stops it) instead of waiting for it forever."""
+    try:
+        return proc.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        left = []
+        for p in ours(work):
+            try:
+                left.append(" ".join(p.cmdline()))
+                p.kill()
+            except psutil.Error:
+                continue
+        proc.kill()
+        raise AssertionError(f"still running {timeout_s:.0f} s after Snakemake was killed: {left}") from None
+
+
 def harness_running(work: Path, task: str, model: str = "smollm2_latest") -> bool:
     return any((d / "progress").is_file() for d in (work / f"results/{model}/harness").glob(f"{task}-*"))
 
@@ -165,7 +182,7 @@ def test_kills_at_random_moments_truncate_nothing_and_leave_nothing_running(tmp_
             time.sleep(rng.uniform(low, high))
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)  # Snakemake only: its jobs must notice
-            proc.communicate()
+            output_once_all_ended(proc, work)
             wait_for(lambda: not ours(work), 30)
             assert not parses(work), (phase, parses(work))
             if got_there:
@@ -220,6 +237,32 @@ def nemotron_eval(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=1200)
 
 
+def test_snakemake_killed_as_its_deployment_step_starts_leaves_no_deployment(stub_work: Path) -> None:
+    """Snakemake SIGKILLed the moment it has started the deployment step (its shell or the step itself is its
+    child), twice: within 30 s nothing of the run is left. Before the step could read its parent it belonged to
+    init already and served forever (5 of 5 such kills, measured 2026-12-05); it now knows its starter from
+    NEMOTRON_SPAWNER. Against the stub deployment: the moment is the point, not the model."""
+    work = stub_work
+    for _ in range(2):
+        for lock in (work / ".snakemake" / "locks").glob("*"):
+            lock.unlink()
+        proc = snakemake(work, "--config", f"overrides={json.dumps(list(STUB))}", 'tasks=["openbookqa"]', "--",
+                         "results/stub_latest/openbookqa.json")
+        try:
+            def serve_started() -> bool:
+                try:
+                    return any("nemotron-step serve" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children())
+                except psutil.Error:
+                    return proc.poll() is not None
+            wait_for(serve_started, 300, 0.01)
+            assert proc.poll() is None, "Snakemake ended before it started the deployment"
+            os.kill(proc.pid, signal.SIGKILL)
+            output_once_all_ended(proc, work, timeout_s=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_a_rerun_after_a_kill_asks_only_what_was_not_answered(stub_work: Path) -> None:
     """Snakemake killed (SIGKILL) in the middle of a task; the plain `nemotron eval` rerun sends the server only
     the requests the first run did not get answers for (counted by the new deployment), and finishes. Against the
@@ -235,7 +278,7 @@ def test_a_rerun_after_a_kill_asks_only_what_was_not_answered(stub_work: Path) -
     try:
         wait_for(lambda: answered() >= 20, 600)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        output_once_all_ended(proc, work)
         wait_for(lambda: not ours(work), 30)
     finally:
         if proc.poll() is None:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from nemotron_eval.deploy.process import EndpointNotReady
 from nemotron_eval.deploy.process import alive as process_running
 from nemotron_eval.deploy.serve import wait_for_service
 
-from conftest import BIN, converted_smollm2
+from conftest import BIN, converted_smollm2, wait_for
 
 
 @pytest.fixture
@@ -133,3 +134,68 @@ def test_a_listening_deployment_whose_server_died_is_gone(tmp_path: Path) -> Non
     assert reason is not None and f"pid {dead.pid}" in reason and "Killed" in reason
     endpoint.write_text(json.dumps({"state": "listening", "pid": os.getpid(), "log": str(log)}))
     assert deployment_gone(endpoint) is None
+
+
+@pytest.mark.parametrize("starter_lives", [False, True])
+def test_a_deployment_step_whose_starter_died_before_it_could_watch_never_starts(tmp_path: Path, eval_yaml,
+                                                                                 starter_lives: bool) -> None:
+    """Snakemake killed while a step's interpreter starts leaves the step a child of init before it could watch
+    its parent: it would serve forever. The step knows its starter from NEMOTRON_SPAWNER (rules/common.smk sets
+    it): a real process stands for Snakemake here; dead, the step ends at once (143, as if stopped) and writes
+    nothing; alive (a step it did not start itself, as by hand), the step runs."""
+    from nemotron_eval.pipeline.steps import SPAWNER_ENV, spawner_entry
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    starter = subprocess.Popen(["sleep", "60"])
+    entry = spawner_entry(starter.pid)
+    if not starter_lives:
+        starter.kill()
+        starter.wait()
+    endpoint, log = tmp_path / "run" / "endpoint.json", tmp_path / "serve.log"
+    proc = subprocess.Popen([str(BIN / "nemotron-step"), "serve", "--eval", str(eval_yaml(broken)), "--model",
+                             "m_latest", "--endpoint-file", str(endpoint), "--log", str(log)],
+                            env={**os.environ, SPAWNER_ENV: entry}, stderr=subprocess.PIPE, text=True)
+    try:
+        if starter_lives:  # it serves: the broken checkpoint fails as a started deployment does
+            with pytest.raises(EndpointNotReady, match="no tokenizer"):
+                wait_for_service(endpoint, timeout_s=120)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 1
+        else:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 128 + signal.SIGTERM, err
+            assert f"the process that started this step (PID {starter.pid}) has ended" in err
+            assert not endpoint.exists() and not log.exists()
+    finally:
+        for p in (proc, starter):
+            p.kill()
+            p.wait()
+
+
+DIES_EARLY = """
+import os, subprocess, sys, threading, time
+from functools import partial
+from nemotron_eval.deploy.process import die_with_parent
+
+parent = os.getpid()
+
+def before_exec():
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    time.sleep(1.0)  # this process is gone meanwhile: the child belongs to init before it asks
+    die_with_parent(parent)
+
+threading.Timer(0.3, os._exit, (0,)).start()
+subprocess.Popen(["sleep", "60"], preexec_fn=before_exec)
+"""
+
+
+def test_a_child_whose_starter_died_before_it_asked_to_die_with_it_ends_at_once(tmp_path: Path) -> None:
+    """die_with_parent, the preexec of every deployment and harness: the kernel's SIGTERM on the parent's death
+    is asked for after the fork, and a parent that died in between sends nothing. A real process starts `sleep 60`
+    and exits while its child is between the fork and the exec: the child ends instead of sleeping on."""
+    pid_file = tmp_path / "child.pid"
+    subprocess.run([sys.executable, "-c", DIES_EARLY, str(pid_file)], timeout=30, check=True)
+    child = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 10))
+    wait_for(lambda: not process_running(child), 10)

@@ -8,6 +8,7 @@ killed deployment step never leaves a server behind. Only the standard library i
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -50,16 +51,21 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def boot_id() -> str | None:
+    """This boot of this machine (Linux's random boot id); None without /proc."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def started(pid: int) -> str | None:
     """Who `pid` is, beyond its number: the boot and the moment it started (/proc/<pid>/stat field 22, clock ticks
     since boot). A PID is reused once its process is gone; this pair is not. None when `pid` is gone or exited, or
     when there is no /proc to ask."""
     fields = _stat(pid)
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    if fields is None or fields[0] in ("Z", "X"):
+    boot = boot_id()
+    if boot is None or fields is None or fields[0] in ("Z", "X"):
         return None
     return f"{boot}:{fields[19]}"  # field 22 of the whole line; 3 (state) is fields[0]
 
@@ -121,15 +127,19 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (Linux)."""
+def die_with_parent(parent: int) -> None:
+    """In the child, before exec (`preexec_fn=functools.partial(die_with_parent, os.getpid())`): SIGTERM when the
+    parent dies (Linux). A parent that died between the fork and this call would send nothing: the child then
+    ends at once, as that SIGTERM would have ended it."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the caller's signal handlers still stop it
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGTERM)
 
 
 def start(argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -141,7 +151,8 @@ def start(argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None 
         log.flush()
         return subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None, start_new_session=True, preexec_fn=die_with_parent,
+            env=dict(env) if env is not None else None, start_new_session=True,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
 
 

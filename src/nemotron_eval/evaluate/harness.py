@@ -22,6 +22,7 @@ How a run is put together
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -288,7 +289,7 @@ def _run_child(
         # with SIGKILL): NeMo Evaluator then stops lm-eval and its adapter itself.
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         try:
             while True:

@@ -47,10 +47,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Snakemake's process, as every process that reads the Snakefile sets it (rules/common.smk) and its jobs inherit it:
+# "PID:IDENTITY" (deploy.process.started).
+SPAWNER_ENV = "NEMOTRON_SPAWNER"
+
+
+def spawner_entry(pid: int | None = None) -> str:
+    """A process (this one by default) as the steps it starts see it in SPAWNER_ENV."""
+    from nemotron_eval.deploy.process import started
+
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{started(pid) or ''}"
+
+
+def spawner_gone(parent: int) -> int | None:
+    """The PID of the process that started this step when it died before the step could watch it (Snakemake killed
+    while the step's interpreter started: the step already belongs to init); None when it lives, or when this
+    cannot be told (no SPAWNER_ENV, another machine's boot, a step started by hand)."""
+    pid_text, _, identity = os.environ.get(SPAWNER_ENV, "").partition(":")
+    if not pid_text.isdigit() or int(pid_text) == parent or not identity:
+        return None
+    from nemotron_eval.deploy.process import boot_id, is_ours
+
+    if identity.split(":", 1)[0] != boot_id() or is_ours(int(pid_text), identity):
+        return None
+    return int(pid_text)
+
+
 def watch_parent(poll_s: float = 1.0) -> None:
     """When the process that started this step dies (Snakemake killed with SIGKILL cannot stop its jobs), this
-    step gets SIGTERM: it stops what it started (the deployment, the harness and lm-eval) and ends."""
+    step gets SIGTERM: it stops what it started (the deployment, the harness and lm-eval) and ends. A step whose
+    starter died before this call never starts (`spawner_gone`)."""
     parent = os.getppid()
+    gone = spawner_gone(parent)
+    if gone is not None:
+        print(f"nemotron-step: the process that started this step (PID {gone}) has ended; not starting",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM)
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -90,6 +90,7 @@ def test_unknown_part_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(), reason=f"no benchmark mirror at {MIRROR} (set NEMOTRON_DATA_MIRROR)")
+@pytest.mark.timeout(1800)  # its bench run may take up to 1800 s; about 7 minutes with the references
 def test_quick_pipeline_parts(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """P1-P3 and P5 on the real model, harness and data (2 tasks, 2 samples): one load, the server's figures, the
     trie floor, the first task alone, our throughput; the references are measured or say why not. The run starts with

@@ -234,15 +234,17 @@ def server_stats(work: Path, model: str = "smollm2_latest") -> dict[str, Any] | 
 
 def nemotron_eval(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "nemotron"), "eval", "-c", "local", *args], cwd=work, env=ENV,
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=800)
 
 
 def test_snakemake_killed_as_its_deployment_step_starts_leaves_no_deployment(stub_work: Path) -> None:
     """Snakemake SIGKILLed the moment it has started the deployment step (its shell or the step itself is its
-    child), twice: within 30 s nothing of the run is left. Before the step could read its parent it belonged to
-    init already and served forever (5 of 5 such kills, measured 2026-12-05); it now knows its starter from
-    NEMOTRON_SPAWNER. Against the stub deployment: the moment is the point, not the model."""
+    child), twice: within 30 s nothing of the run is left, and at least once the step said it did not start. The
+    step belonged to init before it could read its parent and served forever (5 of 5 such kills, measured
+    2026-12-05); it now knows its starter from NEMOTRON_SPAWNER. Against the stub deployment: the moment is the
+    point, not the model."""
     work = stub_work
+    said = []
     for _ in range(2):
         for lock in (work / ".snakemake" / "locks").glob("*"):
             lock.unlink()
@@ -257,10 +259,12 @@ def test_snakemake_killed_as_its_deployment_step_starts_leaves_no_deployment(stu
             wait_for(serve_started, 300, 0.01)
             assert proc.poll() is None, "Snakemake ended before it started the deployment"
             os.kill(proc.pid, signal.SIGKILL)
-            output_once_all_ended(proc, work, timeout_s=30)
+            said.append("has ended; not starting" in output_once_all_ended(proc, work, timeout_s=30))
+            wait_for(lambda: not ours(work), 30)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+    assert any(said), "no kill landed before the step could watch its parent"
 
 
 def test_a_rerun_after_a_kill_asks_only_what_was_not_answered(stub_work: Path) -> None:

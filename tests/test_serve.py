@@ -136,13 +136,12 @@ def test_a_listening_deployment_whose_server_died_is_gone(tmp_path: Path) -> Non
     assert deployment_gone(endpoint) is None
 
 
-@pytest.mark.parametrize("starter_lives", [False, True])
-def test_a_deployment_step_whose_starter_died_before_it_could_watch_never_starts(tmp_path: Path, eval_yaml,
-                                                                                 starter_lives: bool) -> None:
+@pytest.mark.parametrize("starter_lives", [False, True], ids=["starter_dead", "starter_alive"])
+def test_a_deployment_step_runs_only_while_its_starter_lives(tmp_path: Path, eval_yaml, starter_lives: bool) -> None:
     """Snakemake killed while a step's interpreter starts leaves the step a child of init before it could watch
     its parent: it would serve forever. The step knows its starter from NEMOTRON_SPAWNER (rules/common.smk sets
-    it): a real process stands for Snakemake here; dead, the step ends at once (143, as if stopped) and writes
-    nothing; alive (a step it did not start itself, as by hand), the step runs."""
+    it): a real process stands for Snakemake here, one that is not the step's parent (as when a shell stands
+    between them). Dead, the step ends at once (143, as if stopped) and writes nothing; alive, the step runs."""
     from nemotron_eval.pipeline.steps import SPAWNER_ENV, spawner_entry
 
     broken = tmp_path / "broken"
@@ -176,15 +175,14 @@ def test_a_deployment_step_whose_starter_died_before_it_could_watch_never_starts
 
 DIES_EARLY = """
 import os, subprocess, sys, threading, time
-from functools import partial
-from nemotron_eval.deploy.process import die_with_parent
+from nemotron_eval.deploy.process import dies_with_this_process
 
-parent = os.getpid()
+ask = dies_with_this_process()
 
 def before_exec():
     open(sys.argv[1], "w").write(str(os.getpid()))
     time.sleep(1.0)  # this process is gone meanwhile: the child belongs to init before it asks
-    die_with_parent(parent)
+    ask()
 
 threading.Timer(0.3, os._exit, (0,)).start()
 subprocess.Popen(["sleep", "60"], preexec_fn=before_exec)
@@ -192,10 +190,14 @@ subprocess.Popen(["sleep", "60"], preexec_fn=before_exec)
 
 
 def test_a_child_whose_starter_died_before_it_asked_to_die_with_it_ends_at_once(tmp_path: Path) -> None:
-    """die_with_parent, the preexec of every deployment and harness: the kernel's SIGTERM on the parent's death
+    """dies_with_this_process, the preexec of every deployment and harness: the kernel's SIGTERM on the parent's death
     is asked for after the fork, and a parent that died in between sends nothing. A real process starts `sleep 60`
     and exits while its child is between the fork and the exec: the child ends instead of sleeping on."""
     pid_file = tmp_path / "child.pid"
     subprocess.run([sys.executable, "-c", DIES_EARLY, str(pid_file)], timeout=30, check=True)
     child = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 10))
-    wait_for(lambda: not process_running(child), 10)
+    try:
+        wait_for(lambda: not process_running(child), 10)
+    finally:
+        if process_running(child):
+            os.kill(child, signal.SIGKILL)

@@ -127,17 +127,24 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def die_with_parent(parent: int) -> None:
-    """In the child, before exec (`preexec_fn=functools.partial(die_with_parent, os.getpid())`): SIGTERM when the
-    parent dies (Linux). A parent that died between the fork and this call would send nothing: the child then
-    ends at once, as that SIGTERM would have ended it."""
+def dies_with_this_process() -> Callable[[], None]:
+    """A `preexec_fn`: the child gets SIGTERM when this process dies (Linux's PR_SET_PDEATHSIG, looked up here,
+    before the fork). A parent that died between the fork and the child's request would send nothing: the child
+    then ends at once, as that SIGTERM would have ended it."""
     import ctypes
 
-    PR_SET_PDEATHSIG = 1
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: the caller's signal handlers still stop it
+        prctl = None
+    return functools.partial(_die_with_parent, os.getpid(), prctl)
+
+
+def _die_with_parent(parent: int, prctl: Callable[..., int] | None) -> None:
+    PR_SET_PDEATHSIG = 1
+    if prctl is None:
         return
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         os._exit(128 + signal.SIGTERM)
 
@@ -152,7 +159,7 @@ def start(argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None 
         return subprocess.Popen(
             list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None, start_new_session=True,
-            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+            preexec_fn=dies_with_this_process(),
         )
 
 

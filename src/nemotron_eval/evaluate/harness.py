@@ -22,7 +22,6 @@ How a run is put together
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from nemotron_eval.deploy.process import die_with_parent
+from nemotron_eval.deploy.process import dies_with_this_process
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.context import check_context, context_length
 from nemotron_eval.evaluate.output import RESULTS, HarnessError
@@ -289,7 +288,7 @@ def _run_child(
         # with SIGKILL): NeMo Evaluator then stops lm-eval and its adapter itself.
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+            preexec_fn=dies_with_this_process(),
         )
         try:
             while True:

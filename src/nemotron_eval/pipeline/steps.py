@@ -48,8 +48,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Snakemake's process, as every process that reads the Snakefile sets it (rules/common.smk) and its jobs inherit it:
-# "PID:IDENTITY" (deploy.process.started).
+# "PID:PID-NAMESPACE:IDENTITY" (deploy.process.started).
 SPAWNER_ENV = "NEMOTRON_SPAWNER"
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        return ""
 
 
 def spawner_entry(pid: int | None = None) -> str:
@@ -57,36 +64,41 @@ def spawner_entry(pid: int | None = None) -> str:
     from nemotron_eval.deploy.process import started
 
     pid = os.getpid() if pid is None else pid
-    return f"{pid}:{started(pid) or ''}"
+    return f"{pid}:{_pid_namespace()}:{started(pid) or ''}"
 
 
-def spawner_gone(parent: int) -> int | None:
-    """The PID of the process that started this step when it died before the step could watch it (Snakemake killed
-    while the step's interpreter started: the step already belongs to init); None when it lives, or when this
-    cannot be told (no SPAWNER_ENV, another machine's boot, a step started by hand)."""
-    pid_text, _, identity = os.environ.get(SPAWNER_ENV, "").partition(":")
-    if not pid_text.isdigit() or int(pid_text) == parent or not identity:
+def recorded_spawner() -> tuple[int, str] | None:
+    """The PID and identity of the process SPAWNER_ENV names, when whether it lives can be told from here (this
+    boot of this machine, this PID namespace); None otherwise (a step started by hand, another node's job)."""
+    from nemotron_eval.deploy.process import boot_id
+
+    pid, namespace, identity = (os.environ.get(SPAWNER_ENV, "").split(":", 2) + ["", ""])[:3]
+    if not pid.isdigit() or not identity or namespace != _pid_namespace() or identity.split(":")[0] != boot_id():
         return None
-    from nemotron_eval.deploy.process import boot_id, is_ours
-
-    if identity.split(":", 1)[0] != boot_id() or is_ours(int(pid_text), identity):
-        return None
-    return int(pid_text)
+    return int(pid), identity
 
 
 def watch_parent(poll_s: float = 1.0) -> None:
     """When the process that started this step dies (Snakemake killed with SIGKILL cannot stop its jobs), this
-    step gets SIGTERM: it stops what it started (the deployment, the harness and lm-eval) and ends. A step whose
-    starter died before this call never starts (`spawner_gone`)."""
-    parent = os.getppid()
-    gone = spawner_gone(parent)
-    if gone is not None:
-        print(f"nemotron-step: the process that started this step (PID {gone}) has ended; not starting",
+    step gets SIGTERM: it stops what it started (the deployment, the harness and lm-eval) and ends. Its parent may
+    be a shell between Snakemake and the step, and Snakemake may have died before this call (the step then belongs
+    to init already): the Snakemake that SPAWNER_ENV names is watched too, and a step it no longer runs under
+    never starts."""
+    from nemotron_eval.deploy.process import is_ours
+
+    parent, spawner = os.getppid(), recorded_spawner()
+
+    def started_by_a_live_process() -> bool:
+        return os.getppid() == parent and (spawner is None or is_ours(*spawner))
+
+    if not started_by_a_live_process():
+        assert spawner is not None
+        print(f"nemotron-step: the process that started this step (PID {spawner[0]}) has ended; not starting",
               file=sys.stderr, flush=True)
         raise SystemExit(128 + signal.SIGTERM)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while started_by_a_live_process():
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nemotron_eval.deploy.row_attention import CHUNK, RowSpan, row_exact_attention
+from nemotron_eval.deploy.row_attention import CHUNK, RowLayout, RowSpan, row_exact_attention
 
 HEADS, KV_HEADS, DIM = 6, 2, 16  # grouped-query attention: 3 query heads per key head
 SCALE = DIM ** -0.5
@@ -30,9 +30,11 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return (scores.softmax(-1) @ v).transpose(0, 1)
 
 
-def run(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]], past_width: int) -> list[torch.Tensor]:
+def run(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]], past_width: int,
+        tokens: list[list[int]] | None = None) -> list[torch.Tensor]:
     """The engine's layout for a batch of rows (q, k, v, reuse): row i's first `reuse` keys right-aligned in the
-    first `past_width` columns, its new keys after them, its queries left-aligned; each row's output."""
+    first `past_width` columns, its new keys after them, its queries left-aligned; each row's output. `tokens`: the
+    rows' token ids (rows whose tokens agree before a chunk share its earlier keys' attention call)."""
     width = max(max(q.shape[1] - reuse for q, _, _, reuse in rows), 12)
     dtype = rows[0][0].dtype
     query = torch.zeros((len(rows), HEADS, width, DIM), dtype=dtype)
@@ -43,7 +45,7 @@ def run(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]], past_w
         n, start = q.shape[1], past_width - reuse
         query[i, :, :n - reuse] = q[:, reuse:]
         key[i, :, start:start + n], value[i, :, start:start + n] = k, v
-        spans.append(RowSpan(start, n, n - reuse))
+        spans.append(RowSpan(start, n, n - reuse, tokens[i] if tokens else None))
     out, _ = row_exact_attention(None, query, key, value, None, SCALE, row_spans=spans)
     return [out[i, :q.shape[1] - reuse] for i, (q, _, _, reuse) in enumerate(rows)]
 
@@ -71,3 +73,37 @@ def test_bfloat16_stays_close() -> None:
     (out,) = run([(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0)], past_width=0)
     assert out.dtype == torch.bfloat16
     assert torch.allclose(out.double(), reference(q, k, v), atol=0.05, rtol=0)
+
+
+def shared_prefix(shared: int, lengths: list[int], seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Prompts whose first `shared` positions have the same keys and values (the same tokens), then their own."""
+    base_q, base_k, base_v = prompt(shared, seed)
+    out = []
+    for i, length in enumerate(lengths):
+        q, k, v = prompt(length - shared, seed + 1 + i)
+        out.append((torch.cat([base_q, q], 1), torch.cat([base_k, k], 1), torch.cat([base_v, v], 1)))
+    return out
+
+
+@pytest.mark.parametrize("shared", [CHUNK - 3, CHUNK, 3 * CHUNK + 17])
+def test_rows_sharing_a_prefix_share_its_attention_call_and_keep_their_bits(shared: int) -> None:
+    """Answer choices after one context: their queries attend to the shared keys in one call per chunk, and each
+    row's result is the same bits as when it runs alone, whole or as a tail after the cached context."""
+    lengths = [shared + 30, shared + 2, shared + 301, shared + 30]
+    prompts = shared_prefix(shared, lengths, seed=shared)
+    tokens = [[7] * shared + [100 + i] * (length - shared) for i, length in enumerate(lengths)]
+    prompts.append(prompt(shared + 30, seed=99))  # another context of the same length in the same pass: not shared
+    tokens.append([8] * (shared + 30))
+    alone = [run([(q, k, v, 0)], past_width=0)[0] for q, k, v in prompts]
+    whole = run([(q, k, v, 0) for q, k, v in prompts], past_width=0, tokens=tokens)
+    tails = run([(q, k, v, shared) for q, k, v in prompts], past_width=shared, tokens=tokens)
+    for i in range(len(prompts)):
+        assert torch.equal(whole[i], alone[i]), i
+        assert torch.equal(tails[i], alone[i][shared:]), i
+    spans = [RowSpan(0, n, n - shared, t) for n, t in zip(lengths + [shared + 30], tokens)]
+    groups = RowLayout(spans).groups
+    last = shared // CHUNK * CHUNK  # the chunk every row's first query falls in
+    if last:
+        assert [p.row for p in next(g for g in groups if g[0].chunk == last)] == [0, 1, 2, 3]
+    unshared = [RowSpan(0, n, n - shared) for n in lengths + [shared + 30]]
+    assert len(RowLayout(unshared).groups) > len(groups) or not last

@@ -138,7 +138,7 @@ def _advance_row(job: Job, result: Result, logits: torch.Tensor, logprobs: torch
     result.gen_ids.append(token)
     result.gen_logprobs.append(float(logprobs[token]))
     if job.top_logprobs is not None:
-        values, ids = logprobs[None].topk(job.top_logprobs, dim=-1)
+        values, ids = top(logprobs[None], job.top_logprobs)
         result.gen_top += tops(ids.tolist(), values.tolist(), [token], [float(logprobs[token])])
     result.text = decode([t for t in result.gen_ids if t not in eos_ids])
     cut = min((i for i in (result.text.find(s) for s in job.stop if s) if i >= 0), default=-1)
@@ -169,6 +169,15 @@ def choose(job: Job, logits: torch.Tensor, step: int) -> int:
     seed = job.seed + step if job.seed is not None else int.from_bytes(os.urandom(6), "little")
     generator.manual_seed(seed % 2**64)  # what torch takes; the same stream as before for every valid seed
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def top(logprobs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k highest log-probs of each row of `logprobs` and their token ids. k = 1 (what lm-eval asks for when it
+    scores) is a max: half the time of topk over a 49,152-token vocabulary (128 rows: 3.1 against 6.4 ms), the same
+    value (of equal ones, the first id)."""
+    if k == 1:
+        return logprobs.max(dim=-1, keepdim=True)
+    return logprobs.topk(k, dim=-1)
 
 
 def tops(top_ids: list[list[int]], top_values: list[list[float]], chosen: Sequence[int],

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nemotron_eval.deploy.prefix_cache import PrefixCache, Scores
-from nemotron_eval.deploy.row_attention import MIN_QUERY_ROWS, RowSpan
+from nemotron_eval.deploy.row_attention import MIN_QUERY_ROWS, RowLayout, RowSpan
 from nemotron_eval.deploy.scheduler import FairScheduler
 from nemotron_eval.deploy.server import checks
-from nemotron_eval.deploy.server.decoding import Decoding, Layers, advance, tops
+from nemotron_eval.deploy.server.decoding import Decoding, Layers, advance, top, tops
 from nemotron_eval.deploy.server.jobs import Cancelled, Job, Result
 from nemotron_eval.deploy.server.packed import pack_linears
 from nemotron_eval.deploy.server.prefilled import Workspace, lay_out_past, prefilled_cache
@@ -344,7 +344,7 @@ class Engine:
             input_ids[row, :job.new_tokens] = torch.tensor(job.ids[job.reuse:], dtype=torch.long)
             mask[row, past_width - job.reuse:past_width + job.new_tokens] = 1
             positions[row] = torch.arange(job.reuse, job.reuse + width)
-            spans.append(RowSpan(past_width - job.reuse, len(job.ids), job.new_tokens))
+            spans.append(RowSpan(past_width - job.reuse, len(job.ids), job.new_tokens, job.ids))
         decoding = any(j.generating for j in batch)
         past = self._past(batch, past_width, width, decoding) if past_width else None
 
@@ -407,7 +407,7 @@ class Engine:
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": use_cache,
                   self._cache_arg: cache}
         if spans is not None and self.row_exact:
-            kwargs["row_spans"] = spans
+            kwargs["row_spans"] = RowLayout(spans)  # the pass's attention calls, worked out once for every layer
         if self._split:
             out = self._body(**kwargs)
             hidden = out.last_hidden_state
@@ -461,7 +461,7 @@ class Engine:
                 target = targets[row]
                 if target is not None:
                     logprobs = torch.log_softmax(own, dim=-1)
-                    values, ids = logprobs.topk(batch[row].top_logprobs or 0, dim=-1)
+                    values, ids = top(logprobs, batch[row].top_logprobs or 0)
                     parts[row].append((logprobs.gather(1, target[a - first:b - first, None])[:, 0], ids, values))
                 if b == first + count:  # the prompt's last position: the next token's distribution
                     next_logits[row] = own[-1].clone()

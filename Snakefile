@@ -19,3 +19,12 @@ rule all:
     input:
         lambda wildcards: smk.or_exit(lambda: PLAN.default_targets),  # evaluated only when `all` is wanted
     default_target: True
+
+
+# Once the run ended, the process exits at once instead of waiting on the scheduler's last timer (up to 1 s).
+onsuccess:
+    snakemake_adapter.end_rescheduling()
+
+
+onerror:
+    snakemake_adapter.end_rescheduling()

@@ -24,6 +24,7 @@ READS = {
     "cores": "workflow.resource_settings.cores",
     "completed_record": "workflow.persistence._read_record/_filter_incomplete_keys",
     "force": "workflow.dag.forcefiles",
+    "end_rescheduling": "snakemake.scheduling.job_scheduler.JobScheduler._schedule_reevalutation's threading.Timer",
 }
 SNAKEFILE = textwrap.dedent("""\
     import json, os
@@ -73,6 +74,17 @@ SNAKEFILE = textwrap.dedent("""\
     rule half:  # once kill-me exists, killed after writing its output: its record and an incomplete marker stay
         output: "half.txt"
         shell: "touch {output}; if [ -e kill-me ]; then sleep 1; kill -9 $PPID; fi"
+
+    def ended(log):  # the run's end, as the pipeline's Snakefile ends it
+        import threading
+        cancelled = a.end_rescheduling()
+        left = [t.function.__qualname__ for t in threading.enumerate() if isinstance(t, threading.Timer)]
+        with open("notes.jsonl", "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "name": "end_rescheduling", "args": [],
+                                "value": {"cancelled": cancelled, "timers_left": left}}) + "\\n")
+
+    onsuccess: ended(log)
+    onerror: ended(log)
 
     rule job:  # a run: rule, spawned as a Snakemake process of its own (no --force-use-threads)
         output: "job.txt"
@@ -161,3 +173,16 @@ def test_a_file_forced_from_an_input_function_is_made_again(work: Path) -> None:
     first(notes(work), "force", "made.txt")
     out = proc.stdout + proc.stderr
     assert "rule made:" in out and "Forced execution" in out and "rule uses_made:" in out, out[-3000:]
+
+
+def test_the_schedulers_last_timer_is_ended_with_the_run(work: Path) -> None:
+    """A run that starts jobs leaves Snakemake's re-evaluation timer (non-daemon, 1 s) pending at its end:
+    `end_rescheduling` finds it by what it runs and cancels it, so the process need not wait for it."""
+    (work / "made.txt").unlink(missing_ok=True)
+    notes(work)
+    assert snakemake(work, "made.txt").returncode == 0
+    value = first(notes(work), "end_rescheduling")
+    assert isinstance(value, dict)
+    assert value["cancelled"] >= 1, (f"no timer of {READS['end_rescheduling']} was pending at the run's end: "
+                                      "Snakemake changed how it re-evaluates")
+    assert value["timers_left"] == []

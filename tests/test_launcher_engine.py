@@ -136,7 +136,9 @@ def test_a_launcher_runs_state_follows_its_jobs(jobs: list[str], run_state: str)
 
 @pytest.mark.parametrize(("reads", "states"), [
     ([["failed", "pending"], ["pending", "pending"]], ["pending", "pending"]),  # a query that failed once
-    ([["failed", "done"], ["failed", "done"]], ["failed", "done"]),  # failed both times: failed
+    ([["failed", "pending"], ["failed", "pending"], ["failed", "pending"], ["running", "pending"]],
+     ["running", "pending"]),  # failed three times, then read right
+    ([["failed", "done"]] * 4, ["failed", "done"]),  # failed every time: failed
     ([["running", "done"]], ["running", "done"]),  # nothing failed: read once
 ])
 def test_a_job_counts_as_failed_only_when_a_second_read_agrees(reads: list[list[str]], states: list[str],
@@ -153,7 +155,7 @@ def test_a_job_counts_as_failed_only_when_a_second_read_agrees(reads: list[list[
         {"job_id": f"{ids[0]}.{i}", "status": {"done": "success"}.get(s, s)} for i, s in enumerate(next(answers))])
     monkeypatch.setattr(launcher, "_jobs", lambda inv: {f"{inv}.{i}": None for i in range(2)})
     monkeypatch.setattr(launcher, "_task_name", lambda job: "t")
-    monkeypatch.setattr(launcher, "FAILED_CONFIRM_S", 0.0)
+    monkeypatch.setattr(launcher, "FAILED_CONFIRM_S", (0.0, 0.0, 0.0))
     assert [s.state for s in launcher.status("abc")] == states
     assert next(answers, None) is None  # every answer was asked for, no more
 

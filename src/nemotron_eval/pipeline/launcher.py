@@ -89,17 +89,20 @@ def _task_name(job: Any) -> str:
 # query over ssh raises, and when the job is in neither squeue's answer (a failed ssh call there is skipped
 # silently) nor sacct's (the accounting database records a job a little after its submission), its state reads
 # UNKNOWN and maps to failed. Seen once in a full test run: a job held by --begin read failed right after its
-# submission. A job that reads failed is asked about once more, this long after, and counts as failed only if it
-# still reads so.
-FAILED_CONFIRM_S = 2.0
+# submission; in a later clean-clone CI run a second read 2 s after still said failed (the test Slurm just started,
+# three test workers busy). A job that reads failed is asked about again after each of these waits (12 s in all)
+# and counts as failed only if every read says so.
+FAILED_CONFIRM_S = (2.0, 4.0, 6.0)
 
 
 def status(invocation: str) -> list[JobState]:
     """Each task's job as the launcher's executor sees it now (on Slurm: squeue/sacct over its ssh); a job that
-    reads failed is read again (FAILED_CONFIRM_S) before it counts as failed."""
+    reads failed is read again after each wait of FAILED_CONFIRM_S, and counts as failed only if every read says so."""
     states = _read_status(invocation)
-    if any(s.state == "failed" for s in states):
-        time.sleep(FAILED_CONFIRM_S)
+    for wait in FAILED_CONFIRM_S:
+        if not any(s.state == "failed" for s in states):
+            break
+        time.sleep(wait)
         again = {s.job_id: s for s in _read_status(invocation)}
         states = [again.get(s.job_id, s) if s.state == "failed" else s for s in states]
     return states

@@ -46,7 +46,7 @@ def run(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]], past_w
         query[i, :, :n - reuse] = q[:, reuse:]
         key[i, :, start:start + n], value[i, :, start:start + n] = k, v
         spans.append(RowSpan(start, n, n - reuse, tokens[i] if tokens else None))
-    out, _ = row_exact_attention(None, query, key, value, None, SCALE, row_spans=spans)
+    out, _ = row_exact_attention(None, query, key, value, None, SCALE, row_layout=RowLayout(spans))
     return [out[i, :q.shape[1] - reuse] for i, (q, _, _, reuse) in enumerate(rows)]
 
 

@@ -77,11 +77,8 @@ SNAKEFILE = textwrap.dedent("""\
 
     def ended(log):  # the run's end, as the pipeline's Snakefile ends it
         import threading
-        cancelled = a.end_rescheduling()
-        left = [t.function.__qualname__ for t in threading.enumerate() if isinstance(t, threading.Timer)]
-        with open("notes.jsonl", "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "name": "end_rescheduling", "args": [],
-                                "value": {"cancelled": cancelled, "timers_left": left}}) + "\\n")
+        note("end_rescheduling", lambda _: {"cancelled": a.end_rescheduling(), "timers_left": [
+            t.function.__qualname__ for t in threading.enumerate() if isinstance(t, threading.Timer)]})
 
     onsuccess: ended(log)
     onerror: ended(log)

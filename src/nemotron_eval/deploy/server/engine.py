@@ -407,7 +407,7 @@ class Engine:
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": use_cache,
                   self._cache_arg: cache}
         if spans is not None and self.row_exact:
-            kwargs["row_spans"] = RowLayout(spans)  # the pass's attention calls, worked out once for every layer
+            kwargs["row_layout"] = RowLayout(spans)  # the pass's attention calls, worked out once for every layer
         if self._split:
             out = self._body(**kwargs)
             hidden = out.last_hidden_state

@@ -90,7 +90,7 @@ def stub_work(tmp_path: Path) -> Path:
     return work
 
 
-# held mid-task: each request 0.5 s, 2 at a time (configs/local.yaml's parallelism)
+# held mid-task: each request 0.5 s, 8 at a time (configs/local.yaml's parallelism)
 STUB_SLOW = json.dumps([*STUB, "deployment.latency_ms=500"])[1:-1]
 
 

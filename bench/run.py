@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 measure(rows, "P1", "model_loads", "model loads per checkpoint", lambda: pipeline.p1(run))
             if "P2" in parts:
                 measure(rows, "P2", "busy_over_wall", "server busy / pipeline wall", lambda: pipeline.p2_busy(run))
+                measure(rows, "P2", "phases", "the pipeline wall by phase", lambda: pipeline.p2_phases(run))
             if "P3" in parts:
                 measure(rows, "P3", "computed_over_floor", "computed tokens / trie floor",
                         lambda: pipeline.p3_tokens(run, progress))

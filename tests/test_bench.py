@@ -102,12 +102,12 @@ def test_quick_pipeline_parts(tmp_path: Path, request: pytest.FixtureRequest) ->
     rows = check_rows(data)
     assert rows["model_loads"]["ours"] == 1 and rows["model_loads"]["met"] is True
     assert 0 < rows["busy_over_wall"]["ratio"] < 1
-    # the wall by phase, from the deployment's log: the phases add up to the wall, and its passes to the busy time
+    # the wall by phase: outside the deployment from its ready time and stop, inside from the busy and idle time its
+    # batches account; the phases add up to the wall only where that accounting agrees with the server's clock
     phases = {k: r for k, r in rows.items() if k.startswith("phase_")}
-    assert len(phases) == 7 and all(r["ours"] >= 0 and r["reference"] == rows["busy_over_wall"]["reference"]
-                                    for r in phases.values())
-    assert sum(r["ours"] for r in phases.values()) == pytest.approx(rows["busy_over_wall"]["reference"], abs=0.1)
-    assert phases["phase_computing"]["ours"] == pytest.approx(rows["busy_over_wall"]["ours"], rel=0.05, abs=0.5)
+    assert len(phases) == 7 and all(r["ours"] >= 0 for r in phases.values()), phases
+    assert sum(r["ours"] for r in phases.values()) == pytest.approx(rows["busy_over_wall"]["reference"], abs=0.5)
+    assert phases["phase_computing"]["ours"] == rows["busy_over_wall"]["ours"]
     assert phases["phase_before_serving"]["ours"] > phases["phase_before_serving"]["details"]["model_load_s"] > 0
     assert rows["computed_over_floor"]["measured"] and rows["computed_over_floor"]["reference"] > 0
     # the quick run's first task (in the config's order) alone by hand, against its wall in the pipeline

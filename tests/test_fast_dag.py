@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not (MIRROR / "SOURCES.md").is_file(),
                                 reason=f"no benchmark mirror at {MIRROR} (set NEMOTRON_DATA_MIRROR)")
 TASKS = ("openbookqa", "winogrande")
 CONFIG = ['overrides=["deployment=stub","run.model=stub:latest","run.tasks_starting_at_once=1","deployment.latency_ms=700",'
-          '"evaluation.nemo_evaluator_config.config.params.limit_samples=3"]', f"tasks={json.dumps(list(TASKS))}"]
+          '"evaluation.nemo_evaluator_config.config.params.limit_samples=3",'
+          '"evaluation.nemo_evaluator_config.config.params.parallelism=2"]', f"tasks={json.dumps(list(TASKS))}"]
 
 
 def test_the_whole_dag_against_the_stub(tmp_path: Path) -> None:
@@ -47,7 +48,7 @@ def test_the_whole_dag_against_the_stub(tmp_path: Path) -> None:
     assert len(ids) == 1  # one deployment served both tasks
     # one harness starts at a time (run.tasks_starting_at_once): one task waited for the other's first answer
     # (the config's order decides only between tasks that wait together), and both then ran against the
-    # deployment together (each answer takes 0.7 s: deployment.latency_ms)
+    # deployment together (each answer takes 0.7 s: deployment.latency_ms, 2 at a time: parallelism)
     line = "waiting for a starting slot (1 harness(es) start at once; tasks earlier in the config first)"
     waited = [t for t in TASKS if line in (work / f"logs/evaluate_task/stub_latest/{t}.log").read_text()]
     assert len(waited) == 1, waited

@@ -507,6 +507,12 @@ def test_stats_endpoint_and_stats_file(checkpoint: Path, tmp_path: Path) -> None
         assert stats["cache_hit_tokens"] > 0  # the second and third prompts reuse the first one's context
         assert 0 < stats["busy_s"] <= stats["wall_s"] and stats["model_load_s"] > 0
         assert stats["busy_s"] == pytest.approx(sum(c["busy_s"] for c in stats["clients"].values()), abs=0.01)
+        # the time since ready, accounted from the batches (a decoding step among them), agrees with the clock
+        idle = stats["idle"]
+        accounted = (stats["ready_s"] + stats["busy_s"] + idle["before_first_s"] + idle["short_s"]
+                     + sum(length for _, length in idle["stretches"]) + idle["since_last_s"])
+        assert accounted == pytest.approx(stats["wall_s"], abs=0.05), stats
+        assert idle["before_first_s"] > 0 and idle["short_s"] > 0  # the client's turnarounds between its requests
         a = stats["clients"]["taskA"]
         assert a["requests"] == 2 and 0 < a["first_answer_s"] <= a["last_answer_s"]
         assert stats["clients"]["default"]["prompts"] == 2 and stats["generated_tokens"] >= 3

@@ -20,9 +20,10 @@ from nemotron_eval.deploy.stub import write_checkpoint
 from nemotron_eval.front import runs, watch
 
 MIRROR = Path(os.environ.get("NEMOTRON_DATA_MIRROR") or SHARED_BENCHMARKS)
-# deployment.latency_ms holds each request a second: a run is still going when the test stops it
+# deployment.latency_ms holds each request a second, 2 at a time: a run is still going when the test stops it
 ARGS = ("-t", "openbookqa", "deployment=stub", "deployment.latency_ms=1000",
-        "evaluation.nemo_evaluator_config.config.params.limit_samples=2")
+        "evaluation.nemo_evaluator_config.config.params.limit_samples=2",
+        "evaluation.nemo_evaluator_config.config.params.parallelism=2")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ the timed run is the default target: compile, one deployment, the five task jobs
 * P1: model loads per checkpoint = serve_model jobs in the run's Snakemake log x the deployment's `loads`
   (run/{model}/stats.json); the deployment log's "loaded" lines are recorded beside it.
 * P2: the server's busy seconds against the run's wall, and the wall by phase from the deployment's log (before it
-  serves, computing, idle and why, after it stopped: `wall_phases`); each task's harness wall in the run against the same task
+  serves, computing, idle and why, after it stopped: `p2_phases`, from the server's statistics); each task's harness wall in the run against the same task
   run alone by hand: `evaluate.harness.run_harness` (NeMo Evaluator's `run_eval`, the pipeline's own call) with the task's
   params from eval.yaml, against a fresh server started with eval.yaml's deployment command, one per task.
 * P3: computed / requested prompt tokens of the run, and the trie floor of the same requests: the harness's samples
@@ -21,7 +21,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -31,6 +30,8 @@ from types import ModuleType
 from typing import Any
 
 import yaml
+
+from nemotron_eval.deploy.stats import IDLE_LISTED_S
 
 from .core import (REPO, Progress, Row, copy_workflow, free_port, jobs_in_dry_run, not_measured, snakemake,
                    snakemake_progress)
@@ -134,69 +135,32 @@ def p2_busy(pr: PipelineRun) -> list[Row]:
     ]
 
 
-# the deployment's log (deploy/server/main.py, engine.py): "<local time> LEVEL logger: message"
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+: (.*)$")
-_BATCH = re.compile(r"^batch size=\d+ .* ([\d.]+)s$")
-LONG_IDLE_S = 1.0  # idle stretches at least this long are listed one by one (harness starts, the last one's end)
-
-
-def wall_phases(log_text: str, started: dt.datetime, wall_s: float) -> dict[str, Any]:
-    """Where a run's wall went, from its deployment's log (times of "serving", each pass's end and length, "stopped")
-    and the run's start (aware) and wall: seconds before the deployment served (Snakemake's start, the server's
-    start and model load), computing, idle until its first pass, idle stretches of LONG_IDLE_S or more between
-    passes (each listed: seconds after serving, length), shorter idle between passes (request turnarounds), idle
-    after the last pass until stopped, and after that until the run's end."""
-    serving = stopped = None
-    passes: list[tuple[float, float]] = []  # (start, end), seconds since the run started
-    for line in log_text.splitlines():
-        m = _LOG_LINE.match(line)
-        if not m:
-            continue
-        at = dt.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").astimezone() - started
-        t, message = at.total_seconds(), m[2]
-        if message.startswith("serving ") and serving is None:
-            serving = t
-        elif message.startswith("stopped"):
-            stopped = t
-        elif serving is not None and (b := _BATCH.match(message)):
-            passes.append((t - float(b[1]), t))
-    if serving is None or stopped is None or not passes:
-        raise ValueError("the deployment's log has no 'serving' line, no pass or no 'stopped' line")
-    gaps = [(passes[i][0] - passes[i - 1][1], passes[i - 1][1]) for i in range(1, len(passes))]
-    long_gaps = [(at - serving, g) for g, at in gaps if g >= LONG_IDLE_S]
-    return {
-        "before_serving_s": serving,
-        "computing_s": sum(b - a for a, b in passes),
-        "idle_before_first_pass_s": max(passes[0][0] - serving, 0.0),
-        "idle_long_s": sum(g for _, g in long_gaps),
-        "idle_long": [(round(at, 1), round(g, 1)) for at, g in long_gaps],
-        "idle_short_s": sum(max(g, 0.0) for g, _ in gaps if g < LONG_IDLE_S),
-        "idle_after_last_pass_s": stopped - passes[-1][1],
-        "after_stopped_s": wall_s - stopped,
-    }
-
-
 def p2_phases(pr: PipelineRun) -> list[Row]:
-    """The run's wall by phase (`wall_phases`): each phase against the wall, no target; the model load beside."""
-    log = pr.work / "logs" / "serve_model" / f"{MODEL}.log"
-    ph = wall_phases(log.read_text(errors="replace"), pr.started_at, pr.wall_s)
-    ref = "the default run's wall"
+    """The run's wall by phase, each against the wall, no target: before the deployment was ready, after its
+    statistics' last write (its stop) and, in between, what its statistics say (deploy/stats.py: busy, and the
+    idle time until its first batch, in stretches of a second or more, in shorter gaps and after its last batch).
+    The server accounts busy and idle time from its batches and the span from its clock: the phases add up to the
+    wall only where the two agree."""
+    s, idle = pr.stats, pr.stats["idle"]
+    before = (dt.datetime.fromisoformat(s["ready_at"]) - pr.started_at).total_seconds()
+    after = pr.wall_s - before - (s["wall_s"] - s["ready_s"])
+    long_s = sum(length for _, length in idle["stretches"])
     rows = [
-        ("before_serving", "before the deployment serves (Snakemake's start, the server's start and model load)",
-         ph["before_serving_s"], {"model_load_s": pr.stats.get("model_load_s")}),
-        ("computing", "the deployment computing (its passes, from its log)", ph["computing_s"], {}),
-        ("idle_first", "serving, idle until its first pass (the harnesses starting)", ph["idle_before_first_pass_s"], {}),
-        ("idle_long", f"serving, idle stretches of {LONG_IDLE_S:g} s or more between passes (a task's harness "
-                      "starting while no other had prompts)", ph["idle_long_s"],
-         {"stretches_after_serving_s_and_length_s": ph["idle_long"]}),
-        ("idle_short", f"serving, idle under {LONG_IDLE_S:g} s between passes (requests' turnarounds)",
-         ph["idle_short_s"], {}),
-        ("idle_end", "after the last pass until the deployment is stopped (the last harness ending)",
-         ph["idle_after_last_pass_s"], {}),
-        ("after_stop", "after the deployment stopped (Snakemake's end: the summary)", ph["after_stopped_s"], {}),
+        ("before_serving", "before the deployment serves (Snakemake's start and first jobs, the server's start and "
+                           "model load)", before, {"model_load_s": s["model_load_s"]}),
+        ("computing", "the deployment computing (its batches and decoding steps)", s["busy_s"], {}),
+        ("idle_first", "serving, idle until its first batch (the harnesses starting)", idle["before_first_s"], {}),
+        ("idle_long", f"serving, idle stretches of {IDLE_LISTED_S:g} s or more between batches (a task's harness "
+                      "starting while no other had prompts)", long_s,
+         {"stretches_after_ready_s_and_length_s": idle["stretches"]}),
+        ("idle_short", f"serving, idle under {IDLE_LISTED_S:g} s between batches (requests' turnarounds)",
+         idle["short_s"], {}),
+        ("idle_end", "after the last batch until the deployment stopped (the last harness's end, its result "
+                     "written, Snakemake stopping the deployment)", idle["since_last_s"], {}),
+        ("after_stop", "after the deployment stopped (Snakemake's end: the summary)", after, {}),
     ]
     return [Row("P2", f"phase_{key}", f"pipeline wall: {what}", ours=seconds, reference=pr.wall_s, unit="s",
-                ours_is="the deployment's log (serving, each pass's end and length, stopped)", reference_is=ref,
+                ours_is="run/{model}/stats.json (busy, idle, ready_at) and the run's start", reference_is="the default run's wall",
                 details=details) for key, what, seconds, details in rows]
 
 
@@ -348,4 +312,4 @@ def rerun_after_task_change(pr: PipelineRun, progress: Progress) -> list[Row]:
                       evaluations, {("evaluate_task", changed)}, wrong, {"all_jobs": sorted({j["rule"] for j in jobs})})
 
 
-__all__ = ["PipelineRun", "run_pipeline", "p1", "p2_busy", "p2_phases", "p2_alone", "wall_phases", "p3_tokens", "rerun_after_task_change"]
+__all__ = ["PipelineRun", "run_pipeline", "p1", "p2_busy", "p2_phases", "p2_alone", "p3_tokens", "rerun_after_task_change"]

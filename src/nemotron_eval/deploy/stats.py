@@ -12,14 +12,21 @@ Definitions (all times in seconds):
 * `busy_s`: time the model worker spent on batches. A client's `busy_s` is its share of each batch it was in,
   in proportion to the tokens computed for it.
 * `wall_s`: since the model was loaded; `model_load_s`: how long loading took; `loads`: always 1 (the server
-  loads its model once). `first_answer_s` / `last_answer_s`: from the server being ready (listening) to a
-  client's first / latest answer.
+  loads its model once). `ready_s`: from loaded to ready (listening); `ready_at`: when it was ready (UTC, ISO
+  8601), to place its figures on another clock. `first_answer_s` / `last_answer_s`: from the server being ready
+  to a client's first / latest answer.
+* `idle`: where the time between ready and now went while the model worker had no batch: `before_first_s`
+  (ready to the first batch: the clients starting), `stretches` ([seconds after ready, length] of each later
+  idle stretch of IDLE_LISTED_S or more: a client starting while no other had work), `short_s` (the shorter
+  ones: requests' turnarounds) and `since_last_s` (since the last batch ended: at the end, the last client's
+  end). `ready_s` + `busy_s` + these add up to `wall_s`.
 
 The model worker and the HTTP handlers update these from different threads: one lock guards them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nemotron_eval.core.io import write_json_atomic
+
+IDLE_LISTED_S = 1.0  # idle stretches at least this long are listed one by one (`idle.stretches`)
 
 
 @dataclass
@@ -54,12 +63,17 @@ class ServerStats:
                        "forward_passes": 0}
         self.busy_s = 0.0
         self.clients: dict[str, ClientStats] = {}
+        self.ready_unix: float | None = None
+        self._last_end: float | None = None  # when the latest batch ended (monotonic)
+        self.idle_before_first_s: float | None = None
+        self.idle_stretches: list[tuple[float, float]] = []
+        self.idle_short_s = 0.0
 
     def ready(self) -> None:
         """The server listens: answer times count from now."""
         with self._lock:
             if self.ready_at is None:
-                self.ready_at = time.monotonic()
+                self.ready_at, self.ready_unix = time.monotonic(), time.time()
 
     def batch(self, *, busy_s: float, passes: int, padded_tokens: int, generated_tokens: int,
               jobs: list[tuple[str, int, int]]) -> None:
@@ -67,7 +81,11 @@ class ServerStats:
         decoding step: 0, 0 for each row, whose busy time is then shared equally)."""
         weights = [c for _, _, c in jobs] if any(c for _, _, c in jobs) else [1] * len(jobs)
         computed_total = sum(weights) or 1
+        now = time.monotonic()
         with self._lock:
+            if self.ready_at is not None:  # nobody can ask before: nothing to account
+                self._idle_until(now - busy_s)
+                self._last_end = now if self._last_end is None else max(self._last_end, now)  # the stub's overlap
             self.busy_s += busy_s
             t = self.totals
             t["batches"] += 1
@@ -84,6 +102,18 @@ class ServerStats:
                 t["computed_tokens"] += computed
                 t["cache_hit_tokens"] += prompt - computed
 
+    def _idle_until(self, start: float) -> None:
+        """Account the idle time between the latest batch's end (or being ready) and a batch starting at `start`."""
+        assert self.ready_at is not None
+        if self._last_end is None:
+            self.idle_before_first_s = max(start - self.ready_at, 0.0)
+            return
+        gap = start - self._last_end
+        if gap >= IDLE_LISTED_S:
+            self.idle_stretches.append((round(self._last_end - self.ready_at, 3), round(gap, 3)))
+        elif gap > 0:
+            self.idle_short_s += gap
+
     def answered(self, client: str, prompts: int) -> None:
         """A completion request was answered."""
         now = time.monotonic()
@@ -99,13 +129,25 @@ class ServerStats:
             self.totals["prompts"] += prompts
 
     def snapshot(self, **extra: Any) -> dict[str, Any]:
+        now = time.monotonic()
         with self._lock:
             clients = {name: {**asdict(c), "busy_s": round(c.busy_s, 3)} for name, c in sorted(self.clients.items())}
+            waiting = now - self.ready_at if self.ready_at is not None else 0.0  # no batch yet: since ready
+            first = self.idle_before_first_s if self.idle_before_first_s is not None else waiting
             return {
                 **self.totals,
                 "busy_s": round(self.busy_s, 3),
-                "wall_s": round(time.monotonic() - self.loaded_at, 3),
+                "wall_s": round(now - self.loaded_at, 3),
                 "model_load_s": round(self.model_load_s, 3),
+                "ready_s": round(self.ready_at - self.loaded_at, 3) if self.ready_at is not None else None,
+                "ready_at": (dt.datetime.fromtimestamp(self.ready_unix, dt.timezone.utc).isoformat(timespec="milliseconds")
+                             if self.ready_unix is not None else None),
+                "idle": {
+                    "before_first_s": round(first, 3),
+                    "stretches": [list(s) for s in self.idle_stretches],
+                    "short_s": round(self.idle_short_s, 3),
+                    "since_last_s": round(now - self._last_end, 3) if self._last_end is not None else 0.0,
+                },
                 "loads": 1,
                 **extra,
                 "clients": clients,

@@ -52,6 +52,8 @@ def test_results_have_scores_and_provenance(evaluated) -> None:
         assert (r["model"]["spec"], r["model"]["version"], r["model"]["registry"]) == ("smollm2:latest", "v1", "embedded")
         assert r["data"]["source"] == f"mirror:{MIRROR.resolve()}" and r["data"]["digest"].startswith("sha256:")
         assert (work / r["raw"] / "results.yml").is_file()
+        # the adapter proxy started with threads for the harness's requests in flight, not its default 2,048
+        assert "threads=16 " in (work / r["raw"] / "harness.log").read_text()
     assert results[0]["deployment"]["id"] == results[1]["deployment"]["id"]  # one deployment served both
     receipt = json.loads((work / "models/smollm2.json").read_text())
     assert receipt["lineage"]["source_sha256"] and receipt["digest"] == results[0]["model"]["digest"]

@@ -201,6 +201,7 @@ def test_run_harness_failure_shows_log_tail(
     assert "progress 1%" not in str(err.value)
     assert seen["env"]["NEMO_EVALUATOR_TELEMETRY_LEVEL"] == "0"
     assert seen["env"]["HF_DATASETS_OFFLINE"] == "1"
+    assert seen["env"]["ADAPTER_SERVER_THREADS"] == "16"  # the adapter proxy's threads: 2 x parallelism, at least 16
     assert seen["cwd"] != out and not seen["cwd"].exists()  # a throwaway folder, removed after
     assert seen["cmd"][-2:] == ["--run_config", str(out / "nemotron_run_config.yml")]
     cfg = _yaml(out / "nemotron_run_config.yml")
@@ -215,6 +216,18 @@ def test_run_harness_failure_shows_log_tail(
                            "progress_tracking_url": "http://127.0.0.1:9/progress"},  # the harness counts its answers
     }  # fmt: skip
     assert (out / "lm_eval_tasks" / "staged_winogrande.yaml").is_file()
+
+
+def test_adapter_threads_follow_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NeMo Evaluator's adapter proxy gets twice the harness's parallelism in threads (its default, 2,048, costs
+    a harness ~0.5-1 s to start), at least 16; a value set in the environment stays."""
+    from nemotron_eval.evaluate.overrides import adapter_env
+
+    monkeypatch.delenv("ADAPTER_SERVER_THREADS", raising=False)
+    assert adapter_env({"parallelism": 64}) == {"ADAPTER_SERVER_THREADS": "128"}
+    assert adapter_env({"parallelism": 2}) == adapter_env({}) == {"ADAPTER_SERVER_THREADS": "16"}
+    monkeypatch.setenv("ADAPTER_SERVER_THREADS", "300")
+    assert adapter_env({"parallelism": 64}) == {}
 
 
 def test_child_and_its_children_are_stopped_on_timeout(tmp_path: Path) -> None:

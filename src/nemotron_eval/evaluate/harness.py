@@ -38,7 +38,7 @@ from nemotron_eval.deploy.process import dies_with_this_process
 from nemotron_eval.core.errors import UserError
 from nemotron_eval.evaluate.context import check_context, context_length
 from nemotron_eval.evaluate.output import RESULTS, HarnessError
-from nemotron_eval.evaluate.overrides import deep_merge, harness_overrides, in_container
+from nemotron_eval.evaluate.overrides import adapter_env, deep_merge, harness_overrides, in_container
 from nemotron_eval.evaluate.task_yamls import INCLUDE_DIR, write_task_yamls
 from nemotron_eval.core.io import log_tail
 from nemotron_eval.data.stage import hub_off
@@ -117,14 +117,16 @@ def run_harness(
                 }
             },
         }
+        # in its container, the image's NeMo Evaluator keeps its own adapter settings
+        env = {**run.env, **(adapter_env(params) if container is None else {})}
         cfg_path = output_dir / RUN_CONFIG
         cfg_path.write_text(yaml.safe_dump(run_config, sort_keys=False))
         cmd = [sys.executable, "-c", _ENTRYPOINT, "run_eval", "--run_config", str(cfg_path)]
         if container is not None:
-            cmd = container.argv(cfg_path, binds=(output_dir,), env_names=[*run.env, "ADAPTER_PORT"])
+            cmd = container.argv(cfg_path, binds=(output_dir,), env_names=[*env, "ADAPTER_PORT"])
         # cwd empty: a folder named like a task there would be read as a task path
         try:
-            rc = _run_child(cmd, cwd=Path(work), env={**os.environ, **run.env}, log=log,
+            rc = _run_child(cmd, cwd=Path(work), env={**os.environ, **env}, log=log,
                             timeout_s=timeout_s, abort=abort)  # fmt: skip
         except subprocess.TimeoutExpired:
             raise HarnessError(

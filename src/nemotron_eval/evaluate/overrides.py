@@ -9,6 +9,8 @@ merge of `config.params`.
   `HF_DATASETS_OFFLINE=1`, `TRANSFORMERS_OFFLINE=1` (staged data and a local tokenizer need no
   network), `HF_DATASETS_CACHE` set to a throwaway folder per run (the json loader's cache),
   and `PATH` with the interpreter's folder first.
+* `adapter_env`: the worker threads of NeMo Evaluator's adapter proxy, sized to the requests a harness has in
+  flight (`config.params.parallelism`) unless the environment sets them.
 """
 
 from __future__ import annotations
@@ -87,6 +89,23 @@ def harness_overrides(
         env=env,
         params=params,
     )
+
+
+# NeMo Evaluator's adapter proxy (waitress) starts ADAPTER_SERVER_THREADS worker threads, 2,048 by default: 0.44 s
+# of every harness's start on an idle 2-core EPYC, about 1 s beside a loading model (2026-12-06). A harness has at
+# most `parallelism` requests in flight (lm-eval's num_concurrent) and its interceptors post a few more: twice that
+# many threads, at least ADAPTER_THREADS_MIN, serve them without a queue.
+ADAPTER_THREADS_MIN = 16
+
+
+def adapter_env(params: Mapping[str, Any]) -> dict[str, str]:
+    """ADAPTER_SERVER_THREADS for a harness run with `params` (its `config.params`), unless this environment
+    sets it."""
+    if "ADAPTER_SERVER_THREADS" in os.environ:
+        return {}
+    parallelism = params.get("parallelism")
+    in_flight = parallelism if isinstance(parallelism, int) and parallelism > 0 else 1
+    return {"ADAPTER_SERVER_THREADS": str(max(ADAPTER_THREADS_MIN, 2 * in_flight))}
 
 
 def in_container(task: Task) -> HarnessRun:

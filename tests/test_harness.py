@@ -218,6 +218,65 @@ def test_run_harness_failure_shows_log_tail(
     assert (out / "lm_eval_tasks" / "staged_winogrande.yaml").is_file()
 
 
+def test_without_the_capability_probe_the_run_config_asks_for_none(
+    staged: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`capability_probe=False` (the deployment still loads): the run config clears the task's required
+    capabilities, so NeMo Evaluator sends no probe; by default the key is absent and the harness's own list holds."""
+    monkeypatch.setattr(harness, "_run_child", lambda cmd, **kw: 1)
+    configs = []
+    for probe in (True, False):
+        out = tmp_path / f"probe-{probe}"
+        with pytest.raises(HarnessError):
+            run_harness(STAGED["openbookqa"], staged / "openbookqa", endpoint_url="http://127.0.0.1:1/v1/completions",
+                        model_id="m", tokenizer_dir=checkpoint, params={}, output_dir=out, capability_probe=probe)
+        configs.append(_yaml(out / "nemotron_run_config.yml")["config"])
+    assert "required_capabilities" not in configs[0] and configs[1]["required_capabilities"] == []
+
+
+@pytest.mark.slow
+def test_a_first_answer_after_30_s_fails_the_probe_not_the_harness_without_it(staged: Path, tmp_path: Path) -> None:
+    """The real harness (NeMo Evaluator, its adapter, lm-eval) against a deployment whose answers take 31 s, as a
+    model still loading makes the first ones wait: with NeMo Evaluator's capability probe (30 s timeout) the
+    harness fails before it starts; without it the task completes. The deployment is the stub server (a model
+    that loads for over 30 s cannot be had here), `--latency-ms` holding each answer."""
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nemotron_eval.deploy import stub
+
+    ckpt = stub.write_checkpoint(tmp_path / "stub-checkpoint")
+    endpoint = tmp_path / "endpoint.json"
+    proc = subprocess.Popen([sys.executable, "-m", "nemotron_eval.deploy.stub", "--checkpoint", str(ckpt),
+                             "--endpoint-file", str(endpoint), "--served-model-name", "m", "--latency-ms", "31000"],
+                            stderr=subprocess.DEVNULL)
+    try:
+        while not endpoint.exists():
+            assert proc.poll() is None
+            time.sleep(0.05)
+        url = json.loads(endpoint.read_text())["completions_url"]
+
+        def outcome(probe: bool) -> str | int:
+            out = tmp_path / f"probe-{probe}"
+            try:
+                run_harness(STAGED["openbookqa"], staged / "openbookqa", endpoint_url=url, model_id="m",
+                            tokenizer_dir=ckpt, params={"limit_samples": 1, "parallelism": 8}, output_dir=out,
+                            capability_probe=probe)
+            except HarnessError as e:
+                return str(e)
+            return int(parse_harness_output(out, STAGED["openbookqa"])["n_samples"])
+
+        with ThreadPoolExecutor(2) as pool:  # side by side: the probe fails before any adapter starts
+            outcomes = list(pool.map(outcome, (True, False)))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "Read timed out" in str(outcomes[0]), str(outcomes[0])[-2000:]
+    assert outcomes[1] == 1
+
+
 def test_adapter_threads_follow_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     """NeMo Evaluator's adapter proxy gets twice the harness's parallelism in threads (its default, 2,048, costs
     a harness ~0.5-1 s to start), at least 16; a value set in the environment stays."""

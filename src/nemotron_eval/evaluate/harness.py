@@ -64,9 +64,15 @@ def run_harness(
     progress_url: str | None = None,
     abort: Callable[[], str | None] | None = None,
     container: HarnessContainer | None = None,
+    capability_probe: bool = True,
 ) -> None:
     """Run `task` against `endpoint_url` (the full /v1/completions URL): a staged task on `staged_dir`, any other
     task on the data the harness fetches from the hub (`staged_dir` None).
+
+    `capability_probe` False: NeMo Evaluator skips its probe of the endpoint (one request per capability the task
+    requires, sent before anything else with a timeout of 30 s, its answer only logged). For a deployment that
+    still loads its model: its requests wait until it serves, the probe would fail the harness when the load
+    takes longer, and the harness's start (its adapter, lm-eval's imports and prompts) goes on during the load.
 
     The harness counts its answered requests into `output_dir/progress` (NeMo Evaluator's progress-tracking
     interceptor, see `nemotron_eval.evaluate.progress`) and posts the count to `progress_url` when given. `abort` is asked
@@ -104,11 +110,12 @@ def run_harness(
             extra_args=user_extra.get("args"),
             cache_dir=Path(work) / "hf_datasets" if include_dir is not None else None,
         ) if container is None else in_container(task)
-        run_config = {
+        run_config: dict[str, Any] = {
             "config": {
                 "type": run.eval_type,
                 "output_dir": str(output_dir),
                 "params": deep_merge(params, run.params),
+                **({} if capability_probe else {"required_capabilities": []}),
             },
             "target": {
                 "api_endpoint": {

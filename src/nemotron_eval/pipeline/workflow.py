@@ -285,6 +285,8 @@ def evaluate(
                     task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
                     tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=progress_url,
                     abort=gone, container=container,
+                    # a deployment that loads: no probe that times out, the harness starts during the load
+                    capability_probe=endpoint["state"] != LISTENING,
                 )
     except HarnessAborted as e:
         raise stopped(str(e)) from None

@@ -277,6 +277,31 @@ def test_a_first_answer_after_30_s_fails_the_probe_not_the_harness_without_it(st
     assert outcomes[1] == 1
 
 
+def test_incomplete_answers_of_an_interrupted_run_are_dropped_before_a_rerun(tmp_path: Path) -> None:
+    """NeMo Evaluator's response cache (its own storage class, as its caching interceptor writes it) after a kill
+    can hold an empty answer; a rerun in the same harness folder drops it (and its headers) and keeps the whole ones,
+    so the request is asked again instead of failing lm-eval on every retry."""
+    from nemo_evaluator.adapters.caching.diskcaching import Cache
+
+    from nemotron_eval.evaluate.harness import drop_incomplete_answers
+
+    cache = tmp_path / "cache"
+    assert drop_incomplete_answers(cache) == 0  # a first run: no cache yet
+    whole = json.dumps({"choices": [{"text": " x", "logprobs": None}]}).encode()
+    answers, headers = Cache(directory=str(cache / "responses")), Cache(directory=str(cache / "headers"))
+    for key, body in (("a" * 64, whole), ("b" * 64, b""), ("c" * 64, whole[:-3])):
+        answers[key] = body
+        headers[key] = {"Content-Type": "application/json"}
+    answers.close()
+    headers.close()
+    assert drop_incomplete_answers(cache) == 2
+    assert drop_incomplete_answers(cache) == 0
+    answers, headers = Cache(directory=str(cache / "responses")), Cache(directory=str(cache / "headers"))
+    assert list(answers) == ["a" * 64] and list(headers) == ["a" * 64] and json.loads(answers["a" * 64]) == json.loads(whole)
+    answers.close()
+    headers.close()
+
+
 def test_adapter_threads_follow_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     """NeMo Evaluator's adapter proxy gets twice the harness's parallelism in threads (its default, 2,048, costs
     a harness ~0.5-1 s to start), at least 16; a value set in the environment stays."""

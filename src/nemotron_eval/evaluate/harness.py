@@ -22,6 +22,8 @@ How a run is put together
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,6 +45,8 @@ from nemotron_eval.evaluate.task_yamls import INCLUDE_DIR, write_task_yamls
 from nemotron_eval.core.io import log_tail
 from nemotron_eval.data.stage import hub_off
 from nemotron_eval.data.tasks import Task
+
+log = logging.getLogger("nemotron_eval")
 
 RUN_CONFIG = "nemotron_run_config.yml"
 # `nemo-evaluator run_eval` (its console script) for this interpreter, wherever it is installed.
@@ -98,6 +102,10 @@ def run_harness(
     elif container is None:  # in its container, where its data comes from is its harness's business
         check_hub_reachable(task)
 
+    dropped = drop_incomplete_answers(output_dir / "cache")
+    if dropped:
+        log.warning("%s: dropped %d incomplete answer(s) from the harness's cache in %s (an interrupted run's); "
+                       "they are asked again", task.short, dropped, output_dir / "cache")
     user_extra = dict(params.get("extra") or {})
     with tempfile.TemporaryDirectory(prefix="nemotron-harness-") as work:
         # in its container, the task runs as its harness there defines it (its NeMo Evaluator's defaults)
@@ -150,6 +158,34 @@ def run_harness(
         raise HarnessError(f"{task.short}: harness wrote no {RESULTS}; log {log}:\n{log_tail(log)}")
     if container is None:  # lm-eval's requests, checked against the model's context
         check_context(task.short, output_dir, log, tokenizer_dir=tokenizer_dir, n_ctx=n_ctx)
+
+
+def drop_incomplete_answers(cache_dir: Path) -> int:
+    """Remove from NeMo Evaluator's response cache in `cache_dir` (its caching interceptor's, reused when a harness
+    folder runs again) every answer that is not a whole JSON document; returns how many. A run killed while the
+    interceptor stored an answer can leave it empty, and the rerun's harness would be given that answer again and
+    again until it fails (lm-eval retries a request whose answer it cannot read, from the same cache)."""
+    responses = cache_dir / "responses"
+    if not (responses / "cache.db").is_file():
+        return 0
+    from nemo_evaluator.adapters.caching.diskcaching import Cache
+
+    answers, headers = Cache(directory=str(responses)), Cache(directory=str(cache_dir / "headers"))
+    try:
+        bad = []
+        for key in list(answers):
+            try:
+                json.loads(answers[key])
+            except (ValueError, TypeError, KeyError, OSError):
+                bad.append(key)
+        for key in bad:
+            for cache in (answers, headers):
+                with contextlib.suppress(KeyError):
+                    del cache[key]
+        return len(bad)
+    finally:
+        answers.close()
+        headers.close()
 
 
 def progress_tracking(url: str | None) -> dict[str, Any]:

@@ -302,6 +302,28 @@ def test_incomplete_answers_of_an_interrupted_run_are_dropped_before_a_rerun(tmp
     headers.close()
 
 
+
+def test_a_rerun_drops_the_incomplete_answer_and_says_so(
+    staged: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through `run_harness` (the harness faked): the folder's empty cached answer is gone before the harness
+    starts, and the step's log says how many were dropped."""
+    from nemo_evaluator.adapters.caching.diskcaching import Cache
+
+    out = tmp_path / "out"
+    answers = Cache(directory=str(out / "cache" / "responses"))
+    answers["b" * 64] = b""
+    answers.close()
+    seen: list[int] = []
+    monkeypatch.setattr(harness, "_run_child",
+                        lambda cmd, **kw: seen.append(len(Cache(directory=str(out / "cache" / "responses")))) or 1)
+    with caplog.at_level("WARNING", logger="nemotron_eval"), pytest.raises(HarnessError):
+        run_harness(STAGED["openbookqa"], staged / "openbookqa", endpoint_url="http://127.0.0.1:1/v1/completions",
+                    model_id="m", tokenizer_dir=checkpoint, params={}, output_dir=out)
+    assert seen == [0]
+    assert "openbookqa: dropped 1 incomplete answer(s)" in caplog.text
+
+
 def test_adapter_threads_follow_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     """NeMo Evaluator's adapter proxy gets twice the harness's parallelism in threads (its default, 2,048, costs
     a harness ~0.5-1 s to start), at least 16; a value set in the environment stays."""

@@ -46,7 +46,7 @@ from nemotron_eval.core.io import log_tail
 from nemotron_eval.data.stage import hub_off
 from nemotron_eval.data.tasks import Task
 
-log = logging.getLogger("nemotron_eval")
+_log = logging.getLogger("nemotron_eval")  # `log` is run_harness's harness log path
 
 RUN_CONFIG = "nemotron_run_config.yml"
 # `nemo-evaluator run_eval` (its console script) for this interpreter, wherever it is installed.
@@ -104,7 +104,7 @@ def run_harness(
 
     dropped = drop_incomplete_answers(output_dir / "cache")
     if dropped:
-        log.warning("%s: dropped %d incomplete answer(s) from the harness's cache in %s (an interrupted run's); "
+        _log.warning("%s: dropped %d incomplete answer(s) from the harness's cache in %s (an interrupted run's); "
                        "they are asked again", task.short, dropped, output_dir / "cache")
     user_extra = dict(params.get("extra") or {})
     with tempfile.TemporaryDirectory(prefix="nemotron-harness-") as work:

@@ -240,23 +240,20 @@ def test_a_first_answer_after_30_s_fails_the_probe_not_the_harness_without_it(st
     model still loading makes the first ones wait: with NeMo Evaluator's capability probe (30 s timeout) the
     harness fails before it starts; without it the task completes. The deployment is the stub server (a model
     that loads for over 30 s cannot be had here), `--latency-ms` holding each answer."""
-    import subprocess
     import sys
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from nemotron_eval.deploy import stub
+    from nemotron_eval.deploy.process import start as start_process
+    from support.server_process import stop_server, wait_for_endpoint
 
     ckpt = stub.write_checkpoint(tmp_path / "stub-checkpoint")
-    endpoint = tmp_path / "endpoint.json"
-    proc = subprocess.Popen([sys.executable, "-m", "nemotron_eval.deploy.stub", "--checkpoint", str(ckpt),
-                             "--endpoint-file", str(endpoint), "--served-model-name", "m", "--latency-ms", "31000"],
-                            stderr=subprocess.DEVNULL)
+    endpoint, stub_log = tmp_path / "endpoint.json", tmp_path / "stub.log"
+    proc = start_process([sys.executable, "-m", "nemotron_eval.deploy.stub", "--checkpoint", str(ckpt),
+                          "--endpoint-file", str(endpoint), "--served-model-name", "m", "--latency-ms", "31000"],
+                         log_file=stub_log, env=dict(os.environ))
     try:
-        while not endpoint.exists():
-            assert proc.poll() is None
-            time.sleep(0.05)
-        url = json.loads(endpoint.read_text())["completions_url"]
+        url = wait_for_endpoint(endpoint, pid=proc.pid, log_file=stub_log, timeout_s=30)["completions_url"]
 
         def outcome(probe: bool) -> str | int:
             out = tmp_path / f"probe-{probe}"
@@ -271,8 +268,7 @@ def test_a_first_answer_after_30_s_fails_the_probe_not_the_harness_without_it(st
         with ThreadPoolExecutor(2) as pool:  # side by side: the probe fails before any adapter starts
             outcomes = list(pool.map(outcome, (True, False)))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_server(proc)
     assert "Read timed out" in str(outcomes[0]), str(outcomes[0])[-2000:]
     assert outcomes[1] == 1
 
@@ -307,7 +303,10 @@ def test_a_rerun_drops_the_incomplete_answer_and_says_so(
     staged: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through `run_harness` (the harness faked): the folder's empty cached answer is gone before the harness
-    starts (the warning's code path runs)."""
+    starts, and the step's log says how many were dropped (read from the logger the rule's log takes, which does
+    not reach pytest's capture once a step's logging is set up)."""
+    import logging
+
     from nemo_evaluator.adapters.caching.diskcaching import Cache
 
     out = tmp_path / "out"
@@ -317,10 +316,18 @@ def test_a_rerun_drops_the_incomplete_answer_and_says_so(
     seen: list[int] = []
     monkeypatch.setattr(harness, "_run_child",
                         lambda cmd, **kw: seen.append(len(Cache(directory=str(out / "cache" / "responses")))) or 1)
-    with pytest.raises(HarnessError):
-        run_harness(STAGED["openbookqa"], staged / "openbookqa", endpoint_url="http://127.0.0.1:1/v1/completions",
-                    model_id="m", tokenizer_dir=checkpoint, params={}, output_dir=out)
-    assert seen == [0]  # the warning's line goes to the step's log (its handler, not pytest's)
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("nemotron_eval").addHandler(handler)
+    try:
+        with pytest.raises(HarnessError):
+            run_harness(STAGED["openbookqa"], staged / "openbookqa", endpoint_url="http://127.0.0.1:1/v1/completions",
+                        model_id="m", tokenizer_dir=checkpoint, params={}, output_dir=out)
+    finally:
+        logging.getLogger("nemotron_eval").removeHandler(handler)
+    assert seen == [0]
+    assert any(m.startswith("openbookqa: dropped 1 incomplete answer(s)") for m in said), said
 
 
 def test_adapter_threads_follow_the_requests_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:

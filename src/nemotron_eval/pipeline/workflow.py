@@ -285,8 +285,9 @@ def evaluate(
                     task, staged_dir, endpoint_url=url, model_id=endpoint["model_id"],
                     tokenizer_dir=tokenizer, params=params, output_dir=raw, progress_url=progress_url,
                     abort=gone, container=container,
-                    # a deployment that loads: no probe that times out, the harness starts during the load
-                    capability_probe=endpoint["state"] != LISTENING,
+                    # a deployment that still loads as the harness starts: no probe that would time out on the
+                    # load, and the harness's own start goes on meanwhile
+                    capability_probe=not still_loading(endpoint_file),
                 )
     except HarnessAborted as e:
         raise stopped(str(e)) from None
@@ -315,16 +316,21 @@ def evaluate(
     return result
 
 
-def starting_limit(endpoint_file: Path, limit: int | None) -> int | None:
-    """How many harnesses may start at once as one more starts: any number while the deployment still loads its
-    model (nothing computes yet: a start takes no core from the server), else `limit`."""
+def still_loading(endpoint_file: Path) -> bool:
+    """Whether the deployment takes requests but still loads its model (`listening`), as its endpoint file says now."""
     from nemotron_eval.core.io import read_json
     from nemotron_eval.deploy.serve import LISTENING
 
     try:
-        return None if read_json(endpoint_file).get("state") == LISTENING else limit
+        return bool(read_json(endpoint_file).get("state") == LISTENING)
     except (OSError, ValueError):
-        return limit
+        return False
+
+
+def starting_limit(endpoint_file: Path, limit: int | None) -> int | None:
+    """How many harnesses may start at once as one more starts: any number while the deployment still loads its
+    model (nothing computes yet: a start takes no core from the server), else `limit`."""
+    return None if still_loading(endpoint_file) else limit
 
 
 def server_figures(endpoint: dict[str, Any], client: str) -> dict[str, Any] | None:
